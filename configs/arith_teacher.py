@@ -1,0 +1,27 @@
+"""Supervised training of the arith teacher (~0.8M parameters, character level).
+
+    python -m gkd_jax.train --config=configs/arith_teacher.py --workdir=/tmp/arith-teacher
+
+The shipped `builtin:arith/teacher` checkpoint was made by exactly this command (then copied to
+gkd_jax/assets/arith/teacher with `cp -r /tmp/arith-teacher/model ...`).
+"""
+
+from gkd_jax.config_defaults import base_config, model_config
+
+TEACHER = dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=384)
+
+
+def get_config(arg: str = ""):
+    c = base_config()
+    c.objective = "sft"
+    c.model = model_config(**TEACHER)
+    c.steps = 1500
+    c.batch_size = 64
+    c.log_every = 50
+    c.optim.learning_rate = 2e-3
+    c.optim.warmup_steps = 100
+    c.optim.weight_decay = 0.01
+    if arg == "smoke":
+        c.steps, c.data.train_examples, c.eval.num_examples = 4, 256, 64
+        c.batch_size, c.eval.batch_size, c.log_every = 16, 32, 2
+    return c

@@ -1,0 +1,90 @@
+"""The full set of config fields with defaults; configs/*.py start from `base_config()`.
+
+Every field a user can set exists here, so `lock_config=True` turns a typo into an error.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def model_config(**fields) -> ml_collections.ConfigDict:
+    """A decoder shape (fields of gkd_jax.models.DecoderConfig)."""
+    return ml_collections.ConfigDict(
+        dict(
+            vocab_size=99,
+            hidden_size=64,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=2,
+            intermediate_size=192,
+            head_dim=None,
+            rope_theta=10_000.0,
+            rms_norm_eps=1e-6,
+            tie_embeddings=True,
+            qkv_bias=False,
+        )
+        | fields,
+        type_safe=False,
+    )
+
+
+def model_source(checkpoint: str = "", recipe: str = "", **model) -> ml_collections.ConfigDict:
+    """Where a model comes from: a checkpoint dir ('' = under the workdir, 'builtin:...' =
+    shipped in the package); `recipe` = a config file that trains it if the dir is missing."""
+    return ml_collections.ConfigDict(
+        dict(checkpoint=checkpoint, recipe=recipe, model=model_config(**model))
+    )
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.task = "arith"
+    c.objective = "gkd"  # "gkd" (distill from config.teacher) or "sft" (cross-entropy on data)
+    c.seed = 0
+    c.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (parameters stay float32)
+    c.tokenizer = ""  # a tokenizer dir; "" builds the task's character tokenizer in the workdir
+
+    c.steps = 200
+    c.batch_size = 64
+    c.grad_accum = 1  # micro-batches per step; the loss and gradient equal one big batch's
+    c.log_every = 20
+    c.max_new_tokens = 48  # completion budget: sampled tokens, and target length + EOS
+    c.sft_reduction = "token"
+
+    c.data = ml_collections.ConfigDict()
+    c.data.train_examples = 20_000
+    c.data.eval_seed = 0
+    c.data.max_prompt_len = 48
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.num_examples = 500
+    c.eval.batch_size = 256
+
+    c.model = model_config()  # the model being trained (the student)
+    c.init = model_source()  # where the trained model starts; empty: random init
+    c.teacher = model_source()
+
+    c.gkd = ml_collections.ConfigDict()
+    c.gkd.lmbda = 1.0  # student data fraction: P(on-policy completions)
+    c.gkd.lmbda_mode = "batch"  # "batch": one draw per batch (paper); "example": one per row
+    c.gkd.beta = 0.5  # 0 = forward KL(p_T||p_S), 1 = reverse KL(p_S||p_T), else JSD(beta)
+    c.gkd.seq_kd = False  # off-policy completions sampled from the teacher instead of the data
+    c.gkd.reduction = "sequence"  # "sequence" (paper) or "token" (TRL)
+    c.gkd.teacher_temperature = 1.0  # softmax temperature of the teacher inside the loss
+    c.gkd.loss_temperature = 1.0  # divides both models' logits inside the loss (TRL's)
+
+    c.sampling = ml_collections.ConfigDict()  # on-policy (and seq_kd) sampling only
+    c.sampling.temperature = 1.0
+    c.sampling.top_k = 0
+    c.sampling.top_p = 1.0
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.learning_rate = 1e-3
+    c.optim.warmup_steps = 20
+    c.optim.final_lr_fraction = 0.1
+    c.optim.weight_decay = 0.0
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.98
+    c.optim.grad_clip = 1.0
+    return c

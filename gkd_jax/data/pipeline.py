@@ -1,0 +1,74 @@
+"""Examples -> fixed-shape token batches: prompts left-padded, targets right-padded with EOS.
+
+Fixed shapes keep every jitted function at one compilation. Over-long examples are never
+silently cut: `encode` raises with the count and the first offending index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+
+def encode(
+    tokenizer,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    *,
+    max_prompt_len: int,
+    max_target_len: int,
+) -> dict[str, np.ndarray]:
+    """Tokenize into arrays: prompt [N, P] (left pad), target [N, T] (EOS appended, right pad)."""
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    t_ids = tokenizer(list(targets), add_special_tokens=False)["input_ids"]
+    too_long = [
+        i
+        for i, (p, t) in enumerate(zip(p_ids, t_ids, strict=True))
+        if len(p) > max_prompt_len or len(t) + 1 > max_target_len or not p
+    ]
+    if too_long:
+        i = too_long[0]
+        raise ValueError(
+            f"{len(too_long)} of {len(p_ids)} examples do not fit max_prompt_len={max_prompt_len}"
+            f" / max_target_len={max_target_len} (target + EOS) or have an empty prompt; first "
+            f"is #{i}: prompt {len(p_ids[i])} tokens, target {len(t_ids[i]) + 1} tokens. "
+            "Raise the limits in the config."
+        )
+    n = len(p_ids)
+    prompt = np.full((n, max_prompt_len), pad, np.int32)
+    target = np.full((n, max_target_len), pad, np.int32)
+    prompt_mask = np.zeros((n, max_prompt_len), bool)
+    target_mask = np.zeros((n, max_target_len), bool)
+    for i, (p, t) in enumerate(zip(p_ids, t_ids, strict=True)):
+        prompt[i, max_prompt_len - len(p) :] = p
+        prompt_mask[i, max_prompt_len - len(p) :] = True
+        target[i, : len(t) + 1] = [*t, eos]
+        target_mask[i, : len(t) + 1] = True
+    return dict(prompt=prompt, prompt_mask=prompt_mask, target=target, target_mask=target_mask)
+
+
+def batches(
+    data: dict[str, np.ndarray], batch_size: int, seed: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """Endless shuffled batches of exactly `batch_size` rows (a new permutation per epoch)."""
+    n = len(next(iter(data.values())))
+    if n < batch_size:
+        raise ValueError(f"dataset has {n} examples, fewer than batch_size={batch_size}")
+    rng = np.random.default_rng(seed)
+    while True:
+        order = rng.permutation(n)
+        for start in range(0, n - batch_size + 1, batch_size):
+            idx = order[start : start + batch_size]
+            yield {k: v[idx] for k, v in data.items()}
+
+
+def in_order(data: dict[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Every row once, in order; the last batch is padded by repeating row 0 (with 'valid')."""
+    n = len(next(iter(data.values())))
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, start + batch_size)
+        valid = idx < n
+        idx = np.where(valid, idx, 0)
+        yield {**{k: v[idx] for k, v in data.items()}, "valid": valid}

@@ -1,0 +1,150 @@
+"""A model-agnostic jitted sampler: one prefill, then a `lax.while_loop` decode over a KV cache.
+
+The model is reached through two callbacks, so any family (decoder-only, encoder-decoder with
+the encoder output kept in the cache pytree) plugs in:
+
+    apply_fn(params, tokens [B, T], positions [B, T], mask [B, T, S], cache, cache_index)
+        -> (logits [B, T, V], cache)
+    init_cache(batch, length) -> cache
+
+Prompts are left-padded to a common length P, so every row writes the same cache slot at each
+step, while RoPE positions are per row (pads are skipped). Rows are independent: a row that
+stops early never changes another row's tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    max_new_tokens: int
+    temperature: float = 1.0  # 0 means greedy (argmax)
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
+    stop_ids: tuple[int, ...] = ()
+    pad_id: int = 0
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+
+
+@struct.dataclass
+class SampleOutput:
+    tokens: jax.Array  # [B, N] int32; pad_id after a row's stop token
+    mask: jax.Array  # [B, N] bool; True up to and including the first stop token
+    prompt_lengths: jax.Array  # [B] int32, real (unpadded) prompt tokens
+    num_steps: jax.Array  # [] int32, decode steps run (< N when every row stopped early)
+
+
+@struct.dataclass
+class _DecodeState:
+    step: jax.Array  # [] int32, tokens emitted so far
+    tokens: jax.Array  # [B, N] int32
+    mask: jax.Array  # [B, N] bool
+    logits: jax.Array  # [B, V] float32, the next token's logits
+    done: jax.Array  # [B] bool
+    key_valid: jax.Array  # [B, S] bool, cache slots holding real tokens
+    cache: Any
+    rng: jax.Array
+
+
+def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
+    """Set to -inf every logit outside the top-k and outside the top-p nucleus. [B, V]."""
+    neg_inf = jnp.finfo(logits.dtype).min
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]  # [B, 1]
+        logits = jnp.where(logits < kth, neg_inf, logits)
+    if top_p < 1.0:
+        sorted_logits = -jnp.sort(-logits, axis=-1)  # [B, V] descending
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        kept = jnp.where(mass_before < top_p, sorted_logits, jnp.inf)
+        threshold = jnp.min(kept, axis=-1, keepdims=True)  # [B, 1]
+        logits = jnp.where(logits < threshold, neg_inf, logits)
+    return logits
+
+
+def choose_tokens(logits: jax.Array, rng: jax.Array, cfg: SamplingConfig) -> jax.Array:
+    """Next token per row from [B, V] logits: greedy, or temperature / top-k / top-p sampling."""
+    if cfg.temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
+    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def sample(
+    apply_fn: Callable,
+    init_cache: Callable,
+    params: Any,
+    prompt: jax.Array,
+    prompt_mask: jax.Array,
+    rng: jax.Array,
+    cfg: SamplingConfig,
+) -> SampleOutput:
+    """Sample `cfg.max_new_tokens` tokens after left-padded prompts [B, P] (mask [B, P])."""
+    b, p = prompt.shape
+    n = cfg.max_new_tokens
+    prompt_mask = prompt_mask.astype(bool)
+    prompt_len = prompt_mask.sum(axis=1).astype(jnp.int32)  # [B]
+    cache = init_cache(b, p + n)
+    key_valid = jnp.zeros((b, p + n), bool).at[:, :p].set(prompt_mask)  # [B, S]
+    positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)  # [B, P]
+    causal = jnp.arange(p + n)[None, :] <= jnp.arange(p)[:, None]  # [P, S]
+    logits, cache = apply_fn(
+        params, prompt, positions, causal[None] & key_valid[:, None, :], cache, 0
+    )
+    stop_ids = jnp.asarray(cfg.stop_ids or (-1,), jnp.int32)
+
+    def cond(s: _DecodeState):
+        return (s.step < n) & ~jnp.all(s.done)
+
+    def body(s: _DecodeState):
+        rng, key = jax.random.split(s.rng)
+        tok = jnp.where(s.done, cfg.pad_id, choose_tokens(s.logits, key, cfg))  # [B]
+        tokens = s.tokens.at[:, s.step].set(tok)
+        mask = s.mask.at[:, s.step].set(~s.done)
+        done = s.done | jnp.isin(tok, stop_ids)
+        slot = p + s.step
+        key_valid = s.key_valid.at[:, slot].set(True)
+        pos = (prompt_len + s.step)[:, None]  # [B, 1]
+        out, cache = apply_fn(params, tok[:, None], pos, key_valid[:, None, :], s.cache, slot)
+        return _DecodeState(s.step + 1, tokens, mask, out[:, -1], done, key_valid, cache, rng)
+
+    init = _DecodeState(
+        step=jnp.zeros((), jnp.int32),
+        tokens=jnp.full((b, n), cfg.pad_id, jnp.int32),
+        mask=jnp.zeros((b, n), bool),
+        logits=logits[:, -1].astype(jnp.float32),
+        done=jnp.zeros((b,), bool),
+        key_valid=key_valid,
+        cache=cache,
+        rng=rng,
+    )
+    final = jax.lax.while_loop(cond, body, init)
+    return SampleOutput(final.tokens, final.mask, prompt_len, final.step)
+
+
+def make_sampler(apply_fn: Callable, init_cache: Callable, cfg: SamplingConfig) -> Callable:
+    """Jitted `sampler(params, prompt, prompt_mask, rng) -> SampleOutput`, one compile per shape."""
+
+    @jax.jit
+    def sampler(params, prompt, prompt_mask, rng):
+        return sample(apply_fn, init_cache, params, prompt, prompt_mask, rng, cfg)
+
+    return sampler

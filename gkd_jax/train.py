@@ -1,0 +1,24 @@
+"""Entry point: python -m gkd_jax.train --config=configs/arith.py --workdir=/tmp/gkd-arith
+
+Any config field can be overridden: --config.gkd.lmbda=0.5 --config.steps=100.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from gkd_jax import trainer
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)
