@@ -63,6 +63,13 @@ def validate_config(config: ml_collections.ConfigDict, *, vocab_size: int | None
         _in_unit_interval("gkd.beta", g.beta)
         _one_of("gkd.reduction", g.reduction, REDUCTIONS)
         _one_of("gkd.lmbda_mode", g.lmbda_mode, LMBDA_MODES)
+        if config.teacher.model.vocab_size != config.model.vocab_size:
+            _fail(
+                "teacher.model.vocab_size",
+                config.teacher.model.vocab_size,
+                f"differs from the student's config.model.vocab_size={config.model.vocab_size}:"
+                " teacher and student must share one vocabulary",
+            )
         _positive("gkd.teacher_temperature", g.teacher_temperature)
         _positive("gkd.loss_temperature", g.loss_temperature)
         _positive("sampling.temperature", config.sampling.temperature)

@@ -30,11 +30,13 @@ def model_config(**fields) -> ml_collections.ConfigDict:
 
 
 def model_source(checkpoint: str = "", recipe: str = "", **model) -> ml_collections.ConfigDict:
-    """Where a model comes from: a checkpoint dir ('' = under the workdir, 'builtin:...' =
-    shipped in the package); `recipe` = a config file that trains it if the dir is missing."""
-    return ml_collections.ConfigDict(
-        dict(checkpoint=checkpoint, recipe=recipe, model=model_config(**model))
-    )
+    """Where a model comes from: a checkpoint dir ('' = WORKDIR/NAME/model, 'builtin:...' =
+    shipped in the package); `recipe` = a config file that trains it there if it is missing.
+    `model` fields give its shape (the teacher's; the student's start takes config.model)."""
+    source = dict(checkpoint=checkpoint, recipe=recipe)
+    if model:
+        source["model"] = model_config(**model)
+    return ml_collections.ConfigDict(source)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -63,7 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.model = model_config()  # the model being trained (the student)
     c.init = model_source()  # where the trained model starts; empty: random init
-    c.teacher = model_source()
+    c.teacher = model_source(**model_config().to_dict())
 
     c.gkd = ml_collections.ConfigDict()
     c.gkd.lmbda = 1.0  # student data fraction: P(on-policy completions)

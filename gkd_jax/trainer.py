@@ -92,7 +92,7 @@ def make_train_step(config, apply_s, apply_t, tx):
         params = optax.apply_updates(state["params"], updates)
         metrics = {
             "loss": losses.mean_from_sum_count(total, count),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "loss_tokens": jnp.sum(batch["completion_mask"]),
         }
         return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
@@ -120,18 +120,27 @@ def model_config(config_model: ml_collections.ConfigDict) -> DecoderConfig:
     return DecoderConfig(**config_model.to_dict())
 
 
-def obtain_model(spec: ml_collections.ConfigDict, workdir: str, name: str, dtype):
-    """Load the model a spec names, or train it with its recipe if the checkpoint is missing."""
-    path = resolve_path(spec.checkpoint or os.path.join(workdir, name))
-    expected = model_config(spec.model) if "model" in spec else None
+def obtain_model(spec, workdir: str, name: str, dtype, expected: DecoderConfig):
+    """Load the model a spec names, checking it has the `expected` shape. With `checkpoint=""` it
+    lives in WORKDIR/NAME/model and, when missing, is first trained there by the spec's recipe."""
+    if spec.checkpoint:
+        path = resolve_path(spec.checkpoint)
+        if not checkpoint.has_model(path):
+            raise FileNotFoundError(
+                f"config.{name}.checkpoint: no model at {path}. Make one with `python -m "
+                f"gkd_jax.train --config={spec.recipe or 'CONFIG'} --workdir=DIR` and pass "
+                f"DIR/model, or set --config.{name}.checkpoint= to train it in the workdir."
+            )
+        return checkpoint.load_model(path, expected=expected, dtype=dtype)
+    run_dir = os.path.join(workdir, name)
+    path = os.path.join(run_dir, "model")
     if not checkpoint.has_model(path):
-        if not spec.get("recipe"):
-            raise FileNotFoundError(f"{name}: no checkpoint at {path} and no recipe to make it")
-        from gkd_jax.config_loading import load_config_file  # config files import us
+        if not spec.recipe:
+            raise FileNotFoundError(f"config.{name}: no model at {path} and no recipe to make it")
+        from gkd_jax.config_loading import load_config_file  # config files import this module
 
-        recipe = load_config_file(resolve_path(spec.recipe))
-        log(f"[{name}] no checkpoint at {path}: training it with {spec.recipe}")
-        train_and_evaluate(recipe, path)
+        log(f"[{name}] no model at {path}: training it with {spec.recipe}")
+        train_and_evaluate(load_config_file(spec.recipe), run_dir)
     return checkpoint.load_model(path, expected=expected, dtype=dtype)
 
 
@@ -200,16 +209,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         checkpoint.check_model_config(out_dir, student_cfg)
     teacher = None
     if config.objective == "gkd":
-        teacher = obtain_model(config.teacher, workdir, "teacher", dtype)
-        if teacher.cfg.vocab_size != student_cfg.vocab_size:
-            raise ValueError(
-                f"teacher vocab_size={teacher.cfg.vocab_size} != student vocab_size="
-                f"{student_cfg.vocab_size}: teacher and student must share one vocabulary"
-            )
-    if config.get("init") and config.init.get("checkpoint", "") + config.init.get("recipe", ""):
-        student = obtain_model(config.init, workdir, "student_init", dtype)
-        if student.cfg != student_cfg:
-            checkpoint.check_model_config(resolve_path(config.init.checkpoint), student_cfg)
+        teacher = obtain_model(
+            config.teacher, workdir, "teacher", dtype, model_config(config.teacher.model)
+        )
+    if config.init.checkpoint or config.init.recipe:
+        student = obtain_model(config.init, workdir, "init", dtype, student_cfg)
     else:
         student = build_decoder(student_cfg, seed=config.seed, dtype=dtype or jnp.float32)
 

@@ -1,0 +1,8 @@
+"""Eight fake CPU devices for every test, so sharded code paths run here as on a TPU host."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
