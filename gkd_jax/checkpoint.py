@@ -63,7 +63,9 @@ def load_model(path: str, *, expected: DecoderConfig | None = None, dtype=None) 
     """Read a model written by `save_model`; with `expected`, check its shape first."""
     path = os.path.abspath(path)
     if not has_model(path):
-        raise FileNotFoundError(f"no model checkpoint at {path} (expected {CONFIG_FILE} and params/)")
+        raise FileNotFoundError(
+            f"no model checkpoint at {path} (expected {CONFIG_FILE} and params/)"
+        )
     if expected is not None:
         check_model_config(path, expected)
     cfg = read_model_config(path)

@@ -19,8 +19,9 @@ class Task:
 
 
 TASKS: dict[str, Task] = {
-    "arith": Task("arith", arith.make_examples, arith.extract_answer, exact_match_accuracy,
-                  "accuracy"),
+    "arith": Task(
+        "arith", arith.make_examples, arith.extract_answer, exact_match_accuracy, "accuracy"
+    ),
 }
 
 

@@ -50,6 +50,13 @@ class DecoderConfig:
         return dataclasses.asdict(self)
 
 
+def dense(layer: nnx.Module, x: jax.Array) -> jax.Array:
+    """Apply a projection to tokens flattened to [B*T, D]: XLA:CPU computes the weight gradient of
+    a matmul that contracts over two batch dims ([B, T]) 2-3x slower than over one."""
+    y = layer(x.reshape(-1, x.shape[-1]))
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
 class RMSNorm(nnx.Module):
     def __init__(self, dim: int, eps: float, *, param_dtype=jnp.float32):
         self.weight = nnx.Param(jnp.ones((dim,), param_dtype))
@@ -89,24 +96,31 @@ class Attention(nnx.Module):
         cfg = self.cfg
         b, t, _ = x.shape
         n, k, h = cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head
-        q = rope(self.q_proj(x).reshape(b, t, n, h), positions, cfg.rope_theta)
-        key = rope(self.k_proj(x).reshape(b, t, k, h), positions, cfg.rope_theta)
-        val = self.v_proj(x).reshape(b, t, k, h)
+        q = rope(dense(self.q_proj, x).reshape(b, t, n, h), positions, cfg.rope_theta)
+        key = rope(dense(self.k_proj, x).reshape(b, t, k, h), positions, cfg.rope_theta)
+        val = dense(self.v_proj, x).reshape(b, t, k, h)
         if cache is not None:
             # Every row writes at the same slot: prompts are left-padded, so slots align.
-            key = jax.lax.dynamic_update_slice(cache["k"], key.astype(cache["k"].dtype),
-                                               (0, cache_index, 0, 0))  # [B, S, K, H]
-            val = jax.lax.dynamic_update_slice(cache["v"], val.astype(cache["v"].dtype),
-                                               (0, cache_index, 0, 0))
+            key = jax.lax.dynamic_update_slice(
+                cache["k"], key.astype(cache["k"].dtype), (0, cache_index, 0, 0)
+            )  # [B, S, K, H]
+            val = jax.lax.dynamic_update_slice(
+                cache["v"], val.astype(cache["v"].dtype), (0, cache_index, 0, 0)
+            )
             cache = {"k": key, "v": val}
-        q = q.reshape(b, t, k, n // k, h)  # [B, T, K, G, H]
-        scores = jnp.einsum("btkgh,bskh->bkgts", q, key.astype(q.dtype)).astype(jnp.float32)
-        scores = scores / jnp.sqrt(jnp.float32(h))
-        # A finite fill keeps fully masked rows (pad queries) NaN-free; they are never read.
-        scores = jnp.where(mask[:, None, None, :, :], scores, -1e30)
-        probs = jax.nn.softmax(scores, axis=-1).astype(val.dtype)
-        out = jnp.einsum("bkgts,bskh->btkgh", probs, val.astype(probs.dtype))
-        return self.o_proj(out.reshape(b, t, n * h)), cache
+        # Heads ahead of time and the G query heads of a KV head folded into the query axis:
+        # plain batched matmuls, whose backward XLA:CPU runs ~2x faster than a 5-D einsum's.
+        g, s = n // k, key.shape[1]
+        q = q.reshape(b, t, k, g, h).transpose(0, 2, 3, 1, 4).reshape(b, k, g * t, h)
+        key, val = key.astype(q.dtype).transpose(0, 2, 1, 3), val.transpose(0, 2, 1, 3)
+        scores = jnp.einsum("bkqh,bksh->bkqs", q, key).astype(jnp.float32)  # [B, K, G*T, S]
+        scores = scores.reshape(b, k, g, t, s) / jnp.sqrt(jnp.float32(h))
+        # A finite bias keeps fully masked rows (pad queries) NaN-free; they are never read.
+        scores = scores + jnp.where(mask, 0.0, -1e30)[:, None, None]  # mask: [B, T, S]
+        probs = jax.nn.softmax(scores, axis=-1).astype(val.dtype).reshape(b, k, g * t, s)
+        out = jnp.einsum("bkqs,bksh->bkqh", probs, val)  # [B, K, G*T, H]
+        out = out.reshape(b, k, g, t, h).transpose(0, 3, 1, 2, 4)  # [B, T, K, G, H]
+        return dense(self.o_proj, out.reshape(b, t, n * h)), cache
 
 
 class MLP(nnx.Module):
@@ -117,7 +131,8 @@ class MLP(nnx.Module):
         self.down_proj = nnx.Linear(cfg.intermediate_size, cfg.hidden_size, **lin)
 
     def __call__(self, x):
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        h = jax.nn.silu(dense(self.gate_proj, x)) * dense(self.up_proj, x)
+        return dense(self.down_proj, h)
 
 
 class Block(nnx.Module):
@@ -194,9 +209,10 @@ class Decoder(nnx.Module):
                 new_cache.append(c)
         x = self.norm(x)
         if self.cfg.tie_embeddings:
-            logits = self.embed_tokens.attend(x)
+            b, t, d = x.shape
+            logits = self.embed_tokens.attend(x.reshape(b * t, d)).reshape(b, t, -1)
         else:
-            logits = self.lm_head(x)
+            logits = dense(self.lm_head, x)
         return logits.astype(jnp.float32), new_cache  # [B, T, V]
 
 
