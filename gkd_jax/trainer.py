@@ -170,10 +170,14 @@ def evaluate(model, tokenizer, eval_data, examples, task, config, mesh) -> dict[
         )
         tokens = np.asarray(out.tokens)[batch["valid"]]
         mask = np.asarray(out.mask)[batch["valid"]]
-        texts += [tokenizer.decode(t[m], skip_special_tokens=True) for t, m in zip(tokens, mask)]
+        texts += [
+            tokenizer.decode(t[m], skip_special_tokens=True)
+            for t, m in zip(tokens, mask, strict=True)
+        ]
     predictions = [task.extract(t) for t in texts]
     score = task.metric(predictions, [e.answer for e in examples])
-    return {task.metric_name: score, "samples": list(zip([e.prompt for e in examples], texts))[:3]}
+    samples = [(e.prompt, t) for e, t in zip(examples[:3], texts[:3], strict=True)]
+    return {task.metric_name: score, "samples": samples}
 
 
 # ---------------------------------------------------------------------------- the loop

@@ -45,24 +45,33 @@ T = 11  # one sequence length for full forwards, so jitted apply_fns are reused 
 PAIR = ["tied_gqa", "untied_mqa_bias_headdim"]  # configs for the padding and cache tests
 
 
+def random_decoder(cfg: DecoderConfig, seed: int):
+    """build_decoder's structure with numpy-random weights (no eager init ops to compile).
+
+    Norm weights and biases are randomized too (init makes them 1 and 0, hiding mistakes).
+    """
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: build_decoder(cfg)))
+    rng = np.random.default_rng(seed)
+
+    def init(path, x):
+        name = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)][-1]
+        z = rng.standard_normal(x.shape)
+        if name == "weight":  # RMSNorm
+            z = 1.0 + 0.3 * z
+        elif name == "bias":
+            z = 0.5 * z
+        elif name == "embedding":
+            z = 0.5 * z
+        else:  # kernels [in, out]
+            z = z / np.sqrt(x.shape[0])
+        return jnp.asarray(z, x.dtype)
+
+    return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(init, state))
+
+
 @functools.cache
 def model_for(name: str):
-    """A decoder whose norm weights and biases are randomized (init makes them 1 and 0)."""
-    cfg = CONFIGS[name]
-    model = build_decoder(cfg, seed=list(CONFIGS).index(name))
-    graphdef, state = nnx.split(model)
-    rng = np.random.default_rng(0)
-
-    def perturb(path, x):
-        name = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)][-1]
-        if name == "weight":  # RMSNorm
-            return x + jnp.asarray(0.3 * rng.standard_normal(x.shape), x.dtype)
-        if name == "bias":
-            return jnp.asarray(0.5 * rng.standard_normal(x.shape), x.dtype)
-        return x
-
-    state = jax.tree_util.tree_map_with_path(perturb, state)
-    return nnx.merge(graphdef, state)
+    return random_decoder(CONFIGS[name], seed=list(CONFIGS).index(name))
 
 
 # ---------------------------------------------------------------- numpy reference (float64)
