@@ -124,7 +124,8 @@ def sample(
         key_valid = s.key_valid.at[:, slot].set(True)
         pos = (prompt_len + s.step)[:, None]  # [B, 1]
         out, cache = apply_fn(params, tok[:, None], pos, key_valid[:, None, :], s.cache, slot)
-        return _DecodeState(s.step + 1, tokens, mask, out[:, -1], done, key_valid, cache, rng)
+        logits = out[:, -1].astype(jnp.float32)
+        return _DecodeState(s.step + 1, tokens, mask, logits, done, key_valid, cache, rng)
 
     init = _DecodeState(
         step=jnp.zeros((), jnp.int32),
