@@ -16,19 +16,23 @@ Knobs as in the paper / TRL: --config.gkd.lmbda (student data fraction), --confi
 
 import os
 
-from gkd_jax.config_defaults import base_config, model_source
+from gkd_jax.config_defaults import (
+    ARITH_STUDENT,
+    ARITH_TEACHER,
+    base_config,
+    model_source,
+    shrink_for_smoke,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TEACHER = dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=384)
-STUDENT = dict(hidden_size=48, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=128)
 
 
 def get_config(arg: str = ""):
     c = base_config()
     c.objective = "gkd"
-    c.model.update(STUDENT)
+    c.model.update(ARITH_STUDENT)
     c.teacher = model_source(
-        "builtin:arith/teacher", os.path.join(HERE, "arith_teacher.py"), **TEACHER
+        "builtin:arith/teacher", os.path.join(HERE, "arith_teacher.py"), **ARITH_TEACHER
     )
     c.init = model_source("builtin:arith/student_sft", os.path.join(HERE, "arith_student.py"))
     c.steps = 300
@@ -42,6 +46,5 @@ def get_config(arg: str = ""):
         c.teacher.checkpoint = c.init.checkpoint = ""  # made in the workdir by their recipes
         c.teacher.recipe += ":smoke"
         c.init.recipe += ":smoke"
-        c.steps, c.data.train_examples, c.eval.num_examples = 4, 256, 64
-        c.batch_size, c.eval.batch_size, c.log_every = 16, 32, 2
+        shrink_for_smoke(c)
     return c

@@ -6,22 +6,19 @@ The paper starts GKD from a supervised fine-tuned student; `builtin:arith/studen
 exactly this command.
 """
 
-from gkd_jax.config_defaults import base_config, model_config
-
-STUDENT = dict(hidden_size=48, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=128)
+from gkd_jax.config_defaults import ARITH_STUDENT, base_config, model_config, shrink_for_smoke
 
 
 def get_config(arg: str = ""):
     c = base_config()
     c.objective = "sft"
-    c.model = model_config(**STUDENT)
-    c.steps = 600
+    c.model = model_config(**ARITH_STUDENT)
+    c.steps = 1500
     c.batch_size = 64
     c.log_every = 50
     c.optim.learning_rate = 3e-3
     c.optim.warmup_steps = 50
     c.optim.weight_decay = 0.01
     if arg == "smoke":
-        c.steps, c.data.train_examples, c.eval.num_examples = 4, 256, 64
-        c.batch_size, c.eval.batch_size, c.log_every = 16, 32, 2
+        shrink_for_smoke(c)
     return c

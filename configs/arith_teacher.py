@@ -6,15 +6,13 @@ The shipped `builtin:arith/teacher` checkpoint was made by exactly this command 
 gkd_jax/assets/arith/teacher with `cp -r /tmp/arith-teacher/model ...`).
 """
 
-from gkd_jax.config_defaults import base_config, model_config
-
-TEACHER = dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=384)
+from gkd_jax.config_defaults import ARITH_TEACHER, base_config, model_config, shrink_for_smoke
 
 
 def get_config(arg: str = ""):
     c = base_config()
     c.objective = "sft"
-    c.model = model_config(**TEACHER)
+    c.model = model_config(**ARITH_TEACHER)
     c.steps = 1500
     c.batch_size = 64
     c.log_every = 50
@@ -22,6 +20,5 @@ def get_config(arg: str = ""):
     c.optim.warmup_steps = 100
     c.optim.weight_decay = 0.01
     if arg == "smoke":
-        c.steps, c.data.train_examples, c.eval.num_examples = 4, 256, 64
-        c.batch_size, c.eval.batch_size, c.log_every = 16, 32, 2
+        shrink_for_smoke(c)
     return c

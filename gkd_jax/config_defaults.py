@@ -7,6 +7,14 @@ from __future__ import annotations
 
 import ml_collections
 
+# The arith task's models: teacher ~0.8M parameters, student ~60k (the issue's reference pair).
+ARITH_TEACHER = dict(
+    hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=384
+)
+ARITH_STUDENT = dict(
+    hidden_size=48, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=128
+)
+
 
 def model_config(**fields) -> ml_collections.ConfigDict:
     """A decoder shape (fields of gkd_jax.models.DecoderConfig)."""
@@ -89,4 +97,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.b1 = 0.9
     c.optim.b2 = 0.98
     c.optim.grad_clip = 1.0
+    return c
+
+
+def shrink_for_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The `:smoke` variant of any config: a few steps on a few examples, seconds on a CPU."""
+    c.steps, c.data.train_examples, c.eval.num_examples = 4, 256, 64
+    c.batch_size, c.eval.batch_size, c.log_every = 16, 32, 2
     return c
