@@ -255,7 +255,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     data_iter = pipeline.batches(train_data, config.batch_size, config.seed)
     base_key = jax.random.key(config.seed)
-    t_start, n_seen, logged = time.time(), 0, []
+    t_start = t_window = time.time()
+    on_policy_window = []
     with open(metrics_path, "a") as metrics_file:
         for step in range(config.steps):
             batch = next(data_iter)
@@ -279,16 +280,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     completion_mask=completion_mask,
                 ),
             )
-            n_seen += config.batch_size
+            on_policy_window.append(on_policy_frac)
             if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
                 m = {k: float(v) for k, v in jax.device_get(m).items()}
-                elapsed = time.time() - t_start
-                rate = n_seen / elapsed
-                eta = (config.steps - step - 1) * config.batch_size / rate
-                row = {"step": step + 1, **m, "on_policy": on_policy_frac, "examples_per_s": rate}
+                now = time.time()
+                # Throughput over the window since the last log line: the first window also
+                # pays for compilation, later ones are the steady state.
+                rate = len(on_policy_window) * config.batch_size / (now - t_window)
+                elapsed, eta = now - t_start, (config.steps - step - 1) * config.batch_size / rate
+                row = {
+                    "step": step + 1,
+                    **m,
+                    "on_policy": float(np.mean(on_policy_window)),
+                    "examples_per_s": rate,
+                }
                 metrics_file.write(json.dumps(row) + "\n")
                 metrics_file.flush()
-                logged.append(row)
+                t_window, on_policy_window = now, []
                 log(
                     f"step {step + 1:5d}/{config.steps} | loss {m['loss']:.4f} | "
                     f"grad {m['grad_norm']:.3f} | {rate:7.1f} ex/s | "
@@ -305,7 +313,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "metric": task.metric_name,
         "scores": {k: v[task.metric_name] for k, v in results.items()},
         "train_seconds": train_seconds,
-        "examples_per_s": n_seen / max(train_seconds, 1e-9),
+        "examples_per_s": config.steps * config.batch_size / max(train_seconds, 1e-9),
         "steps": config.steps,
         "samples": results["final"]["samples"],
     }

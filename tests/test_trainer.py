@@ -46,16 +46,16 @@ def random_batch(b=16, p=6, n=5, seed=0):
     )
 
 
-def setup_step(config):
-    params, apply_s, _ = functional(build_decoder(STUDENT, seed=1))
-    t_params, apply_t, _ = functional(build_decoder(TEACHER, seed=2))
+def setup_step(config, dtype=jnp.float32):
+    params, apply_s, _ = functional(build_decoder(STUDENT, seed=1, dtype=dtype))
+    t_params, apply_t, _ = functional(build_decoder(TEACHER, seed=2, dtype=dtype))
     tx = trainer.make_optimizer(config)
     state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
     return trainer.make_train_step(config, apply_s, apply_t, tx), state, t_params
 
 
-def run_step(config, devices, batch):
-    step, state, t_params = setup_step(config)
+def run_step(config, devices, batch, dtype=jnp.float32):
+    step, state, t_params = setup_step(config, dtype)
     mesh = Mesh(np.array(devices), ("data",))
     rep, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     state, metrics = step(
@@ -103,6 +103,16 @@ def test_teacher_frozen_student_learns_one_compile():
     assert step._cache_size() == 1
     assert_trees_close(t_before, t_params, tol=0)
     assert loss[-1] < loss[0]  # forward KL to a fixed teacher on fixed data goes down
+
+
+def test_bfloat16_compute_is_finite_and_close():
+    config = gkd_config(beta=0.5)
+    batch = random_batch()
+    p32, m32 = run_step(config, jax.devices()[:1], batch)
+    p16, m16 = run_step(config, jax.devices()[:1], batch, dtype=jnp.bfloat16)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(p16))  # params stay float32
+    assert np.isfinite(m16["loss"]) and np.isfinite(m16["grad_norm"])
+    np.testing.assert_allclose(m16["loss"], m32["loss"], rtol=5e-2)
 
 
 def fake_samplers(b, n):
