@@ -1,12 +1,24 @@
+import os
+
 from setuptools import find_packages, setup
+
+
+def asset_files():
+    """Every file under gkd_jax/assets (the shipped arith checkpoints), relative to gkd_jax/."""
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gkd_jax")
+    return [
+        os.path.relpath(os.path.join(d, f), root)
+        for d, _, files in os.walk(os.path.join(root, "assets"))
+        for f in files
+    ]
+
 
 setup(
     name="gkd_jax",
     version="0.1.0",
     description="On-policy knowledge distillation (GKD) of language models in JAX/Flax NNX",
     packages=find_packages(include=["gkd_jax", "gkd_jax.*"]),
-    package_data={"gkd_jax": ["assets/**/*"]},
-    include_package_data=True,
+    package_data={"gkd_jax": asset_files()},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.6",
