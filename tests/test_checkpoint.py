@@ -38,9 +38,10 @@ def test_shape_mismatch_and_missing(tmp_path):
         checkpoint.load_model(str(tmp_path / "nothing"))
 
 
-# Documented in README.md ("The embedded task"): held-out greedy accuracy of the shipped models
-# on the first 256 test problems (seed 0). Measured: teacher 0.98, student SFT 0.32 (see below).
-SHIPPED = {"teacher": (0.90, 1.0), "student_sft": (0.15, 0.60)}
+# Documented in README.md and gkd_jax/assets/arith/README.md: greedy accuracy on 500 held-out
+# problems, teacher 0.990 and student SFT 0.660. Here on the first 256 (0.660 measured for the
+# student), so a band of about two standard errors around the documented figure.
+SHIPPED = {"teacher": (0.95, 1.0), "student_sft": (0.60, 0.72)}
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
