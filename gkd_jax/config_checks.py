@@ -8,10 +8,10 @@ import ml_collections
 
 from gkd_jax.data.tasks import TASKS
 from gkd_jax.losses import REDUCTIONS
+from gkd_jax.models import COMPUTE_DTYPES
 
 OBJECTIVES = ("gkd", "sft")
 LMBDA_MODES = ("batch", "example")
-DTYPES = ("float32", "bfloat16")
 
 
 def _fail(field: str, value, allowed: str):
@@ -37,7 +37,7 @@ def validate_config(config: ml_collections.ConfigDict, *, vocab_size: int | None
     """Raise ValueError for the first bad value; `vocab_size` is the tokenizer's, when known."""
     _one_of("task", config.task, sorted(TASKS))
     _one_of("objective", config.objective, OBJECTIVES)
-    _one_of("dtype", config.dtype, DTYPES)
+    _one_of("dtype", config.dtype, sorted(COMPUTE_DTYPES))
     if config.max_new_tokens < 1:
         _fail("max_new_tokens", config.max_new_tokens, "must be >= 1")
     for field in ("steps", "batch_size", "grad_accum", "log_every", "data.max_prompt_len"):

@@ -22,19 +22,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from gkd_jax import checkpoint, losses
 from gkd_jax.config_checks import validate_config
 from gkd_jax.data import pipeline
+from gkd_jax.data.char_tokenizer import build_char_tokenizer, load_tokenizer
 from gkd_jax.data.tasks import get_task
-from gkd_jax.models import DecoderConfig, build_decoder, functional
+from gkd_jax.models import COMPUTE_DTYPES, DecoderConfig, build_decoder, functional
 from gkd_jax.models.decoder import causal_mask, positions_from_mask
 from gkd_jax.resources import resolve_path
 from gkd_jax.sampling import SamplingConfig, make_sampler
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 # ---------------------------------------------------------------------------- the jitted step
@@ -189,10 +189,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Train per `config` into `workdir`; return the final evaluation (also in results.json)."""
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    dtype = DTYPES[config.dtype] if config.dtype in DTYPES else None
     task = get_task(config.task)
     tokenizer = load_or_build_tokenizer(config, workdir)
     validate_config(config, vocab_size=len(tokenizer))
+    dtype = COMPUTE_DTYPES[config.dtype]
 
     # Data: fixed shapes, so each jitted function compiles once.
     train_ex = task.make_examples("train", config.data.train_examples, config.seed)
@@ -219,7 +219,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if config.init.checkpoint or config.init.recipe:
         student = obtain_model(config.init, workdir, "init", dtype, student_cfg)
     else:
-        student = build_decoder(student_cfg, seed=config.seed, dtype=dtype or jnp.float32)
+        student = build_decoder(student_cfg, seed=config.seed, dtype=dtype)
 
     mesh = Mesh(np.array(jax.devices()), ("data",))
     replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
@@ -357,15 +357,11 @@ def gkd_completions(
 
 
 def rebuild(model, params):
-    from flax import nnx
-
     nnx.update(model, jax.device_get(params))
     return model
 
 
 def load_or_build_tokenizer(config, workdir: str):
-    from gkd_jax.data.char_tokenizer import build_char_tokenizer, load_tokenizer
-
     if config.tokenizer:
         return load_tokenizer(resolve_path(config.tokenizer))
     path = os.path.join(workdir, "tokenizer")

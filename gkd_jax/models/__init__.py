@@ -10,6 +10,9 @@ from flax import nnx
 
 from gkd_jax.models.decoder import Decoder, DecoderConfig
 
+# Compute dtypes by config name; parameters are always kept in float32.
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
 
 def functional(model: nnx.Module) -> tuple[Any, Callable, Callable]:
     """Split `model` into (params, apply_fn, init_cache) for jitted code.
@@ -28,4 +31,4 @@ def build_decoder(cfg: DecoderConfig, *, seed: int = 0, dtype=jnp.float32) -> De
     return Decoder(cfg, dtype=dtype, rngs=nnx.Rngs(seed))
 
 
-__all__ = ["Decoder", "DecoderConfig", "build_decoder", "functional"]
+__all__ = ["COMPUTE_DTYPES", "Decoder", "DecoderConfig", "build_decoder", "functional"]
