@@ -453,6 +453,7 @@ def test_fresh_randomness_every_step_and_row():
 
 def test_low_precision_logits_from_apply_fn():
     """An apply_fn returning bf16 logits must not break the while_loop's carried dtypes."""
+
     def bf16_apply(table, tokens, positions, mask, cache=None, cache_index=None):
         return table[tokens].astype(jnp.bfloat16), cache
 
