@@ -8,17 +8,19 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gkd_jax import checkpoint, trainer
+from gkd_jax import checkpoint, losses, trainer
 from gkd_jax.config_defaults import base_config
 from gkd_jax.models import DecoderConfig, build_decoder, functional
 from gkd_jax.sampling import SampleOutput
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V = 23
+SGD_LR = 0.5
 STUDENT = DecoderConfig(V, 16, 1, 2, 1, 32)
 TEACHER = DecoderConfig(V, 24, 2, 4, 2, 48)
 
@@ -46,10 +48,12 @@ def random_batch(b=16, p=6, n=5, seed=0):
     )
 
 
-def setup_step(config, dtype=jnp.float32):
+def setup_step(config, dtype=jnp.float32, tx=None):
+    """The real step. Default optimizer: plain SGD, whose update is proportional to the gradient
+    (AdamW's first step is nearly scale-free, so it would hide a wrongly normalised gradient)."""
     params, apply_s, _ = functional(build_decoder(STUDENT, seed=1, dtype=dtype))
     t_params, apply_t, _ = functional(build_decoder(TEACHER, seed=2, dtype=dtype))
-    tx = trainer.make_optimizer(config)
+    tx = tx or optax.sgd(SGD_LR)
     state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
     return trainer.make_train_step(config, apply_s, apply_t, tx), state, t_params
 
@@ -81,6 +85,30 @@ def test_step_on_8_devices_equals_1_device(reduction):
 
 
 @pytest.mark.parametrize("reduction", ["sequence", "token"])
+def test_step_gradient_is_the_gradient_of_the_batch_mean(reduction):
+    """SGD step = -lr * d/dparams of the masked mean of the per-token JSD over the whole batch."""
+    config = gkd_config(reduction=reduction, beta=0.9)
+    batch = random_batch()
+    new_params, metrics = run_step(config, jax.devices()[:1], batch)
+    params, apply_s, _ = functional(build_decoder(STUDENT, seed=1))
+    t_params, apply_t, _ = functional(build_decoder(TEACHER, seed=2))
+    args = [jnp.asarray(batch[k]) for k in ("prompt", "prompt_mask", "completion")]
+    args.append(jnp.asarray(batch["completion_mask"]))
+    t_logits = trainer.sequence_logits(apply_t, t_params, *args)
+
+    def mean_loss(p):
+        per_token = losses.generalized_jsd(
+            trainer.sequence_logits(apply_s, p, *args), t_logits, beta=0.9
+        )
+        return losses.masked_mean(per_token, args[3], reduction)
+
+    loss, grads = jax.value_and_grad(mean_loss)(params)
+    np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-6)
+    expected = jax.tree.map(lambda p, g: p - SGD_LR * g, params, grads)
+    assert_trees_close(jax.device_get(expected), new_params, tol=2e-6)
+
+
+@pytest.mark.parametrize("reduction", ["sequence", "token"])
 def test_gradient_accumulation_equals_one_big_batch(reduction):
     batch = random_batch(b=16)
     config = gkd_config(reduction=reduction, beta=0.1)
@@ -93,7 +121,7 @@ def test_gradient_accumulation_equals_one_big_batch(reduction):
 
 def test_teacher_frozen_student_learns_one_compile():
     config = gkd_config(beta=0.0)
-    step, state, t_params = setup_step(config)
+    step, state, t_params = setup_step(config, tx=trainer.make_optimizer(config))
     t_before = jax.tree.map(np.array, t_params)
     batch = jax.tree.map(jnp.asarray, random_batch())
     loss = []
@@ -103,6 +131,20 @@ def test_teacher_frozen_student_learns_one_compile():
     assert step._cache_size() == 1
     assert_trees_close(t_before, t_params, tol=0)
     assert loss[-1] < loss[0]  # forward KL to a fixed teacher on fixed data goes down
+
+
+def test_make_optimizer_warmup_then_decay():
+    config = gkd_config()
+    config.optim.update(learning_rate=1e-2, warmup_steps=5, final_lr_fraction=0.1, grad_clip=1e9)
+    tx = trainer.make_optimizer(config)
+    params = {"w": jnp.zeros(())}
+    state = tx.init(params)
+    lrs = []
+    for _ in range(config.steps):  # a constant gradient: Adam's update is exactly the lr
+        updates, state = tx.update({"w": jnp.ones(())}, state, params)
+        lrs.append(-float(updates["w"]))
+    np.testing.assert_allclose(lrs[:6], [0, 2e-3, 4e-3, 6e-3, 8e-3, 1e-2], atol=1e-6)  # warmup
+    assert all(a > b > 1e-3 for a, b in zip(lrs[5:], lrs[6:]))  # cosine decay towards 10%
 
 
 def test_bfloat16_compute_is_finite_and_close():
