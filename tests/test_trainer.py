@@ -144,7 +144,7 @@ def test_make_optimizer_warmup_then_decay():
         updates, state = tx.update({"w": jnp.ones(())}, state, params)
         lrs.append(-float(updates["w"]))
     np.testing.assert_allclose(lrs[:6], [0, 2e-3, 4e-3, 6e-3, 8e-3, 1e-2], atol=1e-6)  # warmup
-    assert all(a > b > 1e-3 for a, b in zip(lrs[5:], lrs[6:]))  # cosine decay towards 10%
+    assert all(np.diff(lrs[5:]) < 0) and lrs[-1] > 1e-3  # cosine decay towards 10%
 
 
 def test_bfloat16_compute_is_finite_and_close():
