@@ -145,20 +145,20 @@ def obtain_model(spec, workdir: str, name: str, dtype, expected: DecoderConfig):
 
 
 # ---------------------------------------------------------------------------- evaluation
-def evaluate(model, tokenizer, eval_data, examples, task, config, mesh) -> dict[str, Any]:
-    """Greedy decoding of the eval split; the task's metric on the decoded completions."""
-    params, apply_fn, init_cache = functional(model)
-    params = jax.device_put(params, NamedSharding(mesh, P()))
-    sampler = make_sampler(
-        apply_fn,
-        init_cache,
-        SamplingConfig(
-            max_new_tokens=config.max_new_tokens,
-            temperature=0.0,
-            stop_ids=(tokenizer.eos_token_id,),
-            pad_id=tokenizer.pad_token_id,
-        ),
+def greedy_sampler(apply_fn, init_cache, tokenizer, config):
+    """The evaluation decoder: greedy, up to max_new_tokens, stopping at EOS."""
+    cfg = SamplingConfig(
+        max_new_tokens=config.max_new_tokens,
+        temperature=0.0,
+        stop_ids=(tokenizer.eos_token_id,),
+        pad_id=tokenizer.pad_token_id,
     )
+    return make_sampler(apply_fn, init_cache, cfg)
+
+
+def evaluate(sampler, params, tokenizer, eval_data, examples, task, config, mesh) -> dict:
+    """Greedy decoding of the eval split; the task's metric on the decoded completions."""
+    params = jax.device_put(params, NamedSharding(mesh, P()))
     rows = NamedSharding(mesh, P("data"))
     texts = []
     for batch in pipeline.in_order(eval_data, config.eval.batch_size):
@@ -223,20 +223,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     mesh = Mesh(np.array(jax.devices()), ("data",))
     replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    params, apply_s, init_cache_s = functional(student)
+    teacher_params, apply_t, samplers = None, None, {}
+    if teacher is not None:
+        teacher_params, apply_t, init_cache_t = functional(teacher)
+        teacher_params = jax.device_put(teacher_params, replicated)
+    # One compiled greedy decoder per model: the student's serves its first and last evaluation.
+    eval_args = (tokenizer, eval_data, eval_ex, task, config, mesh)
+    eval_student = greedy_sampler(apply_s, init_cache_s, tokenizer, config)
     results: dict[str, Any] = {}
     if teacher is not None:
-        results["teacher"] = evaluate(teacher, tokenizer, eval_data, eval_ex, task, config, mesh)
-    results["start"] = evaluate(student, tokenizer, eval_data, eval_ex, task, config, mesh)
+        t_sampler = greedy_sampler(apply_t, init_cache_t, tokenizer, config)
+        results["teacher"] = evaluate(t_sampler, teacher_params, *eval_args)
+    results["start"] = evaluate(eval_student, params, *eval_args)
     for name, r in results.items():
         log(f"[eval] {name}: {task.metric_name} {r[task.metric_name]:.4f}")
 
-    params, apply_s, init_cache_s = functional(student)
     tx = make_optimizer(config)
     state = jax.device_put(
         {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)},
         replicated,
     )
-    teacher_params, apply_t, samplers = None, None, {}
     sampling = SamplingConfig(
         max_new_tokens=config.max_new_tokens,
         temperature=config.sampling.temperature,
@@ -246,8 +253,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         pad_id=tokenizer.pad_token_id,
     )
     if teacher is not None:
-        teacher_params, apply_t, init_cache_t = functional(teacher)
-        teacher_params = jax.device_put(teacher_params, replicated)
         samplers["student"] = make_sampler(apply_s, init_cache_s, sampling)
         samplers["teacher"] = make_sampler(apply_t, init_cache_t, sampling)
     train_step = make_train_step(config, apply_s, apply_t, tx)
@@ -306,7 +311,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     student = rebuild(student, state["params"])
     checkpoint.save_model(out_dir, student)
-    results["final"] = evaluate(student, tokenizer, eval_data, eval_ex, task, config, mesh)
+    results["final"] = evaluate(eval_student, state["params"], *eval_args)
     summary = {
         "task": config.task,
         "objective": config.objective,
