@@ -22,7 +22,7 @@ from gkd_jax import trainer  # noqa: E402
 from gkd_jax.config_loading import load_config_file  # noqa: E402
 from gkd_jax.data import arith, pipeline  # noqa: E402
 from gkd_jax.data.char_tokenizer import build_char_tokenizer  # noqa: E402
-from gkd_jax.models import COMPUTE_DTYPES, functional  # noqa: E402
+from gkd_jax.models import COMPUTE_DTYPES, functional_lm  # noqa: E402
 from gkd_jax.sampling import SamplingConfig, make_sampler  # noqa: E402
 
 
@@ -54,9 +54,9 @@ def main():
     ex = arith.make_examples("train", args.batch, 0)
     data = pipeline.encode(tok, [e.prompt for e in ex], [e.target for e in ex],
                            max_prompt_len=48, max_target_len=config.max_new_tokens)  # fmt: skip
-    s_params, apply_s, init_s = functional(student)
-    t_params, apply_t, _ = functional(teacher)
-    sampler = make_sampler(apply_s, init_s, SamplingConfig(
+    s_params, student_fns = functional_lm(student)
+    t_params, teacher_fns = functional_lm(teacher)
+    sampler = make_sampler(student_fns.decoding, SamplingConfig(
         config.max_new_tokens, stop_ids=(tok.eos_token_id,), pad_id=tok.pad_token_id))  # fmt: skip
     key = jax.random.key(0)
     sample_first, sample_s = timed(
@@ -64,7 +64,7 @@ def main():
     )
     out = sampler(s_params, data["prompt"], data["prompt_mask"], key)
     tx = trainer.make_optimizer(config)
-    step = trainer.make_train_step(config, apply_s, apply_t, tx)
+    step = trainer.make_train_step(config, student_fns, teacher_fns, tx)
     batch = dict(prompt=data["prompt"], prompt_mask=data["prompt_mask"],
                  completion=out.tokens, completion_mask=out.mask)  # fmt: skip
     state = {"params": s_params, "opt_state": tx.init(s_params), "step": np.int32(0)}

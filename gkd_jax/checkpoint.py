@@ -14,7 +14,8 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from gkd_jax.models import Decoder, DecoderConfig, build_decoder
+from gkd_jax.models.decoder import Decoder, DecoderConfig
+from gkd_jax.models.hf import build_model
 
 CONFIG_FILE = "model_config.json"
 
@@ -25,14 +26,40 @@ def has_model(path: str) -> bool:
     )
 
 
-def read_model_config(path: str) -> DecoderConfig:
+def _config_class(family: str):
+    if family == "decoder":
+        return DecoderConfig
+    if family == "t5":
+        from gkd_jax.models.t5 import T5Config
+
+        return T5Config
+    raise ValueError(f"unknown model family {family!r} in {CONFIG_FILE}")
+
+
+def _tuples(value):
+    # JSON turns tuples into lists; the config dataclasses are frozen and hashable.
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def _fields(config: dict) -> dict:
+    return {k: _tuples(v) for k, v in config.items()}
+
+
+def read_model_config(path: str):
+    """The config dataclass (DecoderConfig or T5Config) of the model saved at `path`."""
     with open(os.path.join(path, CONFIG_FILE)) as f:
-        return DecoderConfig(**json.load(f)["config"])
+        meta = json.load(f)
+    return _config_class(meta.get("family", "decoder"))(**_fields(meta["config"]))
 
 
-def check_model_config(path: str, expected: DecoderConfig) -> None:
+def check_model_config(path: str, expected) -> None:
     """Raise if the checkpoint at `path` holds a model of another shape than `expected`."""
     found = read_model_config(path)
+    if type(found) is not type(expected):
+        raise ValueError(
+            f"the checkpoint at {path} holds a {type(found).__name__} model, the config asks "
+            f"for a {type(expected).__name__}: use another --workdir or delete {path}"
+        )
     if found != expected:
         diff = {
             k: (v, getattr(expected, k))
@@ -46,7 +73,7 @@ def check_model_config(path: str, expected: DecoderConfig) -> None:
         )
 
 
-def save_model(path: str, model: Decoder, extra: dict[str, Any] | None = None) -> None:
+def save_model(path: str, model: nnx.Module, extra: dict[str, Any] | None = None) -> None:
     """Write `model` (config + parameters) to `path`, replacing what was there."""
     path = os.path.abspath(path)
     os.makedirs(path, exist_ok=True)
@@ -54,12 +81,13 @@ def save_model(path: str, model: Decoder, extra: dict[str, Any] | None = None) -
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(os.path.join(path, "params"), params, force=True)
         ckptr.wait_until_finished()
-    meta = {"family": "decoder", "config": model.cfg.to_dict(), **(extra or {})}
+    family = "decoder" if isinstance(model, Decoder) else "t5"
+    meta = {"family": family, "config": model.cfg.to_dict(), **(extra or {})}
     with open(os.path.join(path, CONFIG_FILE), "w") as f:
         json.dump(meta, f, indent=2)
 
 
-def load_model(path: str, *, expected: DecoderConfig | None = None, dtype=None) -> Decoder:
+def load_model(path: str, *, expected=None, dtype=None) -> nnx.Module:
     """Read a model written by `save_model`; with `expected`, check its shape first."""
     path = os.path.abspath(path)
     if not has_model(path):
@@ -70,7 +98,7 @@ def load_model(path: str, *, expected: DecoderConfig | None = None, dtype=None) 
         check_model_config(path, expected)
     cfg = read_model_config(path)
     kwargs = {} if dtype is None else {"dtype": dtype}
-    model = nnx.eval_shape(lambda: build_decoder(cfg, **kwargs))
+    model = nnx.eval_shape(lambda: build_model(cfg, **kwargs))
     abstract = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract)
     with ocp.StandardCheckpointer() as ckptr:

@@ -9,6 +9,7 @@ import ml_collections
 from gkd_jax.data.tasks import TASKS
 from gkd_jax.losses import REDUCTIONS
 from gkd_jax.models import COMPUTE_DTYPES
+from gkd_jax.models.hf import SAVE_DTYPES, is_hf_source
 
 OBJECTIVES = ("gkd", "sft")
 LMBDA_MODES = ("batch", "example")
@@ -63,7 +64,8 @@ def validate_config(config: ml_collections.ConfigDict, *, vocab_size: int | None
         _in_unit_interval("gkd.beta", g.beta)
         _one_of("gkd.reduction", g.reduction, REDUCTIONS)
         _one_of("gkd.lmbda_mode", g.lmbda_mode, LMBDA_MODES)
-        if config.teacher.model.vocab_size != config.model.vocab_size:
+        hf = is_hf_source(config.teacher.checkpoint) or is_hf_source(config.init.checkpoint)
+        if not hf and config.teacher.model.vocab_size != config.model.vocab_size:
             _fail(
                 "teacher.model.vocab_size",
                 config.teacher.model.vocab_size,
@@ -77,7 +79,11 @@ def validate_config(config: ml_collections.ConfigDict, *, vocab_size: int | None
             _fail("sampling.top_k", config.sampling.top_k, "must be >= 0 (0 = off)")
         if not 0.0 < config.sampling.top_p <= 1.0:
             _fail("sampling.top_p", config.sampling.top_p, "must be in (0, 1] (1 = off)")
-    if vocab_size is not None and config.model.vocab_size < vocab_size:
+    _one_of("export.dtype", config.export.dtype, sorted(SAVE_DTYPES))
+    if not isinstance(config.data.strict, bool):
+        _fail("data.strict", config.data.strict, "must be True or False")
+    student_hf = is_hf_source(config.init.checkpoint)
+    if vocab_size is not None and not student_hf and config.model.vocab_size < vocab_size:
         _fail(
             "model.vocab_size",
             config.model.vocab_size,

@@ -66,6 +66,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.train_examples = 20_000
     c.data.eval_seed = 0
     c.data.max_prompt_len = 48
+    # Chat task: TRL-format data (JSONL, a `datasets.save_to_disk` dir, or "hf:NAME[:CONFIG]").
+    c.data.train_file = ""
+    c.data.train_split = "train"
+    c.data.eval_file = ""  # "": hold out the last eval.num_examples training records
+    c.data.eval_split = "validation"
+    c.data.strict = True  # a bad record is an error; False skips and reports it
 
     c.eval = ml_collections.ConfigDict()
     c.eval.num_examples = 500
@@ -88,6 +94,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.sampling.temperature = 1.0
     c.sampling.top_k = 0
     c.sampling.top_p = 1.0
+
+    c.export = ml_collections.ConfigDict()  # the trained model in Hugging Face format
+    c.export.hf = True  # WORKDIR/hf_model, loadable by transformers / vLLM
+    c.export.dtype = "float32"  # or "bfloat16", "float16"
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-3

@@ -1,22 +1,17 @@
-"""A model-agnostic jitted sampler: one prefill, then a `lax.while_loop` decode over a KV cache.
+"""A model-agnostic jitted sampler: one prefill, then a `lax.while_loop` decode.
 
-The model is reached through two callbacks, so any family (decoder-only, encoder-decoder with
-the encoder output kept in the cache pytree) plugs in:
-
-    apply_fn(params, tokens [B, T], positions [B, T], mask [B, T, S], cache, cache_index)
-        -> (logits [B, T, V], cache)
-    init_cache(batch, length) -> cache
-
-Prompts are left-padded to a common length P, so every row writes the same cache slot at each
-step, while RoPE positions are per row (pads are skipped). Rows are independent: a row that
-stops early never changes another row's tokens.
+The model is reached through a `Decoding` pair of pure functions (prefill, step) whose state is
+any pytree, so a decoder-only model (KV cache) and an encoder-decoder (encoder output + decoder
+cache) plug in alike; `causal_lm_decoding` builds the pair from a decoder's apply function.
+Prompts are left-padded. Rows are independent: a row that stops early never changes another
+row's tokens.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +26,7 @@ class SamplingConfig:
     top_p: float = 1.0  # 1.0: off
     stop_ids: tuple[int, ...] = ()
     pad_id: int = 0
+    vocab_size: int = 0  # > 0: sample only among the first vocab_size ids (a shared vocabulary)
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -58,8 +54,7 @@ class _DecodeState:
     mask: jax.Array  # [B, N] bool
     logits: jax.Array  # [B, V] float32, the next token's logits
     done: jax.Array  # [B] bool
-    key_valid: jax.Array  # [B, S] bool, cache slots holding real tokens
-    cache: Any
+    state: Any  # the model family's decoding state (KV cache, ...)
     rng: jax.Array
 
 
@@ -82,15 +77,65 @@ def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
 
 def choose_tokens(logits: jax.Array, rng: jax.Array, cfg: SamplingConfig) -> jax.Array:
     """Next token per row from [B, V] logits: greedy, or temperature / top-k / top-p sampling."""
+    if cfg.vocab_size:
+        logits = logits[:, : cfg.vocab_size]
     if cfg.temperature == 0.0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
+class Decoding(NamedTuple):
+    """How a model family decodes, as two pure functions (the sampler knows nothing else):
+
+    prefill(params, prompt [B, P], prompt_mask [B, P], max_new_tokens) -> (logits [B, V], state)
+        reads the prompt; logits predict the first new token; `max_new_tokens` is static.
+    step(params, tokens [B], index [], state) -> (logits [B, V], state)
+        feeds back new token number `index` (0-based); logits predict the next one.
+    """
+
+    prefill: Callable
+    step: Callable
+
+
+def causal_lm_decoding(apply_fn: Callable, init_cache: Callable) -> Decoding:
+    """Decoding for a decoder-only model reached through
+
+        apply_fn(params, tokens [B, T], positions [B, T], mask [B, T, S], cache, cache_index)
+            -> (logits [B, T, V], cache)
+        init_cache(batch, length) -> cache
+
+    Prompts are left-padded to a common length P, so every row writes the same cache slot at each
+    step, while RoPE positions are per row (pads are skipped).
+    """
+
+    def prefill(params, prompt, prompt_mask, max_new_tokens):
+        b, p = prompt.shape
+        s = p + max_new_tokens
+        prompt_mask = prompt_mask.astype(bool)
+        key_valid = jnp.zeros((b, s), bool).at[:, :p].set(prompt_mask)  # [B, S]
+        positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)  # [B, P]
+        causal = jnp.arange(s)[None, :] <= jnp.arange(p)[:, None]  # [P, S]
+        mask = causal[None] & key_valid[:, None, :]  # [B, P, S]
+        logits, cache = apply_fn(params, prompt, positions, mask, init_cache(b, s), 0)
+        prompt_len = prompt_mask.sum(axis=1).astype(jnp.int32)  # [B]
+        return logits[:, -1], (cache, key_valid, prompt_len, jnp.int32(p))
+
+    def step(params, tokens, index, state):
+        cache, key_valid, prompt_len, p = state
+        slot = p + index
+        key_valid = key_valid.at[:, slot].set(True)
+        positions = (prompt_len + index)[:, None]  # [B, 1]
+        logits, cache = apply_fn(
+            params, tokens[:, None], positions, key_valid[:, None, :], cache, slot
+        )
+        return logits[:, -1], (cache, key_valid, prompt_len, p)
+
+    return Decoding(prefill, step)
+
+
 def sample(
-    apply_fn: Callable,
-    init_cache: Callable,
+    decoding: Decoding,
     params: Any,
     prompt: jax.Array,
     prompt_mask: jax.Array,
@@ -98,17 +143,10 @@ def sample(
     cfg: SamplingConfig,
 ) -> SampleOutput:
     """Sample `cfg.max_new_tokens` tokens after left-padded prompts [B, P] (mask [B, P])."""
-    b, p = prompt.shape
+    b = prompt.shape[0]
     n = cfg.max_new_tokens
-    prompt_mask = prompt_mask.astype(bool)
-    prompt_len = prompt_mask.sum(axis=1).astype(jnp.int32)  # [B]
-    cache = init_cache(b, p + n)
-    key_valid = jnp.zeros((b, p + n), bool).at[:, :p].set(prompt_mask)  # [B, S]
-    positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)  # [B, P]
-    causal = jnp.arange(p + n)[None, :] <= jnp.arange(p)[:, None]  # [P, S]
-    logits, cache = apply_fn(
-        params, prompt, positions, causal[None] & key_valid[:, None, :], cache, 0
-    )
+    prompt_len = prompt_mask.astype(bool).sum(axis=1).astype(jnp.int32)  # [B]
+    logits, state = decoding.prefill(params, prompt, prompt_mask, n)
     stop_ids = jnp.asarray(cfg.stop_ids or (-1,), jnp.int32)
 
     def cond(s: _DecodeState):
@@ -120,32 +158,27 @@ def sample(
         tokens = s.tokens.at[:, s.step].set(tok)
         mask = s.mask.at[:, s.step].set(~s.done)
         done = s.done | jnp.isin(tok, stop_ids)
-        slot = p + s.step
-        key_valid = s.key_valid.at[:, slot].set(True)
-        pos = (prompt_len + s.step)[:, None]  # [B, 1]
-        out, cache = apply_fn(params, tok[:, None], pos, key_valid[:, None, :], s.cache, slot)
-        logits = out[:, -1].astype(jnp.float32)
-        return _DecodeState(s.step + 1, tokens, mask, logits, done, key_valid, cache, rng)
+        logits, state = decoding.step(params, tok, s.step, s.state)
+        return _DecodeState(s.step + 1, tokens, mask, logits.astype(jnp.float32), done, state, rng)
 
     init = _DecodeState(
         step=jnp.zeros((), jnp.int32),
         tokens=jnp.full((b, n), cfg.pad_id, jnp.int32),
         mask=jnp.zeros((b, n), bool),
-        logits=logits[:, -1].astype(jnp.float32),
+        logits=logits.astype(jnp.float32),
         done=jnp.zeros((b,), bool),
-        key_valid=key_valid,
-        cache=cache,
+        state=state,
         rng=rng,
     )
     final = jax.lax.while_loop(cond, body, init)
     return SampleOutput(final.tokens, final.mask, prompt_len, final.step)
 
 
-def make_sampler(apply_fn: Callable, init_cache: Callable, cfg: SamplingConfig) -> Callable:
+def make_sampler(decoding: Decoding, cfg: SamplingConfig) -> Callable:
     """Jitted `sampler(params, prompt, prompt_mask, rng) -> SampleOutput`, one compile per shape."""
 
     @jax.jit
     def sampler(params, prompt, prompt_mask, rng):
-        return sample(apply_fn, init_cache, params, prompt, prompt_mask, rng, cfg)
+        return sample(decoding, params, prompt, prompt_mask, rng, cfg)
 
     return sampler

@@ -30,46 +30,41 @@ from gkd_jax import checkpoint, losses
 from gkd_jax.config_checks import validate_config
 from gkd_jax.data import pipeline
 from gkd_jax.data.char_tokenizer import build_char_tokenizer, load_tokenizer
+from gkd_jax.data.hf_tokenizer import check_same_vocabulary, load_hf_tokenizer, stop_ids
 from gkd_jax.data.tasks import get_task
-from gkd_jax.models import COMPUTE_DTYPES, DecoderConfig, build_decoder, functional
-from gkd_jax.models.decoder import causal_mask, positions_from_mask
+from gkd_jax.models import COMPUTE_DTYPES, DecoderConfig, LMFunctions, build_decoder, functional_lm
+from gkd_jax.models.hf import is_hf_source, load_pretrained, resolve_model_dir, save_pretrained
+from gkd_jax.models.lm import shared_vocab_logits
 from gkd_jax.resources import resolve_path
 from gkd_jax.sampling import SamplingConfig, make_sampler
 
 
 # ---------------------------------------------------------------------------- the jitted step
-def sequence_logits(apply_fn, params, prompt, prompt_mask, completion, completion_mask):
-    """Logits that predict each completion token: [B, N, V] from prompt [B, P] + completion."""
-    p, n = prompt.shape[1], completion.shape[1]
-    tokens = jnp.concatenate([prompt, completion], axis=1)  # [B, P+N]
-    valid = jnp.concatenate([prompt_mask, completion_mask], axis=1).astype(bool)
-    logits, _ = apply_fn(params, tokens, positions_from_mask(valid), causal_mask(valid))
-    return logits[:, p - 1 : p + n - 1]  # position t predicts token t + 1
-
-
-def token_losses(config, apply_s, apply_t, params, teacher_params, mb):
-    """Per-completion-token loss [b, N] for one micro-batch."""
+def token_losses(config, student: LMFunctions, teacher, params, teacher_params, mb, vocab: int):
+    """Per-completion-token loss [b, N] for one micro-batch; GKD compares the first `vocab`
+    logits of both models (their shared vocabulary)."""
     args = (mb["prompt"], mb["prompt_mask"], mb["completion"], mb["completion_mask"])
-    s_logits = sequence_logits(apply_s, params, *args)  # [b, N, V]
+    s_logits = student.score(params, *args)  # [b, N, V]
     if config.objective == "sft":
         logp = jax.nn.log_softmax(s_logits.astype(jnp.float32), axis=-1)
         return -jnp.take_along_axis(logp, mb["completion"][..., None], axis=-1)[..., 0]
-    t_logits = jax.lax.stop_gradient(sequence_logits(apply_t, teacher_params, *args))
+    t_logits = jax.lax.stop_gradient(teacher.score(teacher_params, *args))
     return losses.generalized_jsd(
-        s_logits,
-        t_logits / config.gkd.teacher_temperature,
+        shared_vocab_logits(s_logits, vocab),
+        shared_vocab_logits(t_logits, vocab) / config.gkd.teacher_temperature,
         beta=config.gkd.beta,
         temperature=config.gkd.loss_temperature,
     )
 
 
-def make_train_step(config, apply_s, apply_t, tx):
+def make_train_step(config, student: LMFunctions, teacher: LMFunctions | None, tx):
     """(state, teacher_params, batch [B, ...]) -> (state, metrics), gradient accumulation inside."""
     accum = config.grad_accum
     reduction = config.gkd.reduction if config.objective == "gkd" else config.sft_reduction
+    vocab = student.vocab_size if teacher is None else min(student.vocab_size, teacher.vocab_size)
 
     def sum_count(params, teacher_params, mb):
-        per_token = token_losses(config, apply_s, apply_t, params, teacher_params, mb)
+        per_token = token_losses(config, student, teacher, params, teacher_params, mb, vocab)
         return losses.masked_sum_count(per_token, mb["completion_mask"], reduction)
 
     grad_fn = jax.value_and_grad(sum_count, has_aux=True)
@@ -120,16 +115,21 @@ def model_config(config_model: ml_collections.ConfigDict) -> DecoderConfig:
     return DecoderConfig(**config_model.to_dict())
 
 
-def obtain_model(spec, workdir: str, name: str, dtype, expected: DecoderConfig):
-    """Load the model a spec names, checking it has the `expected` shape. With `checkpoint=""` it
-    lives in WORKDIR/NAME/model and, when missing, is first trained there by the spec's recipe."""
+def obtain_model(spec, workdir: str, name: str, dtype, expected=None):
+    """Load the model a spec names: a Hugging Face directory or hub id, or our checkpoint (whose
+    shape must be `expected`, when given). With `checkpoint=""` it lives in WORKDIR/NAME/model
+    and, when missing, is first trained there by the spec's recipe."""
+    if is_hf_source(spec.checkpoint):
+        log(f"[{name}] loading Hugging Face checkpoint {spec.checkpoint}")
+        return load_pretrained(spec.checkpoint, dtype=dtype)
     if spec.checkpoint:
         path = resolve_path(spec.checkpoint)
         if not checkpoint.has_model(path):
             raise FileNotFoundError(
-                f"config.{name}.checkpoint: no model at {path}. Make one with `python -m "
-                f"gkd_jax.train --config={spec.recipe or 'CONFIG'} --workdir=DIR` and pass "
-                f"DIR/model, or set --config.{name}.checkpoint= to train it in the workdir."
+                f"config.{name}.checkpoint: no model at {path} (neither our checkpoint nor a "
+                f"Hugging Face directory). Make one with `python -m gkd_jax.train --config="
+                f"{spec.recipe or 'CONFIG'} --workdir=DIR` and pass DIR/model, or set "
+                f"--config.{name}.checkpoint= to train it in the workdir."
             )
         return checkpoint.load_model(path, expected=expected, dtype=dtype)
     run_dir = os.path.join(workdir, name)
@@ -144,39 +144,111 @@ def obtain_model(spec, workdir: str, name: str, dtype, expected: DecoderConfig):
     return checkpoint.load_model(path, expected=expected, dtype=dtype)
 
 
+def shared_vocab_size(config, tokenizer, student, teacher) -> int:
+    """The vocabulary the loss compares: both models' logits cut to the smaller table. Tables
+    may differ only by padding rows past the tokenizer, and the tokenizers must agree."""
+    n_tok, v_s = len(tokenizer), student.cfg.vocab_size
+    v_t = v_s if teacher is None else teacher.cfg.vocab_size
+    if min(v_s, v_t) < n_tok:
+        # transformers adds tokens (e.g. a default <|endoftext|>) past the model's table; that is
+        # harmless unless the data use them, which `check_token_ids` rejects.
+        log(f"[vocab] the tokenizer has {n_tok} tokens, the model(s) {min(v_s, v_t)} logits")
+    if teacher is None:
+        return v_s
+    source = config.teacher.checkpoint
+    if is_hf_source(source):
+        teacher_dir = resolve_model_dir(source)
+        if os.path.exists(os.path.join(teacher_dir, "tokenizer_config.json")):
+            teacher_tok = load_hf_tokenizer(teacher_dir)
+            check_same_vocabulary(
+                tokenizer, teacher_tok, config.tokenizer, source, limit=min(v_s, v_t)
+            )
+        elif v_s != v_t:
+            raise ValueError(
+                f"teacher ({v_t} logits) and student ({v_s}) differ in vocabulary size and "
+                f"{teacher_dir} has no tokenizer to prove they share one"
+            )
+    elif v_s != v_t:
+        raise ValueError(
+            f"teacher ({v_t} logits) and student ({v_s}) vocabularies differ: they must share one"
+        )
+    if v_s != v_t:
+        log(f"[vocab] teacher {v_t} / student {v_s} logits: comparing the first {min(v_s, v_t)}")
+    return min(v_s, v_t)
+
+
+def check_token_ids(data: dict[str, np.ndarray], vocab: int, name: str) -> None:
+    """Every token id must index the (shared) vocabulary: an id past a model's embedding table
+    would be silently clamped by the gather, not rejected."""
+    for key in ("prompt", "target"):
+        rows = np.nonzero((data[key] >= vocab).any(axis=1))[0]
+        if len(rows):
+            raise ValueError(
+                f"{len(rows)} {name} examples hold token ids >= {vocab} (the models' shared "
+                f"vocabulary) in their {key}, first #{rows[0]}: the tokenizer has tokens the "
+                "models have no embedding for"
+            )
+
+
 # ---------------------------------------------------------------------------- evaluation
-def greedy_sampler(apply_fn, init_cache, tokenizer, config):
-    """The evaluation decoder: greedy, up to max_new_tokens, stopping at EOS."""
-    cfg = SamplingConfig(
-        max_new_tokens=config.max_new_tokens,
-        temperature=0.0,
-        stop_ids=(tokenizer.eos_token_id,),
-        pad_id=tokenizer.pad_token_id,
-    )
-    return make_sampler(apply_fn, init_cache, cfg)
-
-
-def evaluate(sampler, params, tokenizer, eval_data, examples, task, config, mesh) -> dict:
-    """Greedy decoding of the eval split; the task's metric on the decoded completions."""
+def decode_split(sampler, params, data, batch_size, mesh) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy completions of every row: tokens [N, T] and mask [N, T] (numpy)."""
     params = jax.device_put(params, NamedSharding(mesh, P()))
     rows = NamedSharding(mesh, P("data"))
-    texts = []
-    for batch in pipeline.in_order(eval_data, config.eval.batch_size):
+    tokens, masks = [], []
+    for batch in pipeline.in_order(data, batch_size):
         out = sampler(
             params,
             jax.device_put(batch["prompt"], rows),
             jax.device_put(batch["prompt_mask"], rows),
             jax.random.key(0),
         )
-        tokens = np.asarray(out.tokens)[batch["valid"]]
-        mask = np.asarray(out.mask)[batch["valid"]]
-        texts += [
-            tokenizer.decode(t[m], skip_special_tokens=True)
-            for t, m in zip(tokens, mask, strict=True)
-        ]
-    predictions = [task.extract(t) for t in texts]
-    score = task.metric(predictions, [e.answer for e in examples])
-    samples = [(e.prompt, t) for e, t in zip(examples[:3], texts[:3], strict=True)]
+        tokens.append(np.asarray(out.tokens)[batch["valid"]])
+        masks.append(np.asarray(out.mask)[batch["valid"]])
+    return np.concatenate(tokens), np.concatenate(masks)
+
+
+def make_divergence_fn(config, student: LMFunctions, teacher: LMFunctions):
+    """Jitted per-sequence mean generalized JSD (config beta) of given completions [B] ."""
+    vocab = min(student.vocab_size, teacher.vocab_size)
+
+    @jax.jit
+    def divergence(params, teacher_params, prompt, prompt_mask, completion, completion_mask):
+        mb = dict(
+            prompt=prompt,
+            prompt_mask=prompt_mask,
+            completion=completion,
+            completion_mask=completion_mask,
+        )
+        per_token = token_losses(config, student, teacher, params, teacher_params, mb, vocab)
+        m = completion_mask.astype(jnp.float32)
+        return jnp.sum(per_token * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+
+    return divergence
+
+
+def evaluate(ev, params, who: str = "student") -> dict:
+    """Greedy decoding of the eval split; the task's metric on the completions, or (no metric)
+    the student's divergence from the teacher on its own greedy completions."""
+    tokens, mask = decode_split(
+        ev["samplers"][who], params, ev["data"], ev["config"].eval.batch_size, ev["mesh"]
+    )
+    tok, task, split = ev["tokenizer"], ev["task"], ev["split"]
+    texts = [tok.decode(t[m], skip_special_tokens=True) for t, m in zip(tokens, mask, strict=True)]
+    if task.metric is not None:
+        score = task.metric(texts, split.references)
+    else:
+        per_seq = []
+        bs = ev["config"].eval.batch_size
+        data = dict(ev["data"], target=tokens, target_mask=mask)
+        for batch in pipeline.in_order(data, bs):
+            d = ev["divergence"](
+                params, ev["teacher_params"], batch["prompt"], batch["prompt_mask"],
+                batch["target"], batch["target_mask"],
+            )  # fmt: skip
+            per_seq.append(np.asarray(d)[batch["valid"]])
+        score = float(np.mean(np.concatenate(per_seq)))
+    samples = [(p, t) for p, t in zip(split.prompts[:3], texts[:3], strict=True)]
     return {task.metric_name: score, "samples": samples}
 
 
@@ -190,52 +262,72 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     task = get_task(config.task)
-    tokenizer = load_or_build_tokenizer(config, workdir)
+    tokenizer, stops = load_or_build_tokenizer(config, workdir)
     validate_config(config, vocab_size=len(tokenizer))
     dtype = COMPUTE_DTYPES[config.dtype]
 
-    # Data: fixed shapes, so each jitted function compiles once.
-    train_ex = task.make_examples("train", config.data.train_examples, config.seed)
-    eval_ex = task.make_examples("test", config.eval.num_examples, config.data.eval_seed)
-    enc = functools.partial(
-        pipeline.encode,
-        tokenizer,
-        max_prompt_len=config.data.max_prompt_len,
-        max_target_len=config.max_new_tokens,
-    )
-    train_data = enc([e.prompt for e in train_ex], [e.target for e in train_ex])
-    eval_data = enc([e.prompt for e in eval_ex], [e.target for e in eval_ex])
-
-    # Models. The student starts from `init` (the SFT checkpoint) or from scratch.
-    student_cfg = model_config(config.model)
+    # Models. The student starts from `init` (an SFT checkpoint) or from scratch.
+    student_hf = is_hf_source(config.init.checkpoint)
     out_dir = os.path.join(workdir, "model")
-    if checkpoint.has_model(out_dir):
-        checkpoint.check_model_config(out_dir, student_cfg)
+    if checkpoint.has_model(out_dir) and not student_hf:
+        checkpoint.check_model_config(out_dir, model_config(config.model))
     teacher = None
     if config.objective == "gkd":
-        teacher = obtain_model(
-            config.teacher, workdir, "teacher", dtype, model_config(config.teacher.model)
+        expected = (
+            None if is_hf_source(config.teacher.checkpoint) else model_config(config.teacher.model)
         )
+        teacher = obtain_model(config.teacher, workdir, "teacher", dtype, expected)
     if config.init.checkpoint or config.init.recipe:
-        student = obtain_model(config.init, workdir, "init", dtype, student_cfg)
+        expected = None if student_hf else model_config(config.model)
+        student = obtain_model(config.init, workdir, "init", dtype, expected)
     else:
-        student = build_decoder(student_cfg, seed=config.seed, dtype=dtype)
+        student = build_decoder(model_config(config.model), seed=config.seed, dtype=dtype)
+    if checkpoint.has_model(out_dir) and student_hf:
+        checkpoint.check_model_config(out_dir, student.cfg)
+    vocab = shared_vocab_size(config, tokenizer, student, teacher)
+    if task.metric is None and teacher is None:
+        raise ValueError(f"task {task.name!r} is scored against a teacher: use objective='gkd'")
+
+    # Data: fixed shapes, so each jitted function compiles once.
+    train_split, eval_split = task.load(config, tokenizer, stops, log=log)
+    pack = functools.partial(
+        pipeline.pack,
+        max_prompt_len=config.data.max_prompt_len,
+        max_target_len=config.max_new_tokens,
+        pad_id=tokenizer.pad_token_id,
+    )
+    train_data = pack(train_split.prompt_ids, train_split.completion_ids)
+    eval_data = pack(eval_split.prompt_ids, eval_split.completion_ids)
+    check_token_ids(train_data, vocab, "training")
+    check_token_ids(eval_data, vocab, "evaluation")
 
     mesh = Mesh(np.array(jax.devices()), ("data",))
     replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    params, apply_s, init_cache_s = functional(student)
-    teacher_params, apply_t, samplers = None, None, {}
+    params, student_fns = functional_lm(student)
+    teacher_params, teacher_fns = None, None
     if teacher is not None:
-        teacher_params, apply_t, init_cache_t = functional(teacher)
+        teacher_params, teacher_fns = functional_lm(teacher)
         teacher_params = jax.device_put(teacher_params, replicated)
+    greedy = SamplingConfig(
+        max_new_tokens=config.max_new_tokens,
+        temperature=0.0,
+        stop_ids=stops,
+        pad_id=tokenizer.pad_token_id,
+        vocab_size=vocab,
+    )
     # One compiled greedy decoder per model: the student's serves its first and last evaluation.
-    eval_args = (tokenizer, eval_data, eval_ex, task, config, mesh)
-    eval_student = greedy_sampler(apply_s, init_cache_s, tokenizer, config)
+    ev = dict(
+        config=config, task=task, tokenizer=tokenizer, split=eval_split, data=eval_data,
+        mesh=mesh, teacher_params=teacher_params,
+        samplers={"student": make_sampler(student_fns.decoding, greedy)},
+    )  # fmt: skip
+    if task.metric is None:
+        ev["divergence"] = make_divergence_fn(config, student_fns, teacher_fns)
     results: dict[str, Any] = {}
-    if teacher is not None:
-        t_sampler = greedy_sampler(apply_t, init_cache_t, tokenizer, config)
-        results["teacher"] = evaluate(t_sampler, teacher_params, *eval_args)
-    results["start"] = evaluate(eval_student, params, *eval_args)
+    if teacher is not None and task.metric is not None:
+        ev["samplers"]["teacher"] = make_sampler(teacher_fns.decoding, greedy)
+        results["teacher"] = evaluate(ev, teacher_params, "teacher")
+    results["start"] = evaluate(ev, params)
     for name, r in results.items():
         log(f"[eval] {name}: {task.metric_name} {r[task.metric_name]:.4f}")
 
@@ -249,13 +341,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         temperature=config.sampling.temperature,
         top_k=config.sampling.top_k,
         top_p=config.sampling.top_p,
-        stop_ids=(tokenizer.eos_token_id,),
+        stop_ids=stops,
         pad_id=tokenizer.pad_token_id,
+        vocab_size=vocab,
     )
+    samplers = {}
     if teacher is not None:
-        samplers["student"] = make_sampler(apply_s, init_cache_s, sampling)
-        samplers["teacher"] = make_sampler(apply_t, init_cache_t, sampling)
-    train_step = make_train_step(config, apply_s, apply_t, tx)
+        samplers["student"] = make_sampler(student_fns.decoding, sampling)
+        samplers["teacher"] = make_sampler(teacher_fns.decoding, sampling)
+    train_step = make_train_step(config, student_fns, teacher_fns, tx)
 
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     data_iter = pipeline.batches(train_data, config.batch_size, config.seed)
@@ -311,7 +405,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     student = rebuild(student, state["params"])
     checkpoint.save_model(out_dir, student)
-    results["final"] = evaluate(eval_student, state["params"], *eval_args)
+    if config.export.hf:
+        hf_dir = save_pretrained(
+            student, os.path.join(workdir, "hf_model"), tokenizer=tokenizer, stop_ids=stops,
+            dtype=config.export.dtype,
+        )  # fmt: skip
+        log(f"[export] Hugging Face model -> {hf_dir}")
+    results["final"] = evaluate(ev, state["params"])
     summary = {
         "task": config.task,
         "objective": config.objective,
@@ -367,12 +467,28 @@ def rebuild(model, params):
 
 
 def load_or_build_tokenizer(config, workdir: str):
+    """(tokenizer, stop ids): `config.tokenizer` names a Hugging Face tokenizer directory (or hub
+    id); empty builds the task's character tokenizer in the workdir."""
     if config.tokenizer:
-        return load_tokenizer(resolve_path(config.tokenizer))
+        source = config.tokenizer
+        source = resolve_path(source) if source.startswith("builtin:") else source
+        tokenizer = load_hf_tokenizer(source)
+        dirs = [resolve_model_dir(source)]
+        if is_hf_source(config.init.checkpoint):
+            dirs.append(resolve_model_dir(config.init.checkpoint))
+        stops = stop_ids(tokenizer, *dirs)
+        # A copy beside the checkpoints, so `python -m gkd_jax.export` finds it with its stops.
+        copy = os.path.join(workdir, "tokenizer")
+        tokenizer.save_pretrained(copy)
+        with open(os.path.join(copy, "generation_config.json"), "w") as f:
+            json.dump({"eos_token_id": list(stops)}, f)
+        return tokenizer, stops
     path = os.path.join(workdir, "tokenizer")
     if os.path.exists(os.path.join(path, "tokenizer.json")):
-        return load_tokenizer(path)
-    return build_char_tokenizer(path)
+        tokenizer = load_tokenizer(path)
+    else:
+        tokenizer = build_char_tokenizer(path)
+    return tokenizer, (tokenizer.eos_token_id,)
 
 
 def fmt_time(seconds: float) -> str:

@@ -11,7 +11,7 @@ from gkd_jax.data.char_tokenizer import build_char_tokenizer
 from gkd_jax.data.pipeline import encode
 from gkd_jax.models import DecoderConfig, build_decoder, functional
 from gkd_jax.resources import resolve_path
-from gkd_jax.sampling import SamplingConfig, make_sampler
+from gkd_jax.sampling import SamplingConfig, causal_lm_decoding, make_sampler
 
 CFG = DecoderConfig(31, 16, 2, 4, 2, 24, tie_embeddings=False, qkv_bias=True)
 
@@ -53,7 +53,7 @@ def test_shipped_models_load_and_score_as_documented(name, tmp_path):
                   max_prompt_len=48, max_target_len=48)  # fmt: skip
     params, apply_fn, init_cache = functional(model)
     cfg = SamplingConfig(48, temperature=0.0, stop_ids=(tok.eos_token_id,), pad_id=0)
-    out = make_sampler(apply_fn, init_cache, cfg)(
+    out = make_sampler(causal_lm_decoding(apply_fn, init_cache), cfg)(
         params, data["prompt"], data["prompt_mask"], jax.random.key(0)
     )
     tokens, mask = np.asarray(out.tokens), np.asarray(out.mask)

@@ -15,7 +15,13 @@ from flax import nnx
 
 from gkd_jax.models import DecoderConfig, build_decoder, functional
 from gkd_jax.models.decoder import causal_mask, positions_from_mask
-from gkd_jax.sampling import SamplingConfig, choose_tokens, filter_logits, make_sampler
+from gkd_jax.sampling import (
+    SamplingConfig,
+    causal_lm_decoding,
+    choose_tokens,
+    filter_logits,
+    make_sampler,
+)
 
 V = 37
 NEG = -1e30  # anything at or below this counts as filtered out
@@ -57,7 +63,7 @@ def decoder_sampler(cfg: SamplingConfig):
         TRACES[cfg] = TRACES.get(cfg, 0) + 1  # runs only while jax traces
         return apply_fn(*args, **kw)
 
-    return make_sampler(counting_apply, init_cache, cfg)
+    return make_sampler(causal_lm_decoding(counting_apply, init_cache), cfg)
 
 
 # The decoder prompts: B=3, P=5, left-padded (pad token 0), lengths 5, 3, 1.
@@ -87,7 +93,7 @@ def bigram_init_cache(batch, length):
 
 @functools.cache
 def bigram_sampler(cfg: SamplingConfig):
-    return make_sampler(bigram_apply, bigram_init_cache, cfg)
+    return make_sampler(causal_lm_decoding(bigram_apply, bigram_init_cache), cfg)
 
 
 def random_prompts(rng, b, p):
@@ -457,7 +463,8 @@ def test_low_precision_logits_from_apply_fn():
     def bf16_apply(table, tokens, positions, mask, cache=None, cache_index=None):
         return table[tokens].astype(jnp.bfloat16), cache
 
-    sampler = make_sampler(bf16_apply, bigram_init_cache, SamplingConfig(4, temperature=0.0))
+    decoding = causal_lm_decoding(bf16_apply, bigram_init_cache)
+    sampler = make_sampler(decoding, SamplingConfig(4, temperature=0.0))
     table = jnp.asarray(np.random.default_rng(50).standard_normal((V, V)), jnp.float32)
     prompt = jnp.ones((2, 3), jnp.int32)
     out = sampler(table, prompt, jnp.ones((2, 3), bool), jax.random.key(0))

@@ -1,7 +1,7 @@
-"""Examples -> fixed-shape token batches: prompts left-padded, targets right-padded with EOS.
+"""Token ids -> fixed-shape batches: prompts left-padded, completions right-padded.
 
 Fixed shapes keep every jitted function at one compilation. Over-long examples are never
-silently cut: `encode` raises with the count and the first offending index.
+silently cut: `pack` raises with the count and the first offending index.
 """
 
 from __future__ import annotations
@@ -9,6 +9,41 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+
+
+def pack(
+    prompt_ids: Sequence[Sequence[int]],
+    target_ids: Sequence[Sequence[int]],
+    *,
+    max_prompt_len: int,
+    max_target_len: int,
+    pad_id: int,
+) -> dict[str, np.ndarray]:
+    """Arrays prompt [N, P] (left pad) and target [N, T] (right pad) with their masks."""
+    too_long = [
+        i
+        for i, (p, t) in enumerate(zip(prompt_ids, target_ids, strict=True))
+        if len(p) > max_prompt_len or len(t) > max_target_len or not p or not t
+    ]
+    if too_long:
+        i = too_long[0]
+        raise ValueError(
+            f"{len(too_long)} of {len(prompt_ids)} examples do not fit max_prompt_len="
+            f"{max_prompt_len} / max_target_len={max_target_len} (target incl. its stop token) "
+            f"or are empty; first is #{i}: prompt {len(prompt_ids[i])} tokens, target "
+            f"{len(target_ids[i])} tokens. Raise the limits in the config."
+        )
+    n = len(prompt_ids)
+    prompt = np.full((n, max_prompt_len), pad_id, np.int32)
+    target = np.full((n, max_target_len), pad_id, np.int32)
+    prompt_mask = np.zeros((n, max_prompt_len), bool)
+    target_mask = np.zeros((n, max_target_len), bool)
+    for i, (p, t) in enumerate(zip(prompt_ids, target_ids, strict=True)):
+        prompt[i, max_prompt_len - len(p) :] = p
+        prompt_mask[i, max_prompt_len - len(p) :] = True
+        target[i, : len(t)] = t
+        target_mask[i, : len(t)] = True
+    return dict(prompt=prompt, prompt_mask=prompt_mask, target=target, target_mask=target_mask)
 
 
 def encode(
@@ -19,34 +54,17 @@ def encode(
     max_prompt_len: int,
     max_target_len: int,
 ) -> dict[str, np.ndarray]:
-    """Tokenize into arrays: prompt [N, P] (left pad), target [N, T] (EOS appended, right pad)."""
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    """Tokenize text pairs (no special tokens added; EOS appended to targets) and `pack` them."""
+    eos = tokenizer.eos_token_id
     p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    t_ids = tokenizer(list(targets), add_special_tokens=False)["input_ids"]
-    too_long = [
-        i
-        for i, (p, t) in enumerate(zip(p_ids, t_ids, strict=True))
-        if len(p) > max_prompt_len or len(t) + 1 > max_target_len or not p
-    ]
-    if too_long:
-        i = too_long[0]
-        raise ValueError(
-            f"{len(too_long)} of {len(p_ids)} examples do not fit max_prompt_len={max_prompt_len}"
-            f" / max_target_len={max_target_len} (target + EOS) or have an empty prompt; first "
-            f"is #{i}: prompt {len(p_ids[i])} tokens, target {len(t_ids[i]) + 1} tokens. "
-            "Raise the limits in the config."
-        )
-    n = len(p_ids)
-    prompt = np.full((n, max_prompt_len), pad, np.int32)
-    target = np.full((n, max_target_len), pad, np.int32)
-    prompt_mask = np.zeros((n, max_prompt_len), bool)
-    target_mask = np.zeros((n, max_target_len), bool)
-    for i, (p, t) in enumerate(zip(p_ids, t_ids, strict=True)):
-        prompt[i, max_prompt_len - len(p) :] = p
-        prompt_mask[i, max_prompt_len - len(p) :] = True
-        target[i, : len(t) + 1] = [*t, eos]
-        target_mask[i, : len(t) + 1] = True
-    return dict(prompt=prompt, prompt_mask=prompt_mask, target=target, target_mask=target_mask)
+    t_ids = [[*t, eos] for t in tokenizer(list(targets), add_special_tokens=False)["input_ids"]]
+    return pack(
+        p_ids,
+        t_ids,
+        max_prompt_len=max_prompt_len,
+        max_target_len=max_target_len,
+        pad_id=tokenizer.pad_token_id,
+    )
 
 
 def batches(

@@ -1,27 +1,95 @@
-"""Task registry: how to make examples and how to score a decoded completion."""
+"""Task registry: where a task's examples come from and how its completions are scored."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from gkd_jax.data import arith
 from gkd_jax.metrics import exact_match_accuracy
 
 
+@dataclasses.dataclass
+class Split:
+    """Token ids of one split, ready for `pipeline.pack`."""
+
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]  # each ends with a stop token unless truncated
+    references: list  # what the metric compares decoded completions against
+    prompts: list[str]  # prompt texts, for the samples shown in the logs
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
     name: str
-    make_examples: Callable  # (split, n, seed) -> list of objects with .prompt .target .answer
-    extract: Callable[[str], object]  # decoded completion -> prediction
-    metric: Callable[[list, list], float]  # (predictions, references) -> score
+    # (config, tokenizer, stop_ids, log) -> (train Split, eval Split)
+    load: Callable[..., tuple[Split, Split]]
     metric_name: str
+    # (decoded completions, references) -> score; None: the student's on-policy divergence from
+    # the teacher on its own greedy completions (lower is better), for data without answers.
+    metric: Callable[[list[str], list], float] | None
+
+
+def _arith_split(tokenizer, examples: Sequence[arith.Example]) -> Split:
+    eos = tokenizer.eos_token_id
+    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
+    targets = tokenizer([e.target for e in examples], add_special_tokens=False)["input_ids"]
+    completions = [[*t, eos] for t in targets]
+    return Split(prompts, completions, [e.answer for e in examples], [e.prompt for e in examples])
+
+
+def load_arith(config, tokenizer, stop_ids, log=print) -> tuple[Split, Split]:
+    del stop_ids, log
+    train = arith.make_examples("train", config.data.train_examples, config.seed)
+    test = arith.make_examples("test", config.eval.num_examples, config.data.eval_seed)
+    return _arith_split(tokenizer, train), _arith_split(tokenizer, test)
+
+
+def arith_accuracy(completions: list[str], answers: list) -> float:
+    return exact_match_accuracy([arith.extract_answer(c) for c in completions], answers)
+
+
+def load_chat(config, tokenizer, stop_ids, log=print) -> tuple[Split, Split]:
+    """`config.data.train_file` (+ `eval_file`, else its last `eval.num_examples` records)."""
+    from gkd_jax.data import chat
+
+    d = config.data
+    if not d.train_file:
+        raise ValueError("config.data.train_file is empty: the chat task needs a data file")
+    kw = dict(
+        max_prompt_len=d.max_prompt_len,
+        max_completion_len=config.max_new_tokens,
+        stop_ids=stop_ids,
+        strict=d.strict,
+        log=log,
+    )
+    train, _ = chat.load_examples(d.train_file, tokenizer, split=d.train_split, **kw)
+    if d.eval_file:
+        evals, _ = chat.load_examples(d.eval_file, tokenizer, split=d.eval_split, **kw)
+        evals = evals[: config.eval.num_examples]
+    else:
+        k = config.eval.num_examples
+        if len(train) <= k:
+            raise ValueError(
+                f"{d.train_file}: {len(train)} examples cannot spare eval.num_examples={k} for "
+                "evaluation; set config.data.eval_file or lower config.eval.num_examples"
+            )
+        train, evals = train[:-k], train[-k:]
+
+    def split(examples):
+        return Split(
+            [e.prompt_ids for e in examples],
+            [e.completion_ids for e in examples],
+            [e.reference for e in examples],
+            [tokenizer.decode(e.prompt_ids) for e in examples],
+        )
+
+    return split(train), split(evals)
 
 
 TASKS: dict[str, Task] = {
-    "arith": Task(
-        "arith", arith.make_examples, arith.extract_answer, exact_match_accuracy, "accuracy"
-    ),
+    "arith": Task("arith", load_arith, "accuracy", arith_accuracy),
+    "chat": Task("chat", load_chat, "on_policy_jsd", None),
 }
 
 

@@ -1,4 +1,4 @@
-"""Model families and the functional view of an NNX model used at the jit boundary."""
+"""Model families, the functional view used at the jit boundary, and Hugging Face checkpoints."""
 
 from __future__ import annotations
 
@@ -9,26 +9,48 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gkd_jax.models.decoder import Decoder, DecoderConfig
+from gkd_jax.models.hf import load_pretrained, save_pretrained
+from gkd_jax.models.lm import LMFunctions, causal_lm_functions
 
 # Compute dtypes by config name; parameters are always kept in float32.
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def functional(model: nnx.Module) -> tuple[Any, Callable, Callable]:
-    """Split `model` into (params, apply_fn, init_cache) for jitted code.
+def functional(model: Decoder) -> tuple[Any, Callable, Callable]:
+    """Split a decoder into (params, apply_fn, init_cache) for jitted code.
 
     apply_fn(params, tokens, positions, mask, cache=None, cache_index=None) -> (logits, cache).
     """
     graphdef, params = nnx.split(model)
 
     def apply_fn(params, tokens, positions, mask, cache=None, cache_index=None):
-        return nnx.merge(graphdef, params)(tokens, positions, mask, cache, cache_index)
+        return nnx.merge(graphdef, params).forward(tokens, positions, mask, cache, cache_index)
 
     return params, apply_fn, model.init_cache
+
+
+def functional_lm(model: nnx.Module) -> tuple[Any, LMFunctions]:
+    """(params, LMFunctions) for a model of any family: what the trainer and sampler use."""
+    if isinstance(model, Decoder):
+        params, apply_fn, init_cache = functional(model)
+        return params, causal_lm_functions(apply_fn, init_cache, model.cfg.vocab_size)
+    from gkd_jax.models.t5 import t5_functions
+
+    return t5_functions(model)
 
 
 def build_decoder(cfg: DecoderConfig, *, seed: int = 0, dtype=jnp.float32) -> Decoder:
     return Decoder(cfg, dtype=dtype, rngs=nnx.Rngs(seed))
 
 
-__all__ = ["COMPUTE_DTYPES", "Decoder", "DecoderConfig", "build_decoder", "functional"]
+__all__ = [
+    "COMPUTE_DTYPES",
+    "Decoder",
+    "DecoderConfig",
+    "LMFunctions",
+    "build_decoder",
+    "functional",
+    "functional_lm",
+    "load_pretrained",
+    "save_pretrained",
+]

@@ -1,0 +1,188 @@
+"""Hugging Face checkpoints in and out: `load_pretrained` and `save_pretrained`.
+
+A family module (hf_decoder.py, hf_t5.py) maps one architecture: config.json <-> our config,
+and tensor names/layouts <-> our parameter tree. This file does the rest: finding the directory
+(local, or a hub id through huggingface_hub's cache), reading and writing safetensors, checking
+that every parameter arrived with its shape, and writing config.json, generation_config.json and
+the tokenizer so that `transformers.AutoModelFor*.from_pretrained` (or vLLM) reads the result.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from types import ModuleType
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gkd_jax.models.decoder import Decoder, DecoderConfig
+from gkd_jax.models.safetensors_io import SafetensorsReader, write_safetensors
+
+FAMILY_MODULES = ("gkd_jax.models.hf_decoder", "gkd_jax.models.hf_t5")
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+SAVE_DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16, "float16": np.float16}
+
+
+def _families() -> list[ModuleType]:
+    return [importlib.import_module(m) for m in FAMILY_MODULES]
+
+
+def supported_model_types() -> list[str]:
+    return sorted(t for f in _families() for t in f.MODEL_TYPES)
+
+
+def family_for_model_type(model_type: str) -> ModuleType:
+    for family in _families():
+        if model_type in family.MODEL_TYPES:
+            return family
+    raise ValueError(
+        f"model_type {model_type!r} is not supported; supported: {supported_model_types()}"
+    )
+
+
+def _family_of(model: nnx.Module) -> ModuleType:
+    if isinstance(model, Decoder):
+        return importlib.import_module("gkd_jax.models.hf_decoder")
+    return importlib.import_module("gkd_jax.models.hf_t5")
+
+
+def resolve_model_dir(name_or_path: str) -> str:
+    """A local directory as is; otherwise a hub id ("Qwen/Qwen2-0.5B-Instruct") through
+    huggingface_hub's cache (downloading when online; HF_HUB_OFFLINE=1 uses the cache only)."""
+    path = os.path.abspath(os.path.expanduser(name_or_path))
+    if os.path.isdir(path):
+        return path
+    looks_like_hub_id = name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/"))
+    if not looks_like_hub_id:
+        raise FileNotFoundError(f"no model directory at {path}")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name_or_path, allow_patterns=HUB_FILES)
+    except Exception as e:  # offline, unknown id, gated repo: say which and how to fix it
+        raise FileNotFoundError(
+            f"{name_or_path!r} is not a local directory and could not be fetched from the "
+            f"Hugging Face hub ({type(e).__name__}: {e}). Pass a local directory, or log in / go "
+            "online once so the hub cache holds it."
+        ) from e
+
+
+def is_hf_model_dir(path: str) -> bool:
+    return os.path.exists(os.path.join(path, "config.json"))
+
+
+def is_hf_source(checkpoint_spec: str) -> bool:
+    """A Hugging Face directory (config.json) or a hub id, rather than our own checkpoint."""
+    if not checkpoint_spec or checkpoint_spec.startswith("builtin:"):
+        return False
+    path = os.path.abspath(os.path.expanduser(checkpoint_spec))
+    if os.path.isdir(path):
+        return is_hf_model_dir(path)
+    return checkpoint_spec.count("/") == 1 and not checkpoint_spec.startswith((".", "/", "~"))
+
+
+def read_hf_config(path: str) -> dict[str, Any]:
+    with open(os.path.join(path, "config.json")) as f:
+        return json.load(f)
+
+
+def build_model(cfg, *, dtype=jnp.float32, param_dtype=jnp.float32, seed: int = 0):
+    """A randomly initialized model of any family from its config dataclass."""
+    rngs = nnx.Rngs(seed)
+    if isinstance(cfg, DecoderConfig):
+        return Decoder(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    from gkd_jax.models import hf_t5
+
+    return hf_t5.build(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        out |= _flat(v, key + ".") if isinstance(v, dict) else {key: v}
+    return out
+
+
+def _check_params(loaded: dict, abstract: dict, source: str) -> None:
+    got, want = _flat(loaded), _flat(abstract)
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    bad = [
+        f"{k}: checkpoint {tuple(np.shape(got[k]))}, model {tuple(want[k].shape)}"
+        for k in sorted(set(got) & set(want))
+        if tuple(np.shape(got[k])) != tuple(want[k].shape)
+    ]
+    if missing or extra or bad:
+        raise ValueError(
+            f"{source}: parameters do not match the model its config.json describes: "
+            f"missing {missing[:5]}, unexpected {extra[:5]}, wrong shape {bad[:5]}"
+        )
+
+
+def load_pretrained(name_or_path: str, *, dtype=jnp.float32, param_dtype=jnp.float32):
+    """Our NNX model with the weights of a Hugging Face checkpoint directory (or hub id).
+
+    `dtype` is the compute dtype; parameters are stored in `param_dtype` (float32 for training).
+    Decoder-only: `model(input_ids, attention_mask=...)`; T5: `model(input_ids, attention_mask=...,
+    decoder_input_ids=...)`; both return logits [B, T, V].
+    """
+    path = resolve_model_dir(name_or_path)
+    if not is_hf_model_dir(path):
+        raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model directory")
+    hf_config = read_hf_config(path)
+    if "model_type" not in hf_config:
+        raise ValueError(f"{path}/config.json has no model_type")
+    family = family_for_model_type(hf_config["model_type"])
+    cfg = family.config_from_hf(hf_config)
+    model = nnx.eval_shape(lambda: build_model(cfg, dtype=dtype, param_dtype=param_dtype))
+    state = nnx.state(model, nnx.Param)
+    abstract = nnx.to_pure_dict(state)
+    reader = SafetensorsReader(path)
+    loaded = family.params_from_hf(cfg, reader.get, reader.names)
+    _check_params(loaded, abstract, path)
+    loaded = jax.tree.map(lambda x, a: jnp.asarray(x, a.dtype), loaded, abstract)
+    nnx.replace_by_pure_dict(state, loaded)
+    nnx.update(model, state)
+    return model
+
+
+def save_pretrained(
+    model: nnx.Module,
+    path: str,
+    *,
+    tokenizer=None,
+    stop_ids: tuple[int, ...] = (),
+    dtype: str = "float32",
+) -> str:
+    """Write `model` as a Hugging Face directory (config.json, safetensors, generation config,
+    tokenizer when given) that transformers and vLLM load directly. Returns the path."""
+    if dtype not in SAVE_DTYPES:
+        raise ValueError(f"dtype={dtype!r}: choose one of {sorted(SAVE_DTYPES)}")
+    family = _family_of(model)
+    params = jax.device_get(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    tensors = family.params_to_hf(model.cfg, params)
+    tensors = {k: np.asarray(v).astype(SAVE_DTYPES[dtype]) for k, v in tensors.items()}
+    os.makedirs(path, exist_ok=True)
+    write_safetensors(path, tensors)
+    hf_config = family.config_to_hf(model.cfg) | {"dtype": dtype}
+    generation = {}
+    if tokenizer is not None:
+        for field in ("bos_token_id", "pad_token_id"):
+            if getattr(tokenizer, field, None) is not None:
+                hf_config[field] = generation[field] = getattr(tokenizer, field)
+        eos = list(stop_ids) or [tokenizer.eos_token_id]
+        hf_config["eos_token_id"] = generation["eos_token_id"] = eos[0] if len(eos) == 1 else eos
+        tokenizer.save_pretrained(path)
+    if "decoder_start_token_id" in hf_config:
+        generation["decoder_start_token_id"] = hf_config["decoder_start_token_id"]
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(hf_config, f, indent=2)
+    if generation:
+        with open(os.path.join(path, "generation_config.json"), "w") as f:
+            json.dump(generation, f, indent=2)
+    return path

@@ -1,0 +1,57 @@
+"""The functional view of any model family: what the trainer, sampler and evaluator call.
+
+A family (decoder-only, encoder-decoder) provides `score` and a `Decoding`; everything above the
+models (the GKD step, the sampler, evaluation) is written against these alone, so a T5 teacher
+and a decoder-only student, or any other pairing with one vocabulary, need no special case.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from gkd_jax.models.decoder import causal_mask, positions_from_mask
+from gkd_jax.sampling import Decoding, causal_lm_decoding
+
+
+@dataclasses.dataclass(frozen=True)
+class LMFunctions:
+    """Pure functions over a model's parameter pytree.
+
+    score(params, prompt [B, P], prompt_mask [B, P], completion [B, N], completion_mask [B, N])
+        -> logits [B, N, V] float32; row n predicts completion token n given the prompt and the
+        completion tokens before it. Prompts are left-padded, completions right-padded.
+    decoding: prefill/step for the sampler.
+    """
+
+    score: Callable
+    decoding: Decoding
+    vocab_size: int
+
+
+def causal_lm_functions(apply_fn: Callable, init_cache: Callable, vocab_size: int) -> LMFunctions:
+    """LMFunctions of a decoder-only model: prompt and completion are one sequence."""
+
+    def score(params, prompt, prompt_mask, completion, completion_mask):
+        p, n = prompt.shape[1], completion.shape[1]
+        tokens = jnp.concatenate([prompt, completion], axis=1)  # [B, P+N]
+        valid = jnp.concatenate([prompt_mask, completion_mask], axis=1).astype(bool)
+        logits, _ = apply_fn(params, tokens, positions_from_mask(valid), causal_mask(valid))
+        return logits[:, p - 1 : p + n - 1].astype(jnp.float32)  # position t predicts t + 1
+
+    return LMFunctions(score, causal_lm_decoding(apply_fn, init_cache), vocab_size)
+
+
+def shared_vocab_logits(logits: jax.Array, vocab_size: int) -> jax.Array:
+    """Keep the first `vocab_size` logits [..., V] -> [..., vocab_size].
+
+    Checkpoints pad their embedding tables past the tokenizer (Qwen2.5-3B: 151,936 rows, 72B:
+    152,064, one tokenizer of 151,665). Ids past the tokenizer are never produced by it, so
+    comparing two models over the shared prefix renormalizes each over real tokens only; padding
+    the smaller model with -inf instead would make forward KL infinite wherever the larger puts
+    any mass on a padding id.
+    """
+    return logits if logits.shape[-1] == vocab_size else logits[..., :vocab_size]
