@@ -30,8 +30,14 @@ setup(
         "tokenizers>=0.20",
         "absl-py>=2.0",
         "numpy>=1.26",
+        "ml_dtypes>=0.4",  # bfloat16 safetensors
+        "huggingface_hub>=0.24",  # hub ids in load_pretrained
+        "jinja2>=3.1",  # chat templates
     ],
     extras_require={
-        "test": ["pytest>=8", "ruff>=0.6", "scipy>=1.11"],
+        # `datasets` reads Hugging Face datasets (hf:NAME, save_to_disk directories).
+        "hf": ["datasets>=2.19"],
+        # torch is the parity reference; ==2.13.0 is the CPU build (unpinned pulls CUDA wheels).
+        "test": ["pytest>=8", "ruff>=0.6", "scipy>=1.11", "torch==2.13.0", "datasets>=2.19"],
     },
 )

@@ -304,3 +304,72 @@ def test_chat_config_trains_and_exports(bench_pair, tmp_path):
     assert gen["eos_token_id"] == transformers.AutoTokenizer.from_pretrained(
         str(bench_pair / "student")
     ).convert_tokens_to_ids("<|end|>")
+
+
+def test_hub_ids_resolve_through_the_hub_cache(tmp_path, monkeypatch):
+    """A hub id goes to huggingface_hub.snapshot_download (here faked: tests never download)."""
+    import huggingface_hub
+
+    torch_qwen2(tmp_path / "cache", seed=8)
+    calls = []
+
+    def fake_download(repo_id, allow_patterns=None):
+        calls.append(repo_id)
+        if repo_id != "org/tiny":
+            raise huggingface_hub.errors.RepositoryNotFoundError("no such repo")
+        return str(tmp_path / "cache")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    assert load_pretrained("org/tiny").cfg.vocab_size == V and calls == ["org/tiny"]
+    with pytest.raises(FileNotFoundError, match="could not be fetched from the Hugging Face hub"):
+        load_pretrained("org/missing")
+
+
+def torch_t5_dir(path, seed, d_model, layers, vocab=V):
+    torch.manual_seed(seed)
+    cfg = transformers.T5Config(
+        vocab_size=vocab, d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=layers,
+        num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=16,
+        feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=2,
+    )  # fmt: skip
+    model = transformers.T5ForConditionalGeneration(cfg).eval()
+    model.save_pretrained(str(path))
+    return model
+
+
+def test_t5_teacher_and_student_train_end_to_end(tmp_path):
+    """Encoder-decoder GKD through the real loop: plain prompt/completion data, on-policy
+    samples from a T5 student, a T5 teacher, evaluation, export as T5ForConditionalGeneration."""
+    from gkd_jax.config_loading import load_config_file
+
+    tok = tiny_tokenizer(tmp_path / "tok")
+    for name, seed, d in (("student", 0, 32), ("teacher", 1, 64)):
+        torch_t5_dir(tmp_path / name, seed, d, 2)
+        tok.save_pretrained(str(tmp_path / name))
+    rng = np.random.default_rng(0)
+    with open(tmp_path / "data.jsonl", "w") as f:
+        for _ in range(40):
+            words = [f"w{i}" for i in rng.integers(0, V - 4, 10)]
+            f.write(json.dumps({"prompt": " ".join(words[:6]), "completion": " ".join(words[6:])}))
+            f.write("\n")
+    config = load_config_file(os.path.join(REPO, "configs", "chat.py:smoke"))
+    config.unlock()
+    config.init.checkpoint = config.tokenizer = str(tmp_path / "student")
+    config.teacher.checkpoint = str(tmp_path / "teacher")
+    config.data.train_file = str(tmp_path / "data.jsonl")
+    config.max_new_tokens, config.data.max_prompt_len = 8, 8
+    config.gkd.lmbda, config.steps = 1.0, 3
+    summary = trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    assert set(summary["scores"]) == {"start", "final"}
+    assert all(np.isfinite(v) for v in summary["scores"].values())
+    trained = checkpoint.load_model(str(tmp_path / "run" / "model"))
+    exported = transformers.AutoModelForSeq2SeqLM.from_pretrained(
+        str(tmp_path / "run" / "hf_model")
+    ).eval()
+    ids, mask = batch(5)
+    dec = np.concatenate([np.zeros((3, 1), np.int64), ids[:, :4]], axis=1)
+    ref = torch_logits(exported, ids, mask, decoder_input_ids=torch.tensor(dec))
+    ours = trained(jnp.asarray(ids), attention_mask=jnp.asarray(mask),
+                   decoder_input_ids=jnp.asarray(dec))  # fmt: skip
+    np.testing.assert_allclose(np.asarray(ours), ref, atol=1e-4)
