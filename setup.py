@@ -33,6 +33,8 @@ setup(
         "ml_dtypes>=0.4",  # bfloat16 safetensors
         "huggingface_hub>=0.24",  # hub ids in load_pretrained
         "jinja2>=3.1",  # chat templates
+        "rouge-score>=0.1.2",  # ROUGE as T5 and the paper report it (XSum)
+        "sacrebleu>=2.3",  # corpus BLEU as WMT papers report it
     ],
     extras_require={
         # `datasets` reads Hugging Face datasets (hf:NAME, save_to_disk directories).

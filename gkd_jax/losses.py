@@ -5,7 +5,9 @@ Everything here is a pure function over arrays so it can be jitted, vmapped and 
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -76,6 +78,89 @@ def generalized_jsd(
         jnp.where(both_masked, 0.0, math.log1p(-beta) + logp_s),
     )  # [..., V]
     return beta * _kl(logp_t, log_m) + (1.0 - beta) * _kl(logp_s, log_m)
+
+
+def total_variation(
+    student_logits: jax.Array,
+    teacher_logits: jax.Array,
+    *,
+    temperature: float = 1.0,
+) -> jax.Array:
+    """Total variation distance between teacher and student, per position.
+
+        TV = 0.5 * sum_v |p_T(v) - p_S(v)|,   in [0, 1], symmetric, 0 iff p_T == p_S
+
+    with p = softmax(logits / temperature). The divergence of the f-distill baseline (Wen et al.,
+    2023). TV is not differentiable where p_T(v) == p_S(v); the gradient there is a subgradient
+    (JAX's d|x|/dx is 1 at 0, and float rounding picks the sign when the two are within an ulp),
+    bounded like every TV gradient: |d TV / d logit_v| <= p_S(v) / temperature. So, unlike the
+    KLs, it need not vanish as the student reaches the teacher.
+
+    Args and returns as `generalized_jsd` (shapes [..., V] -> [...], float32 output).
+    """
+    if isinstance(temperature, int | float) and temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"logit shapes differ: student {student_logits.shape} vs teacher {teacher_logits.shape}"
+        )
+    # TV is linear in the probabilities, so no log space is needed; upcast first (bf16 logits).
+    p_s = jax.nn.softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)  # [..., V]
+    p_t = jax.nn.softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)  # [..., V]
+    return 0.5 * jnp.sum(jnp.abs(p_t - p_s), axis=-1)  # [...]
+
+
+# The divergences of the paper's experiments, by the names its tables use. "fkl" and "rkl" are the
+# endpoints of generalized_jsd (beta = 0 and 1), "jsd" takes the caller's beta, "tv" has none.
+DIVERGENCES = ("jsd", "fkl", "rkl", "tv")
+FIXED_BETAS = {"fkl": 0.0, "rkl": 1.0}
+
+DivergenceFn = Callable[..., jax.Array]  # (student_logits, teacher_logits, *, temperature) -> [...]
+
+
+def get_divergence(name: str, *, beta: float | None = None) -> DivergenceFn:
+    """The per-token divergence `name` as fn(student_logits, teacher_logits, *, temperature=1.0).
+
+      "jsd": generalized_jsd with `beta` (required, in [0, 1]).
+      "fkl": forward KL(p_T || p_S) = generalized_jsd(beta=0).
+      "rkl": reverse KL(p_S || p_T) = generalized_jsd(beta=1).
+      "tv":  total_variation.
+
+    Every check is plain Python, so a bad config fails here, before anything compiles. A `beta`
+    that contradicts the name ("fkl" with beta=0.5, any beta with "tv") is an error rather than
+    silently ignored: it means the run is not the experiment its config describes.
+    """
+    if name not in DIVERGENCES:
+        raise ValueError(f"unknown divergence {name!r}; expected one of {DIVERGENCES}")
+    if name == "tv":
+        if beta is not None:
+            raise ValueError(f"beta={beta!r} does not apply to divergence 'tv'; leave beta unset")
+        return total_variation
+    if name in FIXED_BETAS:
+        fixed = FIXED_BETAS[name]
+        if beta is not None and beta != fixed:
+            raise ValueError(
+                f"divergence {name!r} is generalized_jsd with beta={fixed}, got beta={beta!r}; "
+                "leave beta unset or use divergence 'jsd'"
+            )
+        beta = fixed
+    elif beta is None:
+        raise ValueError("divergence 'jsd' needs beta (in [0, 1])")
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta!r}")
+    return functools.partial(generalized_jsd, beta=float(beta))
+
+
+def divergence(
+    name: str,
+    student_logits: jax.Array,
+    teacher_logits: jax.Array,
+    *,
+    beta: float | None = None,
+    temperature: float = 1.0,
+) -> jax.Array:
+    """`get_divergence(name, beta=beta)(student_logits, teacher_logits, temperature=...)`."""
+    return get_divergence(name, beta=beta)(student_logits, teacher_logits, temperature=temperature)
 
 
 def masked_sum_count(
