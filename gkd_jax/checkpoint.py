@@ -107,3 +107,85 @@ def load_model(path: str, *, expected=None, dtype=None) -> nnx.Module:
     nnx.replace_by_pure_dict(state, params)
     nnx.update(model, state)
     return model
+
+
+# ---------------------------------------------------------------------------- train state
+class TrainCheckpoints:
+    """Train-state checkpoints in one directory (WORKDIR/checkpoints): STEP/state holds the
+    student's parameters, optimizer state and step, STEP/meta a JSON of host-side values.
+
+    The step is the whole RNG state and data position: the trainer derives each step's
+    sampling key, lmbda draws and batch from (config.seed, step). Orbax writes a checkpoint
+    into `STEP.orbax-checkpoint-tmp` and renames it when complete, so a crash mid-save leaves
+    the previous one as the latest (leftover temporary directories are deleted on open).
+    Saves copy the arrays to host memory, then write in a background thread.
+    """
+
+    def __init__(self, directory: str, *, keep: int):
+        self.directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            enable_async_checkpointing=True,
+            cleanup_tmp_directories=True,
+            create=True,
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def path(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    def read_meta(self, step: int) -> dict[str, Any]:
+        restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored["meta"])
+
+    def restore(self, step: int, like: Any) -> Any:
+        """The state saved at `step`, with the shapes, dtypes and shardings of `like` (a state
+        pytree of arrays already placed as the run needs them): restored straight there."""
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        return self._manager.restore(step, args=args)["state"]
+
+    def restore_latest(self, like: Any, *, max_step: int) -> tuple[Any, dict[str, Any]]:
+        """(state, meta) of the latest checkpoint, restored into `like`'s shardings; (like, {})
+        when there is none. Raises, naming the fix, if it does not fit `like` or is past
+        `max_step` (the config's steps)."""
+        step = self.latest_step()
+        if step is None:
+            return like, {}
+        fix = f"use another --workdir, or delete {self.directory} to start over"
+        if step > max_step:
+            raise ValueError(
+                f"the train-state checkpoint {self.path(step)} is at step {step}, past "
+                f"config.steps={max_step}: raise config.steps, or {fix}"
+            )
+        try:
+            state = self.restore(step, like)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(
+                f"the train-state checkpoint {self.path(step)} does not fit this config's model "
+                f"and optimizer ({type(e).__name__}: {str(e)[:500]}): {fix}"
+            ) from e
+        return state, self.read_meta(step)
+
+    def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+        """Start saving `state` as `step` (no-op if that step is saved already); returns once
+        the arrays are copied to host, so the caller may donate them to the next step."""
+        if step in self._manager.all_steps():
+            return
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        self._manager.save(step, args=args, force=True)
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()  # waits for a save in flight
+
+    def __enter__(self) -> TrainCheckpoints:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

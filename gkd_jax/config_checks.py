@@ -7,9 +7,10 @@ import jax
 import ml_collections
 
 from gkd_jax.data.tasks import TASKS
-from gkd_jax.losses import REDUCTIONS
+from gkd_jax.losses import DIVERGENCES, REDUCTIONS
 from gkd_jax.models import COMPUTE_DTYPES
 from gkd_jax.models.hf import SAVE_DTYPES, is_hf_source
+from gkd_jax.schedules import LMBDA_SCHEDULES
 
 OBJECTIVES = ("gkd", "sft")
 LMBDA_MODES = ("batch", "example")
@@ -27,6 +28,11 @@ def _in_unit_interval(field: str, value) -> None:
 def _positive(field: str, value) -> None:
     if not value > 0:
         _fail(field, value, "must be > 0")
+
+
+def _integer_at_least(field: str, value, low: int, note: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        _fail(field, value, f"must be an integer >= {low} {note}".strip())
 
 
 def _one_of(field: str, value, allowed) -> None:
@@ -57,11 +63,18 @@ def validate_config(config: ml_collections.ConfigDict, *, vocab_size: int | None
     if config.eval.batch_size % devices:
         _fail("eval.batch_size", config.eval.batch_size, f"must be divisible by {devices} devices")
     _one_of("sft_reduction", config.sft_reduction, REDUCTIONS)
+    _integer_at_least("max_nonfinite_steps", config.max_nonfinite_steps, 1)
+    _integer_at_least("stop_after_steps", config.stop_after_steps, 0, "(0 = off)")
+    every = config.checkpoint.every_steps
+    _integer_at_least("checkpoint.every_steps", every, 0, "(0 = only at the end)")
+    _integer_at_least("checkpoint.keep", config.checkpoint.keep, 1)
     _positive("optim.learning_rate", config.optim.learning_rate)
     if config.objective == "gkd":
         g = config.gkd
         _in_unit_interval("gkd.lmbda", g.lmbda)
         _in_unit_interval("gkd.beta", g.beta)
+        _one_of("gkd.divergence", g.divergence, DIVERGENCES)
+        _one_of("gkd.lmbda_schedule", g.lmbda_schedule, LMBDA_SCHEDULES)
         _one_of("gkd.reduction", g.reduction, REDUCTIONS)
         _one_of("gkd.lmbda_mode", g.lmbda_mode, LMBDA_MODES)
         hf = is_hf_source(config.teacher.checkpoint) or is_hf_source(config.init.checkpoint)

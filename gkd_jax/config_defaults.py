@@ -61,6 +61,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every = 20
     c.max_new_tokens = 48  # completion budget: sampled tokens, and target length + EOS
     c.sft_reduction = "token"
+    # A step whose loss or gradient norm is not finite leaves params and optimizer state as
+    # they were (counted as `skipped_steps` in metrics.jsonl); this many in a row stop the run.
+    c.max_nonfinite_steps = 10
+    # > 0: stop after this many steps of this invocation, as on SIGTERM (checkpoint, exit 0);
+    # slices a long run into sessions (e.g. Colab), and lets tests interrupt a run exactly.
+    c.stop_after_steps = 0
+
+    # Train-state checkpoints in WORKDIR/checkpoints (params, optimizer state, step); a run
+    # restarted on the same workdir resumes from the latest one, bit for bit.
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 100  # 0: only at the end (and on SIGTERM / stop_after_steps)
+    c.checkpoint.keep = 2  # the last K are kept
 
     c.data = ml_collections.ConfigDict()
     c.data.train_examples = 20_000
@@ -85,6 +97,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.gkd.lmbda = 1.0  # student data fraction: P(on-policy completions)
     c.gkd.lmbda_mode = "batch"  # "batch": one draw per batch (paper); "example": one per row
     c.gkd.beta = 0.5  # 0 = forward KL(p_T||p_S), 1 = reverse KL(p_S||p_T), else JSD(beta)
+    # "jsd" (generalized JSD with beta), or the paper's baselines by name: "fkl", "rkl", "tv"
+    # (total variation, f-distill); beta is used by "jsd" only.
+    c.gkd.divergence = "jsd"
+    # lmbda over training: "constant" (the paper's GKD), "imitkd" (0.5: the paper's ImitKD
+    # baseline, with divergence "fkl"), "linear" / "exponential" (ImitKD's own rising mixes).
+    c.gkd.lmbda_schedule = "constant"
     c.gkd.seq_kd = False  # off-policy completions sampled from the teacher instead of the data
     c.gkd.reduction = "sequence"  # "sequence" (paper) or "token" (TRL)
     c.gkd.teacher_temperature = 1.0  # softmax temperature of the teacher inside the loss

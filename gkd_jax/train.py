@@ -7,6 +7,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from gkd_jax import trainer
+from gkd_jax.preemption import Preempted
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
@@ -17,7 +18,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-    trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    try:
+        trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except Preempted as stop:  # the state is saved: a clean exit, so a scheduler reruns us
+        print(stop, flush=True)
 
 
 if __name__ == "__main__":

@@ -26,17 +26,19 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gkd_jax import checkpoint, losses
+from gkd_jax import checkpoint, losses, preemption
 from gkd_jax.config_checks import validate_config
 from gkd_jax.data import pipeline
 from gkd_jax.data.char_tokenizer import build_char_tokenizer, load_tokenizer
 from gkd_jax.data.hf_tokenizer import check_same_vocabulary, load_hf_tokenizer, stop_ids
 from gkd_jax.data.tasks import get_task
+from gkd_jax.metrics_log import MetricsLog
 from gkd_jax.models import COMPUTE_DTYPES, DecoderConfig, LMFunctions, build_decoder, functional_lm
 from gkd_jax.models.hf import is_hf_source, load_pretrained, resolve_model_dir, save_pretrained
 from gkd_jax.models.lm import shared_vocab_logits
 from gkd_jax.resources import resolve_path
 from gkd_jax.sampling import SamplingConfig, make_sampler
+from gkd_jax.schedules import lmbda_at
 
 
 # ---------------------------------------------------------------------------- the jitted step
@@ -49,11 +51,12 @@ def token_losses(config, student: LMFunctions, teacher, params, teacher_params, 
         logp = jax.nn.log_softmax(s_logits.astype(jnp.float32), axis=-1)
         return -jnp.take_along_axis(logp, mb["completion"][..., None], axis=-1)[..., 0]
     t_logits = jax.lax.stop_gradient(teacher.score(teacher_params, *args))
-    return losses.generalized_jsd(
+    g = config.gkd
+    divergence = losses.get_divergence(g.divergence, beta=g.beta if g.divergence == "jsd" else None)
+    return divergence(
         shared_vocab_logits(s_logits, vocab),
-        shared_vocab_logits(t_logits, vocab) / config.gkd.teacher_temperature,
-        beta=config.gkd.beta,
-        temperature=config.gkd.loss_temperature,
+        shared_vocab_logits(t_logits, vocab) / g.teacher_temperature,
+        temperature=g.loss_temperature,
     )
 
 
@@ -83,12 +86,22 @@ def make_train_step(config, student: LMFunctions, teacher: LMFunctions | None, t
         grads, total, count = jax.lax.fori_loop(0, accum, micro, (zeros, 0.0, 0.0))
         # (sum, count) pairs make accumulation exact: the mean's gradient is sum-grad / count.
         grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1.0), grads)
+        loss, grad_norm = losses.mean_from_sum_count(total, count), optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
+        # A non-finite loss or gradient would poison the parameters and Adam's moments for
+        # good: such a step keeps both as they were (the step count still advances, so the
+        # next step draws new data and samples); the loop counts these and gives up after
+        # config.max_nonfinite_steps in a row.
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep_if_bad = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
+        params = keep_if_bad(params, state["params"])
+        opt_state = keep_if_bad(opt_state, state["opt_state"])
         metrics = {
-            "loss": losses.mean_from_sum_count(total, count),
-            "grad_norm": optax.tree.norm(grads),
+            "loss": loss,
+            "grad_norm": grad_norm,
             "loss_tokens": jnp.sum(batch["completion_mask"]),
+            "nonfinite": 1.0 - finite.astype(jnp.float32),
         }
         return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
@@ -258,7 +271,10 @@ def log(msg: str) -> None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Train per `config` into `workdir`; return the final evaluation (also in results.json)."""
+    """Train per `config` into `workdir`; return the final evaluation (also in results.json).
+
+    Resumes from the latest train-state checkpoint in WORKDIR/checkpoints. On SIGTERM, or after
+    `config.stop_after_steps`, saves one and raises `preemption.Preempted`."""
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     task = get_task(config.task)
@@ -323,19 +339,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )  # fmt: skip
     if task.metric is None:
         ev["divergence"] = make_divergence_fn(config, student_fns, teacher_fns)
-    results: dict[str, Any] = {}
-    if teacher is not None and task.metric is not None:
-        ev["samplers"]["teacher"] = make_sampler(teacher_fns.decoding, greedy)
-        results["teacher"] = evaluate(ev, teacher_params, "teacher")
-    results["start"] = evaluate(ev, params)
-    for name, r in results.items():
-        log(f"[eval] {name}: {task.metric_name} {r[task.metric_name]:.4f}")
-
+    # Train state: fresh, or the latest checkpoint in WORKDIR/checkpoints (a resumed run).
     tx = make_optimizer(config)
     state = jax.device_put(
         {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)},
         replicated,
     )
+    ckpts = checkpoint.TrainCheckpoints(
+        os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep
+    )
+    state, saved = ckpts.restore_latest(state, max_step=config.steps)
+    start_step = int(state["step"])
+    if saved:
+        log(f"resuming from step {start_step} ({ckpts.path(start_step)})")
+
+    # The first evaluation is stored in every checkpoint: a resumed run does not redo it.
+    results: dict[str, Any] = saved.get("eval", {})
+    if teacher is not None and task.metric is not None:
+        ev["samplers"]["teacher"] = make_sampler(teacher_fns.decoding, greedy)
+        if "teacher" not in results:
+            results["teacher"] = evaluate(ev, teacher_params, "teacher")
+    if "start" not in results:
+        results["start"] = evaluate(ev, params)
+    for name, r in results.items():
+        stored = " (stored in the checkpoint)" if saved else ""
+        log(f"[eval] {name}: {task.metric_name} {r[task.metric_name]:.4f}{stored}")
+
     sampling = SamplingConfig(
         max_new_tokens=config.max_new_tokens,
         temperature=config.sampling.temperature,
@@ -351,13 +380,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         samplers["teacher"] = make_sampler(teacher_fns.decoding, sampling)
     train_step = make_train_step(config, student_fns, teacher_fns, tx)
 
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    data_iter = pipeline.batches(train_data, config.batch_size, config.seed)
+    # The data position, the sampling key and the lmbda draws are functions of (seed, step):
+    # a run resumed at step k sees exactly what an uninterrupted one sees from step k on.
+    data_iter = pipeline.batches(train_data, config.batch_size, config.seed, start=start_step)
     base_key = jax.random.key(config.seed)
+    skipped, nonfinite_run = saved.get("skipped_steps", 0), saved.get("nonfinite_run", 0)
     t_start = t_window = time.time()
     on_policy_window = []
-    with open(metrics_path, "a") as metrics_file:
-        for step in range(config.steps):
+    metrics = MetricsLog(workdir, start_step)  # drops rows a previous run logged after it
+    if not saved:
+        metrics.scalars(0, eval_scalars(results, task.metric_name))
+    # Saves are asynchronous; leaving this block waits for the one in flight.
+    with ckpts, preemption.sigterm_flag() as sigterm:
+        for step in range(start_step, config.steps):
             batch = next(data_iter)
             prompt = jax.device_put(batch["prompt"], rows)
             prompt_mask = jax.device_put(batch["prompt_mask"], rows)
@@ -379,28 +414,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     completion_mask=completion_mask,
                 ),
             )
+            done = step + 1
             on_policy_window.append(on_policy_frac)
-            if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+            # One scalar read per step: the next step samples from these parameters anyway.
+            nonfinite_run = nonfinite_run + 1 if float(m["nonfinite"]) else 0
+            skipped += int(nonfinite_run > 0)
+            too_many_nonfinite = nonfinite_run >= config.max_nonfinite_steps
+            if done % config.log_every == 0 or done == config.steps or too_many_nonfinite:
                 m = {k: float(v) for k, v in jax.device_get(m).items()}
                 now = time.time()
                 # Throughput over the window since the last log line: the first window also
                 # pays for compilation, later ones are the steady state.
                 rate = len(on_policy_window) * config.batch_size / (now - t_window)
-                elapsed, eta = now - t_start, (config.steps - step - 1) * config.batch_size / rate
-                row = {
-                    "step": step + 1,
-                    **m,
-                    "on_policy": float(np.mean(on_policy_window)),
-                    "examples_per_s": rate,
-                }
-                metrics_file.write(json.dumps(row) + "\n")
-                metrics_file.flush()
+                elapsed, eta = now - t_start, (config.steps - done) * config.batch_size / rate
+                metrics.write(
+                    {
+                        "step": done,
+                        **m,
+                        "skipped_steps": skipped,
+                        "on_policy": float(np.mean(on_policy_window)),
+                        "examples_per_s": rate,
+                    }
+                )
                 t_window, on_policy_window = now, []
                 log(
-                    f"step {step + 1:5d}/{config.steps} | loss {m['loss']:.4f} | "
+                    f"step {done:5d}/{config.steps} | loss {m['loss']:.4f} | "
                     f"grad {m['grad_norm']:.3f} | {rate:7.1f} ex/s | "
                     f"elapsed {fmt_time(elapsed)} | ETA {fmt_time(eta)}"
                 )
+            meta = {"eval": results, "skipped_steps": skipped, "nonfinite_run": nonfinite_run}
+            if too_many_nonfinite:
+                ckpts.wait()
+                raise FloatingPointError(nonfinite_message(config, done, ckpts))
+            if sigterm():
+                ckpts.save(done, state, meta)
+                raise preemption.Preempted(done)
+            stop_here = config.stop_after_steps and done - start_step == config.stop_after_steps
+            if stop_here and done < config.steps:
+                ckpts.save(done, state, meta)
+                reason = f"stopped (config.stop_after_steps={config.stop_after_steps})"
+                raise preemption.Preempted(done, reason)
+            # Only a state that is updating normally is saved: in a run of non-finite steps,
+            # the last good checkpoint must survive the rotation to `checkpoint.keep`.
+            every = config.checkpoint.every_steps
+            if every and done % every == 0 and done < config.steps and not nonfinite_run:
+                ckpts.save(done, state, meta)
+        # The end state too: a crash in the export or the evaluation below resumes here.
+        meta = {"eval": results, "skipped_steps": skipped, "nonfinite_run": nonfinite_run}
+        ckpts.save(config.steps, state, meta)
     train_seconds = time.time() - t_start
 
     student = rebuild(student, state["params"])
@@ -412,20 +473,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )  # fmt: skip
         log(f"[export] Hugging Face model -> {hf_dir}")
     results["final"] = evaluate(ev, state["params"])
+    metrics.scalars(config.steps, eval_scalars({"final": results["final"]}, task.metric_name))
     summary = {
         "task": config.task,
         "objective": config.objective,
         "metric": task.metric_name,
         "scores": {k: v[task.metric_name] for k, v in results.items()},
         "train_seconds": train_seconds,
-        "examples_per_s": config.steps * config.batch_size / max(train_seconds, 1e-9),
+        "examples_per_s": (config.steps - start_step)
+        * config.batch_size
+        / max(train_seconds, 1e-9),
         "steps": config.steps,
+        "skipped_steps": skipped,
         "samples": results["final"]["samples"],
     }
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(summary, f, indent=2)
     log(results_table(summary, config))
     return summary
+
+
+def eval_scalars(results: dict[str, dict], metric: str) -> dict[str, float]:
+    """TensorBoard tags: the student's score is eval/METRIC (at step 0 and at the last step),
+    the teacher's eval/teacher_METRIC."""
+    prefix = {"teacher": "teacher_"}
+    return {f"eval/{prefix.get(name, '')}{metric}": r[metric] for name, r in results.items()}
+
+
+def nonfinite_message(config, step: int, ckpts: checkpoint.TrainCheckpoints) -> str:
+    n, last = config.max_nonfinite_steps, ckpts.latest_step()
+    where = (
+        f"the last good checkpoint is {ckpts.path(last)} (step {last}), kept"
+        if last is not None
+        else f"no checkpoint was saved before (config.checkpoint.every_steps="
+        f"{config.checkpoint.every_steps})"
+    )
+    return (
+        f"step {step}: the loss or gradient norm was not finite for {n} steps in a row "
+        f"(config.max_nonfinite_steps={n}); their updates were skipped and the run stopped. "
+        f"{where}. Lower optim.learning_rate or optim.grad_clip, or check the data, then rerun "
+        f"the same command to resume from it (delete {ckpts.directory} to start over)."
+    )
 
 
 def gkd_completions(
@@ -438,13 +526,19 @@ def gkd_completions(
     come from a generator seeded by (seed, step), so a restarted run repeats them.
     """
     g = config.gkd
+    lmbda = lmbda_at(
+        step,
+        config.steps,
+        kind=g.lmbda_schedule,
+        lmbda=None if g.lmbda_schedule == "imitkd" else g.lmbda,
+    )
     rng = np.random.default_rng([config.seed, step])
     key = jax.random.fold_in(base_key, step)
     b = prompt.shape[0]
     if g.lmbda_mode == "batch":
-        on_policy = np.full((b,), rng.random() < g.lmbda)
+        on_policy = np.full((b,), rng.random() < lmbda)
     else:
-        on_policy = rng.random(b) < g.lmbda
+        on_policy = rng.random(b) < lmbda
     if g.seq_kd and not on_policy.all():
         t_out = samplers["teacher"](teacher_params, prompt, prompt_mask, jax.random.fold_in(key, 1))
         target, target_mask = t_out.tokens, t_out.mask

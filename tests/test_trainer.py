@@ -188,6 +188,7 @@ def test_lmbda_draws(mode):
 
     def draw(step, lmbda, seq_kd=False):
         config = gkd_config(lmbda=lmbda, lmbda_mode=mode, seq_kd=seq_kd)
+        config.steps = 100  # draws at steps up to 40
         tokens, _, frac = trainer.gkd_completions(
             config, step, fake_samplers(b, n), None, None, key, batch["prompt"],
             batch["prompt_mask"], target, jnp.ones((b, n), bool),
@@ -234,6 +235,10 @@ def fails_before_compiling(monkeypatch):
         ("task", "nope", "nope"),
         ("teacher.model.vocab_size", 128, "share one vocabulary"),
         ("batch_size", 12, "batch_size"),
+        ("checkpoint.every_steps", -1, r"checkpoint.every_steps=-1 .* >= 0"),
+        ("checkpoint.keep", 0, r"checkpoint.keep=0 .* >= 1"),
+        ("max_nonfinite_steps", 0, r"max_nonfinite_steps=0 .* >= 1"),
+        ("stop_after_steps", -5, r"stop_after_steps=-5 .* >= 0"),
     ],
 )
 def test_bad_config_fails_before_compiling(tmp_path, monkeypatch, field, value, match):

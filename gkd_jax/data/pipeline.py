@@ -68,18 +68,28 @@ def encode(
 
 
 def batches(
-    data: dict[str, np.ndarray], batch_size: int, seed: int
+    data: dict[str, np.ndarray], batch_size: int, seed: int, start: int = 0
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Endless shuffled batches of exactly `batch_size` rows (a new permutation per epoch)."""
+    """Endless shuffled batches of exactly `batch_size` rows (a new permutation per epoch),
+    from batch number `start` on: a resumed run gets the batches it would have seen."""
     n = len(next(iter(data.values())))
     if n < batch_size:
         raise ValueError(f"dataset has {n} examples, fewer than batch_size={batch_size}")
+    if start < 0:
+        raise ValueError(f"start={start} must be >= 0")
+    per_epoch = n // batch_size
     rng = np.random.default_rng(seed)
+    # Skip whole epochs by drawing (not applying) their permutations: the generator's state
+    # after e epochs is all that carries over, and a permutation is cheap next to a batch.
+    for _ in range(start // per_epoch):
+        rng.permutation(n)
+    skip = start % per_epoch
     while True:
         order = rng.permutation(n)
-        for start in range(0, n - batch_size + 1, batch_size):
-            idx = order[start : start + batch_size]
+        for first in range(skip * batch_size, n - batch_size + 1, batch_size):
+            idx = order[first : first + batch_size]
             yield {k: v[idx] for k, v in data.items()}
+        skip = 0
 
 
 def in_order(data: dict[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
