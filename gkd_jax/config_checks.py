@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import ml_collections
 
+from gkd_jax.data.chat import PROMPT_OVERFLOW
 from gkd_jax.data.tasks import TASKS
 from gkd_jax.losses import DIVERGENCES, REDUCTIONS
 from gkd_jax.models import COMPUTE_DTYPES
@@ -38,6 +39,32 @@ def _integer_at_least(field: str, value, low: int, note: str = "") -> None:
 def _one_of(field: str, value, allowed) -> None:
     if value not in allowed:
         _fail(field, value, f"must be one of {list(allowed)}")
+
+
+def _get(config, field: str):
+    for part in field.split("."):
+        config = config[part]
+    return config
+
+
+def _boolean(field: str, value) -> None:
+    if not isinstance(value, bool):
+        _fail(field, value, "must be True or False")
+
+
+def _check_model(prefix: str, m) -> None:
+    """The shape fields of a model built or loaded from our own checkpoints."""
+    for field in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads"):
+        _integer_at_least(f"{prefix}.{field}", m[field], 1)
+    _integer_at_least(f"{prefix}.intermediate_size", m.intermediate_size, 1)
+    if m.head_dim is not None:
+        _integer_at_least(f"{prefix}.head_dim", m.head_dim, 1, "(or None: hidden / heads)")
+    if m.num_heads % m.num_kv_heads:
+        _fail(f"{prefix}.num_kv_heads", m.num_kv_heads, f"must divide num_heads={m.num_heads}")
+    _positive(f"{prefix}.rms_norm_eps", m.rms_norm_eps)
+    _positive(f"{prefix}.rope_theta", m.rope_theta)
+    for field in ("tie_embeddings", "qkv_bias"):
+        _boolean(f"{prefix}.{field}", m[field])
 
 
 def validate_config(config: ml_collections.ConfigDict, *, vocab_size: int | None = None) -> None:
@@ -93,8 +120,27 @@ def validate_config(config: ml_collections.ConfigDict, *, vocab_size: int | None
         if not 0.0 < config.sampling.top_p <= 1.0:
             _fail("sampling.top_p", config.sampling.top_p, "must be in (0, 1] (1 = off)")
     _one_of("export.dtype", config.export.dtype, sorted(SAVE_DTYPES))
-    if not isinstance(config.data.strict, bool):
-        _fail("data.strict", config.data.strict, "must be True or False")
+    for field in ("data.strict", "export.hf", "gkd.seq_kd"):
+        _boolean(field, _get(config, field))
+    _one_of("data.prompt_overflow", config.data.prompt_overflow, PROMPT_OVERFLOW)
+    for field in ("seed", "data.eval_seed", "optim.warmup_steps"):
+        _integer_at_least(field, _get(config, field), 0)
+    for field in ("data.train_examples", "eval.num_examples", "eval.batch_size"):
+        _integer_at_least(field, _get(config, field), 1)
+    if not isinstance(config.sampling.top_k, int) or isinstance(config.sampling.top_k, bool):
+        _fail("sampling.top_k", config.sampling.top_k, "must be an integer >= 0 (0 = off)")
+    o = config.optim
+    for field in ("optim.b1", "optim.b2"):
+        if not 0.0 <= _get(config, field) < 1.0:
+            _fail(field, _get(config, field), "must be in [0, 1)")
+    _in_unit_interval("optim.final_lr_fraction", o.final_lr_fraction)
+    _positive("optim.grad_clip", o.grad_clip)
+    if not o.weight_decay >= 0:
+        _fail("optim.weight_decay", o.weight_decay, "must be >= 0")
+    if not is_hf_source(config.init.checkpoint):
+        _check_model("model", config.model)
+    if config.objective == "gkd" and not is_hf_source(config.teacher.checkpoint):
+        _check_model("teacher.model", config.teacher.model)
     student_hf = is_hf_source(config.init.checkpoint)
     if vocab_size is not None and not student_hf and config.model.vocab_size < vocab_size:
         _fail(

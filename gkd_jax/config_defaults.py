@@ -84,6 +84,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.eval_file = ""  # "": hold out the last eval.num_examples training records
     c.data.eval_split = "validation"
     c.data.strict = True  # a bad record is an error; False skips and reports it
+    # A prompt over max_prompt_len: "error" (a bad record) or "truncate_left" (keep its end).
+    c.data.prompt_overflow = "error"
 
     c.eval = ml_collections.ConfigDict()
     c.eval.num_examples = 500

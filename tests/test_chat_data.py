@@ -393,3 +393,20 @@ def test_template_exception_is_a_bad_record(tmp_path):
     [(reason, [loc])] = report.problems.items()
     assert reason == "chat template error"
     assert loc.startswith(f"{path}:2 (") and "roles must alternate" in loc
+
+
+def test_prompt_overflow_truncate_left_keeps_the_end_and_counts(tmp_path):
+    tok = word_tokenizer()
+    recs = [{"prompt": "w1 w2 w3 w4 w5", "completion": "w6"}, {"prompt": "w1", "completion": "w2"}]
+    path = write_jsonl(tmp_path / "d.jsonl", recs)
+    with pytest.raises(ValueError, match="prompt longer than max_prompt_len=3"):
+        load(path, tok, max_prompt_len=3)  # the default policy: an error
+    logs = []
+    (a, b), report = load(
+        path, tok, max_prompt_len=3, prompt_overflow="truncate_left", log=logs.append
+    )
+    assert a.prompt_ids == enc(tok, "w3 w4 w5") and b.prompt_ids == enc(tok, "w1")
+    assert report.truncated_prompts == 1 and report.problems == {}
+    assert "1 prompts cut to their last max_prompt_len tokens" in logs[0]
+    with pytest.raises(ValueError, match="prompt_overflow='middle'"):
+        load(path, tok, prompt_overflow="middle")

@@ -38,6 +38,7 @@ class DataReport:
     problems: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     truncated_completions: int = 0
     max_completion_len: int | None = None
+    truncated_prompts: int = 0
 
     @property
     def bad(self) -> int:
@@ -54,6 +55,8 @@ class DataReport:
         trunc = f"{self.truncated_completions} completions truncated"
         if self.max_completion_len is not None:
             trunc += f" to max_completion_len={self.max_completion_len}"
+        if self.truncated_prompts:
+            trunc += f", {self.truncated_prompts} prompts cut to their last max_prompt_len tokens"
         kept = f"kept {self.kept} of {self.read} records"
         return f"data: {self.source}: {kept} ({self.bad} bad, {trunc})"
 
@@ -61,6 +64,9 @@ class DataReport:
         return "\n".join([self.headline(), *self.problem_lines()])
 
     __str__ = summary
+
+
+PROMPT_OVERFLOW = ("error", "truncate_left")
 
 
 class _BadRecord(Exception):
@@ -223,9 +229,16 @@ def load_examples(
     max_completion_len: int,
     stop_ids: Sequence[int],
     strict: bool = True,
+    prompt_overflow: str = "error",
     log: Callable[[str], None] = print,
 ) -> tuple[list[TokenizedExample], DataReport]:
-    """Tokenize every record of `spec` (see `read_records`); report and handle bad records."""
+    """Tokenize every record of `spec` (see `read_records`); report and handle bad records.
+
+    A prompt over `max_prompt_len` is a bad record with `prompt_overflow="error"`; with
+    "truncate_left" it keeps its last `max_prompt_len` tokens (the turns nearest the reply),
+    counted in the report."""
+    if prompt_overflow not in PROMPT_OVERFLOW:
+        raise ValueError(f"prompt_overflow={prompt_overflow!r}: choose one of {PROMPT_OVERFLOW}")
     if max_prompt_len < 1 or max_completion_len < 1:
         raise ValueError(
             f"max_prompt_len={max_prompt_len} and max_completion_len="
@@ -243,6 +256,9 @@ def load_examples(
             p_ids, c_ids, reference = _tokenize(tokenizer, rec, stops)
             if not p_ids:
                 raise _BadRecord("empty prompt", "no tokens")
+            if len(p_ids) > max_prompt_len and prompt_overflow == "truncate_left":
+                p_ids = p_ids[-max_prompt_len:]
+                report.truncated_prompts += 1
             if len(p_ids) > max_prompt_len:
                 raise _BadRecord(
                     f"prompt longer than max_prompt_len={max_prompt_len} tokens",

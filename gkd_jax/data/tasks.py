@@ -61,6 +61,7 @@ def load_chat(config, tokenizer, stop_ids, log=print) -> tuple[Split, Split]:
         max_completion_len=config.max_new_tokens,
         stop_ids=stop_ids,
         strict=d.strict,
+        prompt_overflow=d.prompt_overflow,
         log=log,
     )
     train, _ = chat.load_examples(d.train_file, tokenizer, split=d.train_split, **kw)

@@ -1,0 +1,111 @@
+"""Every config field is checked at start-up: a bad value fails naming the field, the value and
+the allowed range. The completeness test fails when a field is added without a check here."""
+
+import pytest
+
+from gkd_jax.config_checks import validate_config
+from gkd_jax.config_defaults import base_config
+
+BAD = {
+    "task": "nope",
+    "objective": "distill",
+    "dtype": "float16",
+    "seed": -1,
+    "steps": 0,
+    "batch_size": 12,  # not divisible by 8 devices
+    "grad_accum": 0,
+    "log_every": 0,
+    "max_new_tokens": 0,
+    "sft_reduction": "mean",
+    "max_nonfinite_steps": 0,
+    "stop_after_steps": -1,
+    "checkpoint.every_steps": -5,
+    "checkpoint.keep": 0,
+    "data.train_examples": 0,
+    "data.eval_seed": 1.5,
+    "data.max_prompt_len": 0,
+    "data.strict": "yes",
+    "data.prompt_overflow": "truncate_right",
+    "eval.num_examples": 0,
+    "eval.batch_size": 12,
+    "export.hf": 1,
+    "export.dtype": "int8",
+    "gkd.lmbda": 1.5,
+    "gkd.lmbda_mode": "row",
+    "gkd.lmbda_schedule": "cosine",
+    "gkd.beta": -0.1,
+    "gkd.divergence": "kl",
+    "gkd.seq_kd": "no",
+    "gkd.reduction": "mean",
+    "gkd.teacher_temperature": 0.0,
+    "gkd.loss_temperature": -1.0,
+    "sampling.temperature": 0.0,
+    "sampling.top_k": 2.5,
+    "sampling.top_p": 0.0,
+    "optim.learning_rate": 0.0,
+    "optim.warmup_steps": -1,
+    "optim.final_lr_fraction": 2.0,
+    "optim.weight_decay": -0.1,
+    "optim.b1": 1.0,
+    "optim.b2": -0.5,
+    "optim.grad_clip": 0.0,
+    "model.vocab_size": 0,
+    "model.hidden_size": 0,
+    "model.num_layers": 0,
+    "model.num_heads": 0,
+    "model.num_kv_heads": 3,  # does not divide 4 heads
+    "model.intermediate_size": -1,
+    "model.head_dim": 0,
+    "model.rope_theta": 0.0,
+    "model.rms_norm_eps": 0.0,
+    "model.tie_embeddings": "true",
+    "model.qkv_bias": 0,
+    "teacher.model.vocab_size": 128,  # differs from the student's
+    "teacher.model.hidden_size": 0,
+    "teacher.model.num_layers": -1,
+    "teacher.model.num_heads": 0,
+    "teacher.model.num_kv_heads": 0,
+    "teacher.model.intermediate_size": 0,
+    "teacher.model.head_dim": -2,
+    "teacher.model.rope_theta": -1.0,
+    "teacher.model.rms_norm_eps": -1.0,
+    "teacher.model.tie_embeddings": None,
+    "teacher.model.qkv_bias": "no",
+}
+# Free-form strings, checked where they are used (a missing file or model names itself there).
+FREE = {
+    "tokenizer", "init.checkpoint", "init.recipe", "teacher.checkpoint", "teacher.recipe",
+    "data.train_file", "data.eval_file", "data.train_split", "data.eval_split",
+}  # fmt: skip
+
+
+def leaves(config, prefix=""):
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key
+
+
+def test_every_field_has_a_bad_value_case():
+    assert set(leaves(base_config())) - FREE - set(BAD) == set()
+
+
+def test_the_defaults_pass():
+    validate_config(base_config())
+
+
+@pytest.mark.parametrize("field", sorted(BAD))
+def test_bad_value_names_the_field(field):
+    config = base_config()
+    *parents, leaf = field.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    try:
+        node[leaf] = BAD[field]
+    except TypeError as e:  # a type-safe ConfigDict field refuses the value itself, flags too
+        assert f"'{leaf}'" in str(e)
+        return
+    with pytest.raises(ValueError, match=f"config.{field}="):
+        validate_config(config)
