@@ -123,7 +123,7 @@ def validate_config(config: ml_collections.ConfigDict, *, vocab_size: int | None
     for field in ("data.strict", "export.hf", "gkd.seq_kd"):
         _boolean(field, _get(config, field))
     _one_of("data.prompt_overflow", config.data.prompt_overflow, PROMPT_OVERFLOW)
-    for field in ("seed", "data.eval_seed", "optim.warmup_steps"):
+    for field in ("seed", "data.eval_seed", "optim.warmup_steps", "eval.every_steps"):
         _integer_at_least(field, _get(config, field), 0)
     for field in ("data.train_examples", "eval.num_examples", "eval.batch_size"):
         _integer_at_least(field, _get(config, field), 1)

@@ -90,6 +90,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.num_examples = 500
     c.eval.batch_size = 256
+    # Evaluate every N steps too (0 = only at the start and the end); the best student so far is
+    # kept in WORKDIR/best_model.
+    c.eval.every_steps = 0
 
     c.model = model_config()  # the model being trained (the student)
     c.init = model_source()  # where the trained model starts; empty: random init

@@ -459,6 +459,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             every = config.checkpoint.every_steps
             if every and done % every == 0 and done < config.steps and not nonfinite_run:
                 ckpts.save(done, state, meta)
+            every = config.eval.every_steps
+            if every and done % every == 0 and done < config.steps and not nonfinite_run:
+                score = evaluate(ev, state["params"])[task.metric_name]
+                log(f"[eval] step {done}: {task.metric_name} {score:.4f}")
+                metrics.scalars(done, {f"eval/{task.metric_name}": score})
+                keep_if_best(student, state["params"], done, score, task, workdir)
         # The end state too: a crash in the export or the evaluation below resumes here.
         meta = {"eval": results, "skipped_steps": skipped, "nonfinite_run": nonfinite_run}
         ckpts.save(config.steps, state, meta)
@@ -474,6 +480,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         log(f"[export] Hugging Face model -> {hf_dir}")
     results["final"] = evaluate(ev, state["params"])
     metrics.scalars(config.steps, eval_scalars({"final": results["final"]}, task.metric_name))
+    if config.eval.every_steps:
+        final_score = results["final"][task.metric_name]
+        keep_if_best(student, state["params"], config.steps, final_score, task, workdir)
     summary = {
         "task": config.task,
         "objective": config.objective,
@@ -491,6 +500,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         json.dump(summary, f, indent=2)
     log(results_table(summary, config))
     return summary
+
+
+def keep_if_best(student, params, step: int, score: float, task, workdir: str) -> None:
+    """WORKDIR/best_model: the student at its best periodic evaluation so far (the train-state
+    checkpoints rotate to the last few; this one survives them). Its score and step travel in
+    its model_config.json, so a resumed run compares against it."""
+    path = os.path.join(workdir, "best_model")
+    if checkpoint.has_model(path):
+        with open(os.path.join(path, checkpoint.CONFIG_FILE)) as f:
+            best = json.load(f)["best"]
+        sign = 1 if task.higher_is_better else -1
+        if sign * score <= sign * best[task.metric_name]:
+            return
+    checkpoint.save_model(
+        path, rebuild(student, params), extra={"best": {"step": step, task.metric_name: score}}
+    )
+    log(f"[eval] best {task.metric_name} so far: {score:.4f} at step {step} -> {path}")
 
 
 def eval_scalars(results: dict[str, dict], metric: str) -> dict[str, float]:

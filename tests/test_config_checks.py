@@ -28,6 +28,7 @@ BAD = {
     "data.prompt_overflow": "truncate_right",
     "eval.num_examples": 0,
     "eval.batch_size": 12,
+    "eval.every_steps": -1,
     "export.hf": 1,
     "export.dtype": "int8",
     "gkd.lmbda": 1.5,

@@ -409,3 +409,20 @@ def test_sigkill_mid_save_resumes_from_the_last_complete_checkpoint(straight, tm
     assert out.count(f"resuming from step {max(steps)}") == 1, (left, out)
     assert_same_params(tmp_path, reference)
     print(f"killed with {left} in checkpoints/; resumed from step {max(steps)}")
+
+
+def test_periodic_evaluation_keeps_the_best_student(tmp_path, tiny_models):
+    config = tiny_config(tiny_models, steps=6)
+    config.eval.every_steps = 2
+    summary = trainer.train_and_evaluate(config, str(tmp_path))
+    trained = {}  # step -> the student's accuracy at each evaluation after the start
+    for name in os.listdir(tmp_path / "tensorboard"):
+        scalars, _ = read_events(tmp_path / "tensorboard" / name)
+        trained |= {s: v for s, tag, v in scalars if tag == "eval/accuracy" and s > 0}
+    assert set(trained) == {2, 4, 6}
+    np.testing.assert_allclose(trained[6], summary["scores"]["final"], rtol=1e-6)
+    meta = json.loads((tmp_path / "best_model" / checkpoint.CONFIG_FILE).read_text())["best"]
+    np.testing.assert_allclose(meta["accuracy"], max(trained.values()), rtol=1e-6)
+    firsts = [s for s, v in sorted(trained.items()) if abs(v - max(trained.values())) < 1e-6]
+    assert meta["step"] == firsts[0]
+    assert checkpoint.load_model(str(tmp_path / "best_model"), expected=STUDENT)

@@ -28,6 +28,7 @@ class Task:
     # (decoded completions, references) -> score; None: the student's on-policy divergence from
     # the teacher on its own greedy completions (lower is better), for data without answers.
     metric: Callable[[list[str], list], float] | None
+    higher_is_better: bool = True
 
 
 def _arith_split(tokenizer, examples: Sequence[arith.Example]) -> Split:
@@ -90,7 +91,7 @@ def load_chat(config, tokenizer, stop_ids, log=print) -> tuple[Split, Split]:
 
 TASKS: dict[str, Task] = {
     "arith": Task("arith", load_arith, "accuracy", arith_accuracy),
-    "chat": Task("chat", load_chat, "on_policy_jsd", None),
+    "chat": Task("chat", load_chat, "on_policy_jsd", None, higher_is_better=False),
 }
 
 
