@@ -63,7 +63,14 @@ def generalized_jsd(
     # Upcast before scaling so bf16 logits don't lose precision in the softmax.
     logp_s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
     logp_t = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
+    return jsd_from_log_probs(logp_s, logp_t, beta=beta)
 
+
+def jsd_from_log_probs(logp_s: jax.Array, logp_t: jax.Array, *, beta: float) -> jax.Array:
+    """The generalized JSD summed over the last axis of normalized log-probabilities [..., V].
+
+    Every term is per vocabulary entry, so on a vocabulary shard this gives that shard's share of
+    the sum: the vocab-parallel loss psums it over the shards."""
     if beta == 0.0:
         return _kl(logp_t, logp_s)
     if beta == 1.0:
