@@ -75,9 +75,7 @@ def validate_config(config: ml_collections.ConfigDict, *, vocab_size: int | None
     if config.max_new_tokens < 1:
         _fail("max_new_tokens", config.max_new_tokens, "must be >= 1")
     for field in ("steps", "batch_size", "grad_accum", "log_every", "data.max_prompt_len"):
-        value = config
-        for part in field.split("."):
-            value = value[part]
+        value = _get(config, field)
         if int(value) < 1:
             _fail(field, value, "must be >= 1")
     devices = jax.device_count()

@@ -51,14 +51,18 @@ def _family_of(model: nnx.Module) -> ModuleType:
     return importlib.import_module("gkd_jax.models.hf_t5")
 
 
+def looks_like_hub_id(name: str) -> bool:
+    """ "org/name", not a path: a relative, absolute or home path is never sent to the hub."""
+    return name.count("/") == 1 and not name.startswith((".", "/", "~"))
+
+
 def resolve_model_dir(name_or_path: str) -> str:
     """A local directory as is; otherwise a hub id ("Qwen/Qwen2-0.5B-Instruct") through
     huggingface_hub's cache (downloading when online; HF_HUB_OFFLINE=1 uses the cache only)."""
     path = os.path.abspath(os.path.expanduser(name_or_path))
     if os.path.isdir(path):
         return path
-    looks_like_hub_id = name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/"))
-    if not looks_like_hub_id:
+    if not looks_like_hub_id(name_or_path):
         raise FileNotFoundError(f"no model directory at {path}")
     from huggingface_hub import snapshot_download
 
@@ -83,7 +87,7 @@ def is_hf_source(checkpoint_spec: str) -> bool:
     path = os.path.abspath(os.path.expanduser(checkpoint_spec))
     if os.path.isdir(path):
         return is_hf_model_dir(path)
-    return checkpoint_spec.count("/") == 1 and not checkpoint_spec.startswith((".", "/", "~"))
+    return looks_like_hub_id(checkpoint_spec)
 
 
 def read_hf_config(path: str) -> dict[str, Any]:
