@@ -11,6 +11,7 @@ from gkd_jax.data.tasks import TASKS
 from gkd_jax.losses import DIVERGENCES, REDUCTIONS
 from gkd_jax.models import COMPUTE_DTYPES
 from gkd_jax.models.hf import SAVE_DTYPES, is_hf_source
+from gkd_jax.optim import OPTIMIZERS, SCHEDULES
 from gkd_jax.schedules import LMBDA_SCHEDULES
 
 OBJECTIVES = ("gkd", "sft")
@@ -132,7 +133,15 @@ def validate_config(config: ml_collections.ConfigDict, *, vocab_size: int | None
         if not 0.0 <= _get(config, field) < 1.0:
             _fail(field, _get(config, field), "must be in [0, 1)")
     _in_unit_interval("optim.final_lr_fraction", o.final_lr_fraction)
-    _positive("optim.grad_clip", o.grad_clip)
+    if not o.grad_clip >= 0:
+        _fail("optim.grad_clip", o.grad_clip, "must be >= 0 (0 = no clipping)")
+    _one_of("optim.name", o.name, OPTIMIZERS)
+    _one_of("optim.schedule", o.schedule, SCHEDULES)
+    _integer_at_least("optim.cooldown_steps", o.cooldown_steps, 0, "(0 = no cooldown)")
+    if o.cooldown_steps > config.steps:
+        _fail("optim.cooldown_steps", o.cooldown_steps, f"must be <= steps ({config.steps})")
+    if not 0.0 <= config.dropout_rate < 1.0:
+        _fail("dropout_rate", config.dropout_rate, "must be in [0, 1)")
     if not o.weight_decay >= 0:
         _fail("optim.weight_decay", o.weight_decay, "must be >= 0")
     if not is_hf_source(config.init.checkpoint):

@@ -67,6 +67,9 @@ def base_config() -> ml_collections.ConfigDict:
     # > 0: stop after this many steps of this invocation, as on SIGTERM (checkpoint, exit 0);
     # slices a long run into sessions (e.g. Colab), and lets tests interrupt a run exactly.
     c.stop_after_steps = 0
+    # Dropout in the student while it trains (T5 only: as Hugging Face's T5 places it); the
+    # masks are a function of (seed, step), so a resumed run draws the same ones.
+    c.dropout_rate = 0.0
 
     # Train-state checkpoints in WORKDIR/checkpoints (params, optimizer state, step); a run
     # restarted on the same workdir resumes from the latest one, bit for bit.
@@ -122,14 +125,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.export.hf = True  # WORKDIR/hf_model, loadable by transformers / vLLM
     c.export.dtype = "float32"  # or "bfloat16", "float16"
 
-    c.optim = ml_collections.ConfigDict()
+    c.optim = ml_collections.ConfigDict()  # gkd_jax/optim.py says what each choice is
+    c.optim.name = "adamw"  # or "adafactor" (T5's, the paper's)
+    c.optim.schedule = "cosine"  # or "linear": warmup, constant, linear cooldown to 0
+    c.optim.cooldown_steps = 0  # "linear": the last N steps decay to 0 (0 = no cooldown)
     c.optim.learning_rate = 1e-3
     c.optim.warmup_steps = 20
     c.optim.final_lr_fraction = 0.1
     c.optim.weight_decay = 0.0
     c.optim.b1 = 0.9
     c.optim.b2 = 0.98
-    c.optim.grad_clip = 1.0
+    c.optim.grad_clip = 1.0  # global gradient-norm clipping; 0 = off
     return c
 
 

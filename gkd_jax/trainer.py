@@ -26,7 +26,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gkd_jax import checkpoint, losses, preemption
+from gkd_jax import checkpoint, losses, optim, preemption
 from gkd_jax.config_checks import validate_config
 from gkd_jax.data import pipeline
 from gkd_jax.data.char_tokenizer import build_char_tokenizer, load_tokenizer
@@ -109,18 +109,8 @@ def make_train_step(config, student: LMFunctions, teacher: LMFunctions | None, t
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-    o = config.optim
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0,
-        peak_value=o.learning_rate,
-        warmup_steps=o.warmup_steps,
-        decay_steps=max(config.steps, o.warmup_steps + 1),
-        end_value=o.learning_rate * o.final_lr_fraction,
-    )
-    return optax.chain(
-        optax.clip_by_global_norm(o.grad_clip),
-        optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay),
-    )
+    """config.optim -> optax (gkd_jax/optim.py: AdamW or Adafactor, cosine or linear schedule)."""
+    return optim.make_optimizer(config)
 
 
 # ---------------------------------------------------------------------------- models

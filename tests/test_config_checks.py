@@ -49,7 +49,11 @@ BAD = {
     "optim.weight_decay": -0.1,
     "optim.b1": 1.0,
     "optim.b2": -0.5,
-    "optim.grad_clip": 0.0,
+    "optim.grad_clip": -1.0,
+    "optim.name": "sgd",
+    "optim.schedule": "rsqrt",
+    "optim.cooldown_steps": 10_000,  # more than the 200 steps
+    "dropout_rate": 1.0,
     "model.vocab_size": 0,
     "model.hidden_size": 0,
     "model.num_layers": 0,
