@@ -1,0 +1,250 @@
+"""Figures and a Markdown table from a sweep's run directories (launch/sweep.py's ROOT).
+
+    python launch/collect.py --root=/tmp/arith-sweep --out=docs/figures --name=arith_sweep
+
+Reads ROOT/*/sweep_run.json (the run's axes), results.json (its scores) and metrics.jsonl (its
+training curve), and writes, under OUT:
+  NAME.png         the paper's figure style: final metric vs divergence, one line per lmbda,
+                   one panel per student size; the teacher, the SFT start and any baselines
+                   (SeqKD, ImitKD, f-distill, ...) as horizontal lines; mean over seeds with
+                   the seeds' standard deviation as error bars
+  NAME_curves.png  training loss vs step, one panel per (student size, lmbda), one line per
+                   divergence (seed 0 or the first seed)
+  NAME.md          the same numbers as a table (mean ± std over seeds where there are several)
+Runs without results.json yet (still training) are listed as missing and left out.
+"""
+
+import argparse
+import collections
+import glob
+import json
+import os
+import statistics
+import sys
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on a TPU VM or in CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+# Scores the trainer reports as fractions but papers print as percentages (ROUGE and BLEU
+# already come as 0-100 from gkd_jax.metrics).
+PERCENT_METRICS = ("accuracy",)
+DIVERGENCE_LABELS = {
+    "fkl": "FKL", "jsd0.1": "JSD(0.1)", "jsd0.5": "JSD(0.5)", "jsd0.9": "JSD(0.9)", "rkl": "RKL",
+    "tv": "TV",
+}  # fmt: skip
+BASELINE_LABELS = {"sft": "SFT", "seqkd": "SeqKD", "imitkd": "ImitKD", "fdistill": "f-distill"}
+
+
+def load_runs(root: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every finished run under `root` as {name, axes, results, curve}; and the unfinished names."""
+    runs, missing = [], []
+    for spec_path in sorted(glob.glob(os.path.join(root, "*", "sweep_run.json"))):
+        workdir = os.path.dirname(spec_path)
+        with open(spec_path) as f:
+            spec = json.load(f)
+        results_path = os.path.join(workdir, "results.json")
+        if not os.path.exists(results_path):
+            missing.append(spec["name"])
+            continue
+        with open(results_path) as f:
+            results = json.load(f)
+        runs.append(
+            {"name": spec["name"], "axes": spec["axes"], "results": results,
+             "curve": read_curve(os.path.join(workdir, "metrics.jsonl"))}
+        )  # fmt: skip
+    return runs, missing
+
+
+def read_curve(path: str) -> list[dict[str, float]]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def scale_of(metric: str) -> float:
+    return 100.0 if metric in PERCENT_METRICS else 1.0
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    # Population std, as the README's seed tables have it; 0 for a single seed.
+    return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return ""
+    mean, std = mean_std(values)
+    return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ± {std:.1f}"
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Group the scaled final scores: gkd[(student, lmbda, divergence)], baselines[(student,
+    method)], and the teacher and SFT start scores per student (lists over runs/seeds)."""
+    metric = runs[0]["results"]["metric"]
+    scale = scale_of(metric)
+    gkd, baselines = collections.defaultdict(list), collections.defaultdict(list)
+    teacher, start = collections.defaultdict(list), collections.defaultdict(list)
+    for run in runs:
+        axes, scores = run["axes"], run["results"]["scores"]
+        student = str(axes.get("student", ""))
+        if axes.get("method", "gkd") == "gkd":
+            gkd[student, float(axes["lmbda"]), axes["divergence"]].append(scale * scores["final"])
+        else:
+            baselines[student, axes["method"]].append(scale * scores["final"])
+        if "teacher" in scores:
+            teacher[student].append(scale * scores["teacher"])
+        if "start" in scores and run["results"].get("objective") != "sft":
+            start[student].append(scale * scores["start"])
+    students = sorted({k[0] for k in gkd} | {k[0] for k in baselines}, key=size_order)
+    lmbdas = sorted({k[1] for k in gkd})
+    present = {k[2] for k in gkd}
+    divergences = [d for d in DIVERGENCE_LABELS if d in present] + sorted(
+        present - set(DIVERGENCE_LABELS)
+    )
+    methods = sorted({k[1] for k in baselines})
+    seeds = sorted({run["axes"].get("seed", 0) for run in runs})
+    return dict(
+        metric=metric, unit="%" if scale == 100.0 else "", gkd=gkd, baselines=baselines,
+        teacher=teacher, start=start, students=students, lmbdas=lmbdas,
+        divergences=divergences, methods=methods, seeds=seeds,
+        steps=sorted({run["results"]["steps"] for run in runs}),
+    )  # fmt: skip
+
+
+def size_order(student: str) -> tuple[int, str]:
+    order = ["small", "base", "large", "xl"]
+    return (order.index(student), student) if student in order else (len(order), student)
+
+
+def lmbda_label(lmbda: float) -> str:
+    name = {0.0: "supervised KD", 1.0: "on-policy"}.get(lmbda)
+    return f"λ={lmbda:g}" + (f" ({name})" if name else "")
+
+
+def write_table(s: dict[str, Any], path: str) -> str:
+    unit = f" ({s['unit']})" if s["unit"] else ""
+    seeds = s["seeds"]
+    spread = f"mean ± std over seeds {seeds}" if len(seeds) > 1 else f"seed {seeds[0]}"
+    lines = [
+        f"Final {s['metric']}{unit}, {spread}; {'/'.join(map(str, s['steps']))} steps per run.",
+        "",
+        "| student | model | " + " | ".join(DIVERGENCE_LABELS.get(d, d) for d in s["divergences"])
+        + " |",
+        "|---|---|" + "---|" * len(s["divergences"]),
+    ]  # fmt: skip
+    blank = " |" * (len(s["divergences"]) - 1)
+    for student in s["students"]:
+        if s["teacher"][student]:
+            lines.append(f"| {student} | teacher | {cell(s['teacher'][student])} |{blank}")
+        if s["start"][student]:
+            lines.append(
+                f"| {student} | student start (SFT) | {cell(s['start'][student])} |{blank}"
+            )
+        for lmbda in s["lmbdas"]:
+            row = [cell(s["gkd"][student, lmbda, d]) for d in s["divergences"]]
+            lines.append(f"| {student} | GKD {lmbda_label(lmbda)} | " + " | ".join(row) + " |")
+        for method in s["methods"]:
+            values = s["baselines"][student, method]
+            if values:
+                label = BASELINE_LABELS.get(method, method)
+                lines.append(f"| {student} | {label} | {cell(values)} |{blank}")
+    text = "\n".join(lines) + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+    return text
+
+
+def plot_scores(s: dict[str, Any], path: str) -> None:
+    n = len(s["students"])
+    fig, axs = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False, sharey=True)
+    x = range(len(s["divergences"]))
+    for ax, student in zip(axs[0], s["students"], strict=True):
+        for lmbda in s["lmbdas"]:
+            points = [s["gkd"][student, lmbda, d] for d in s["divergences"]]
+            xs = [i for i, p in zip(x, points, strict=True) if p]
+            stats = [mean_std(p) for p in points if p]
+            ax.errorbar(
+                xs, [m for m, _ in stats], yerr=[sd for _, sd in stats], marker="o", capsize=3,
+                label=lmbda_label(lmbda),
+            )  # fmt: skip
+        refs = [("teacher", s["teacher"][student], "k", "--"),
+                ("student start", s["start"][student], "gray", ":")]  # fmt: skip
+        refs += [(BASELINE_LABELS.get(m, m), s["baselines"][student, m], None, "-.")
+                 for m in s["methods"]]  # fmt: skip
+        for label, values, color, style in refs:
+            if values:
+                ax.axhline(mean_std(values)[0], color=color, linestyle=style, lw=1, label=label)
+        ax.set_xticks(list(x), [DIVERGENCE_LABELS.get(d, d) for d in s["divergences"]])
+        ax.set_title(f"student {student}" if student else "student")
+        ax.set_xlabel("divergence")
+        ax.grid(alpha=0.3)
+    unit = f" ({s['unit']})" if s["unit"] else ""
+    axs[0][0].set_ylabel(f"{s['metric']}{unit}")
+    axs[0][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(runs: list[dict[str, Any]], s: dict[str, Any], path: str) -> None:
+    seed = s["seeds"][0]
+    rows, cols = len(s["students"]), max(len(s["lmbdas"]), 1)
+    fig, axs = plt.subplots(
+        rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False, sharex=True
+    )  # fmt: skip
+    for run in runs:
+        axes = run["axes"]
+        if axes.get("method", "gkd") != "gkd" or axes.get("seed", 0) != seed or not run["curve"]:
+            continue
+        r = s["students"].index(str(axes.get("student", "")))
+        c = s["lmbdas"].index(float(axes["lmbda"]))
+        steps = [row["step"] for row in run["curve"]]
+        axs[r][c].plot(
+            steps,
+            [row["loss"] for row in run["curve"]],
+            label=DIVERGENCE_LABELS.get(axes["divergence"], axes["divergence"]),
+        )
+    for r, student in enumerate(s["students"]):
+        for c, lmbda in enumerate(s["lmbdas"]):
+            ax = axs[r][c]
+            ax.set_title(f"{student + ', ' if student else ''}{lmbda_label(lmbda)}", fontsize=9)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=7)
+        axs[r][0].set_ylabel("training loss (own divergence)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--root", required=True, help="the sweep's ROOT (one directory per run)")
+    ap.add_argument("--out", required=True, help="where the figures and the table go")
+    ap.add_argument(
+        "--name", default="results", help="file stem: NAME.png, NAME_curves.png, NAME.md"
+    )
+    args = ap.parse_args(argv)
+    runs, missing = load_runs(args.root)
+    if missing:
+        print(f"{len(missing)} runs have no results.json yet (left out): {missing}")
+    if not runs:
+        print(f"no finished runs under {args.root} (each needs sweep_run.json + results.json)")
+        return 1
+    os.makedirs(args.out, exist_ok=True)
+    s = summarize(runs)
+    stem = os.path.join(args.out, args.name)
+    print(write_table(s, stem + ".md"))
+    plot_scores(s, stem + ".png")
+    plot_curves(runs, s, stem + "_curves.png")
+    print(f"wrote {stem}.md, {stem}.png, {stem}_curves.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

