@@ -27,15 +27,17 @@ sys.path.insert(0, HERE)  # so definitions import `sweeps.runs`
 
 from sweeps.runs import Run  # noqa: E402
 
+HELPERS = ("__init__", "runs", "paper")  # modules of launch/sweeps/ that are not sweeps
+
 
 def load_sweep(spec: str) -> list[Run]:
     """`name[:arg]` -> the runs of launch/sweeps/name.py."""
     name, _, arg = spec.partition(":")
     path = os.path.join(HERE, "sweeps", f"{name}.py")
-    if not re.fullmatch(r"[a-z0-9_]+", name) or name == "runs" or not os.path.exists(path):
+    if not re.fullmatch(r"[a-z0-9_]+", name) or name in HELPERS or not os.path.exists(path):
         known = sorted(
             f[:-3] for f in os.listdir(os.path.join(HERE, "sweeps"))
-            if f.endswith(".py") and f not in ("runs.py", "__init__.py")
+            if f.endswith(".py") and f[:-3] not in HELPERS
         )  # fmt: skip
         raise SystemExit(f"--sweep={spec}: no launch/sweeps/{name}.py; known sweeps: {known}")
     runs = importlib.import_module(f"sweeps.{name}").get_runs(arg)

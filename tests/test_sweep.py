@@ -199,3 +199,45 @@ def test_tpu_sweep_dry_run_puts_one_run_per_vm(tmp_path):
     assert sum("vm-a" in line for line in ssh) == 3 and sum("vm-b" in line for line in ssh) == 2
     assert all("--worker=all" in line and "--config.steps=10" in line for line in ssh)
     assert any("/mnt/gkd/arith/arith_lmbda1_rkl_student60k_seed0" in line for line in ssh)
+
+
+@pytest.mark.parametrize("task", ["xsum", "wmt_en_de", "gsm8k"])
+def test_paper_grids(task):
+    runs = sweep.load_sweep(task)
+    gkd = [r for r in runs if r.axes["method"] == "gkd"]
+    assert len(gkd) == 3 * 3 * 5 and len(runs) == 45 + 3 * 3
+    points = {(r.axes["student"], r.axes["lmbda"], r.axes["divergence"]) for r in gkd}
+    assert points == {
+        (s, lm, d) for s in ("small", "base", "large") for lm in (0.0, 0.5, 1.0) for d in EXPECTED
+    }
+    run = next(r for r in gkd if r.name == f"{task}_base_lmbda0.5_jsd0.9_seed0")
+    assert run.config == f"configs/{task}.py:student=base,div=jsd0.9,lmbda=0.5"
+    sft = sweep.load_sweep(f"{task}:stage=sft,sizes=small,models=/m")
+    assert [r.config for r in sft] == [
+        f"configs/{task}.py:stage=sft_student,student=small,models=/m",
+        f"configs/{task}.py:stage=sft_teacher,student=xl,models=/m",
+    ]
+    with pytest.raises(ValueError, match="sizes"):
+        sweep.load_sweep(f"{task}:sizes=tiny")
+
+
+@pytest.mark.parametrize("task", ["xsum", "wmt_en_de", "gsm8k"])
+def test_paper_runs_parse_with_the_paper_configs(task):
+    """Every GKD and baseline run's config arg and flags, through the real config file: the
+    divergence, beta, lmbda and baseline switches the names promise."""
+    if not os.path.exists(os.path.join(REPO, "configs", f"{task}.py")):
+        pytest.skip(f"configs/{task}.py not written yet")
+    for run in sweep.load_sweep(f"{task}:sizes=small"):
+        config = parse_run(run)
+        method = run.axes["method"]
+        if method == "gkd":
+            want_div, want_beta = EXPECTED[run.axes["divergence"]]
+            assert config.gkd.divergence == want_div and config.gkd.lmbda == run.axes["lmbda"]
+            if want_beta is not None:
+                assert config.gkd.beta == want_beta
+        elif method == "seqkd":
+            assert config.gkd.seq_kd and config.gkd.lmbda == 0
+        elif method == "imitkd":
+            assert config.gkd.lmbda_schedule == "imitkd" and config.gkd.divergence == "fkl"
+        else:
+            assert config.gkd.divergence == "tv" and config.gkd.lmbda == 0.5

@@ -1,0 +1,92 @@
+"""The paper's grid for one of its tasks (configs/xsum.py, configs/wmt_en_de.py, configs/gsm8k.py):
+lmbda {0, 0.5, 1} x {fkl, jsd0.1, jsd0.5, jsd0.9, rkl} x student {small, base, large}, plus its
+baselines, in two stages run one after the other:
+
+    stage=sft  the supervised fine-tuning every GKD run starts from: one per student size, and
+               the T5-XL teacher (the SFT runs are also the paper's "SFT" baseline)
+    stage=gkd  (default) the 45 grid runs, SeqKD, ImitKD and f-distill per student size
+
+Each run is `CONFIG:student=SIZE,div=DIV,lmbda=L[,stage=...][,REST]`, the interface the paper
+configs take; parts of the sweep arg that the sweep does not use itself (e.g. `models=DIR`,
+`smoke`) are passed on to every config as REST. Sweep arg keys: stage=sft|gkd,
+sizes=small+base (a `+` list), seeds=0+1.
+"""
+
+from sweeps.runs import DIVERGENCES, PAPER_LMBDAS, PAPER_SIZES, Run, fmt_lmbda, grid
+
+TEACHER = "xl"
+# The trainer flags for each baseline on top of `div=..,lmbda=..` (supervised KD is lmbda=0 of
+# the grid): SeqKD trains on teacher samples, ImitKD on lmbda 0.5 with forward KL, f-distill is
+# total variation at lmbda 0.5 (the paper's appendix).
+BASELINES: dict[str, tuple[str, float, tuple[str, ...]]] = {
+    "seqkd": ("fkl", 0.0, ("--config.gkd.seq_kd=True",)),
+    "imitkd": ("fkl", 0.5, ("--config.gkd.lmbda_schedule=imitkd",)),
+    "fdistill": ("tv", 0.5, ()),
+}
+
+
+def parse_arg(arg: str) -> tuple[dict, str]:
+    opts = {"stage": "gkd", "sizes": PAPER_SIZES, "seeds": (0,)}
+    rest = []
+    for part in [p for p in arg.split(",") if p]:
+        key, _, value = part.partition("=")
+        if key == "stage":
+            if value not in ("sft", "gkd"):
+                raise ValueError(f"sweep arg stage={value!r}: use stage=sft or stage=gkd")
+            opts["stage"] = value
+        elif key == "sizes":
+            opts["sizes"] = tuple(value.split("+"))
+            bad = set(opts["sizes"]) - set(PAPER_SIZES)
+            if bad:
+                raise ValueError(f"sweep arg sizes: {sorted(bad)} not in {PAPER_SIZES}")
+        elif key == "seeds":
+            opts["seeds"] = tuple(int(s) for s in value.split("+"))
+        else:
+            rest.append(part)
+    return opts, ",".join(rest)
+
+
+def paper_runs(task: str, config: str, arg: str = "") -> list[Run]:
+    opts, rest = parse_arg(arg)
+    tail = f",{rest}" if rest else ""
+    runs = []
+    if opts["stage"] == "sft":
+        for size in (*opts["sizes"], TEACHER):
+            role = "teacher" if size == TEACHER else "student"
+            runs.append(
+                Run(
+                    name=f"{task}_sft_{role}_{size}",
+                    config=f"{config}:stage=sft_{role},student={size}{tail}",
+                    axes={"method": "sft", "student": size, "role": role, "seed": 0},
+                )
+            )
+        return runs
+    points = grid(
+        student=opts["sizes"], lmbda=PAPER_LMBDAS, div=list(DIVERGENCES), seed=opts["seeds"]
+    )
+    for p in points:
+        runs.append(
+            Run(
+                name=f"{task}_{p['student']}_lmbda{fmt_lmbda(p['lmbda'])}_{p['div']}_seed{p['seed']}",
+                config=f"{config}:student={p['student']},div={p['div']},lmbda={p['lmbda']:g}{tail}",
+                flags=(f"--config.seed={p['seed']}",),
+                axes={
+                    "method": "gkd",
+                    "student": p["student"],
+                    "lmbda": p["lmbda"],
+                    "divergence": p["div"],
+                    "seed": p["seed"],
+                },
+            )  # fmt: skip
+        )
+    for size, seed in [(s, seed) for s in opts["sizes"] for seed in opts["seeds"]]:
+        for method, (div, lmbda, flags) in BASELINES.items():
+            runs.append(
+                Run(
+                    name=f"{task}_{size}_{method}_seed{seed}",
+                    config=f"{config}:student={size},div={div},lmbda={lmbda:g}{tail}",
+                    flags=(*flags, f"--config.seed={seed}"),
+                    axes={"method": method, "student": size, "seed": seed},
+                )
+            )
+    return runs
