@@ -39,11 +39,15 @@ setup(
     extras_require={
         # `datasets` reads Hugging Face datasets (hf:NAME, save_to_disk directories).
         "hf": ["datasets>=2.19"],
+        # TFDS (the paper's xsum / wmt14 / gsm8k): an array_record copy reads without
+        # TensorFlow; `tfds build` and TFRecord copies need `tensorflow` too.
+        "tfds": ["tensorflow-datasets>=4.9"],
         # torch is the parity reference; ==2.13.0 is the CPU build (unpinned pulls CUDA wheels).
         "test": [
             "pytest>=8", "ruff>=0.6", "scipy>=1.11", "torch==2.13.0", "datasets>=2.19",
             # launch/collect.py figures and the notebook test (nbclient runs a Jupyter kernel)
             "matplotlib>=3.8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29",
+            "tensorflow-datasets>=4.9",  # tests/test_paper_data.py (TFDS mock, no TensorFlow)
         ],  # fmt: skip
         "plots": ["matplotlib>=3.8"],  # launch/collect.py
     },

@@ -6,7 +6,9 @@ from __future__ import annotations
 import jax
 import ml_collections
 
+from gkd_jax.data import paper_tasks
 from gkd_jax.data.chat import PROMPT_OVERFLOW
+from gkd_jax.data.sources import SOURCES
 from gkd_jax.data.tasks import TASKS
 from gkd_jax.losses import DIVERGENCES, REDUCTIONS
 from gkd_jax.models import COMPUTE_DTYPES
@@ -137,6 +139,9 @@ def validate_config(config: ml_collections.ConfigDict, *, vocab_size: int | None
         _fail("optim.grad_clip", o.grad_clip, "must be >= 0 (0 = no clipping)")
     _one_of("optim.name", o.name, OPTIMIZERS)
     _one_of("optim.schedule", o.schedule, SCHEDULES)
+    _one_of("data.source", config.data.source, ("", *SOURCES))
+    if config.task in paper_tasks.DATASETS:
+        paper_tasks.check_config(config)  # source vs train_file / eval_file
     _integer_at_least("optim.cooldown_steps", o.cooldown_steps, 0, "(0 = no cooldown)")
     if o.cooldown_steps > config.steps:
         _fail("optim.cooldown_steps", o.cooldown_steps, f"must be <= steps ({config.steps})")

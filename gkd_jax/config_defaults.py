@@ -85,7 +85,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.train_file = ""
     c.data.train_split = "train"
     c.data.eval_file = ""  # "": hold out the last eval.num_examples training records
-    c.data.eval_split = "validation"
+    c.data.eval_split = ""  # "": the task's ("validation"; gsm8k: "test")
+    # The paper's tasks (xsum, wmt_en_de, gsm8k): where records come from. source "" = "tfds"
+    # (the paper's), or "hf" (datasets) / "jsonl" (train_file + eval_file); dataset "" = the
+    # task's name there (tfds xsum, wmt14_translate/de-en, gsm8k; hf EdinburghNLP/xsum,
+    # wmt14:de-en, openai/gsm8k:main; or a save_to_disk dir); data_dir = TFDS's data_dir.
+    c.data.source = ""
+    c.data.dataset = ""
+    c.data.data_dir = ""
     c.data.strict = True  # a bad record is an error; False skips and reports it
     # A prompt over max_prompt_len: "error" (a bad record) or "truncate_left" (keep its end).
     c.data.prompt_overflow = "error"

@@ -26,6 +26,7 @@ BAD = {
     "data.max_prompt_len": 0,
     "data.strict": "yes",
     "data.prompt_overflow": "truncate_right",
+    "data.source": "s3",
     "eval.num_examples": 0,
     "eval.batch_size": 12,
     "eval.every_steps": -1,
@@ -86,6 +87,7 @@ FREE = {
 
 def leaves(config, prefix=""):
     for key, value in config.items():
+    "data.dataset", "data.data_dir",
         if hasattr(value, "items"):
             yield from leaves(value, f"{prefix}{key}.")
         else:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 
-from gkd_jax.data import arith
+from gkd_jax.data import arith, paper_tasks
 from gkd_jax.metrics import exact_match_accuracy
 
 
@@ -29,6 +30,9 @@ class Task:
     # the teacher on its own greedy completions (lower is better), for data without answers.
     metric: Callable[[list[str], list], float] | None
     higher_is_better: bool = True
+    # (decoded completions, references) -> more scores to report beside `metric_name`'s
+    # (e.g. xsum's rouge1/rougeL/rougeLsum); not used to pick the best model.
+    extra_metrics: Callable[[list[str], list], dict[str, float]] | None = None
 
 
 def _arith_split(tokenizer, examples: Sequence[arith.Example]) -> Split:
@@ -67,7 +71,8 @@ def load_chat(config, tokenizer, stop_ids, log=print) -> tuple[Split, Split]:
     )
     train, _ = chat.load_examples(d.train_file, tokenizer, split=d.train_split, **kw)
     if d.eval_file:
-        evals, _ = chat.load_examples(d.eval_file, tokenizer, split=d.eval_split, **kw)
+        split = d.eval_split or "validation"
+        evals, _ = chat.load_examples(d.eval_file, tokenizer, split=split, **kw)
         evals = evals[: config.eval.num_examples]
     else:
         k = config.eval.num_examples
@@ -92,6 +97,23 @@ def load_chat(config, tokenizer, stop_ids, log=print) -> tuple[Split, Split]:
 TASKS: dict[str, Task] = {
     "arith": Task("arith", load_arith, "accuracy", arith_accuracy),
     "chat": Task("chat", load_chat, "on_policy_jsd", None, higher_is_better=False),
+    # The paper's tasks (data/paper_tasks.py): TFDS by default, or config.data.source hf / jsonl.
+    "xsum": Task(
+        "xsum",
+        functools.partial(paper_tasks.load, "xsum"),
+        "rouge2",
+        paper_tasks.xsum_rouge2,
+        extra_metrics=paper_tasks.xsum_extra_rouge,
+    ),
+    "wmt_en_de": Task(
+        "wmt_en_de", functools.partial(paper_tasks.load, "wmt_en_de"), "bleu", paper_tasks.wmt_bleu
+    ),
+    "gsm8k": Task(
+        "gsm8k",
+        functools.partial(paper_tasks.load, "gsm8k"),
+        "accuracy",
+        paper_tasks.gsm8k_accuracy,
+    ),
 }
 
 

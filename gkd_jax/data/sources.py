@@ -1,0 +1,99 @@
+"""Record readers for the paper's datasets: TFDS, Hugging Face `datasets`, local JSONL.
+
+Each reader yields `(location, record)` pairs: `location` names the record for error messages
+("file.jsonl:LINE", "xsum[validation]#INDEX") and `record` is a dict of plain Python values
+(text as `str`), or the exception a malformed JSON line raised, so that the caller reports it
+with its location instead of stopping at the first one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Iterator
+
+from gkd_jax.data import chat
+
+SOURCES = ("tfds", "hf", "jsonl")
+
+Records = Iterator[tuple[str, "dict | Exception"]]
+
+# Modules that register the paper's TFDS builders. `import tensorflow_datasets` registers none
+# of them without TensorFlow installed, yet reading an array_record copy needs no TensorFlow.
+_TFDS_MODULES = {
+    "xsum": "tensorflow_datasets.summarization.xsum",
+    "wmt14_translate": "tensorflow_datasets.translate.wmt14",
+    "gsm8k": "tensorflow_datasets.text.gsm8k.gsm8k",
+}
+
+
+def jsonl_records(path: str) -> Records:
+    """One JSON object per line of `path` (blank lines skipped), located as "path:LINE"."""
+    if not path.endswith((".jsonl", ".json")):
+        raise ValueError(f"{path}: expected a .jsonl file (one JSON object per line)")
+    yield from chat.read_records(path)
+
+
+def hf_records(dataset: str, split: str) -> Records:
+    """Rows of a Hugging Face dataset: a `save_to_disk` directory, or "NAME[:CONFIG]" for
+    `datasets.load_dataset` (e.g. "wmt14:de-en", "openai/gsm8k:main")."""
+    spec = dataset if os.path.isdir(dataset) else f"hf:{dataset}"
+    for loc, rec in chat.read_records(spec, split=split):
+        yield loc, _plain(rec)
+
+
+def tfds_records(name: str, split: str, data_dir: str = "") -> Records:
+    """Examples of a prepared TFDS dataset, as plain dicts (bytes decoded to `str`).
+
+    An array_record copy is read with `tfds.data_source` (no TensorFlow needed); a TFRecord
+    copy (TFDS's default format) with `tfds.load`, which needs TensorFlow. Nothing is
+    downloaded here: prepare the data once, e.g.
+    `tfds build xsum --data_dir=DIR --file_format=array_record`."""
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise ImportError(
+            "config.data.source='tfds' needs tensorflow-datasets: pip install 'gkd_jax[tfds]' "
+            "(or set config.data.source to 'hf' or 'jsonl')"
+        ) from e
+    module = _TFDS_MODULES.get(name.split("/")[0].split(":")[0])
+    if module:
+        importlib.import_module(module)
+    where = f"tfds {name}[{split}] (data_dir={data_dir or 'the TFDS default'})"
+    try:
+        examples = _open_tfds(tfds, name, split, data_dir or None)
+    except ImportError as e:  # TFRecord without TensorFlow
+        raise ImportError(
+            f"{where} is stored as TFRecord, which needs TensorFlow to read: pip install "
+            f"tensorflow, or prepare an array_record copy (tfds build {name} "
+            "--file_format=array_record)"
+        ) from e
+    except Exception as e:  # not prepared, unknown split, ...: say how to get the data
+        raise ValueError(
+            f"{where} could not be read: {e}\nPrepare it once with `tfds build {name} "
+            "--file_format=array_record` (add --data_dir=DIR and set config.data.data_dir), "
+            "or set config.data.source='hf' / 'jsonl'"
+        ) from e
+    label = f"{name}[{split}]"
+    for i, ex in enumerate(examples):
+        yield f"{label}#{i}", _plain(ex)
+
+
+def _open_tfds(tfds, name: str, split: str, data_dir: str | None) -> Iterator[dict]:
+    try:
+        ds = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        return (ds[i] for i in range(len(ds)))
+    except NotImplementedError:  # prepared as TFRecord: no random access without TensorFlow
+        ds = tfds.load(name, split=split, data_dir=data_dir, download=False)
+        return iter(tfds.as_numpy(ds))
+
+
+def _plain(value):
+    """bytes -> str and numpy scalars -> Python values, through nested dicts."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():
+        return _plain(value.item())
+    return value
