@@ -82,12 +82,12 @@ BAD = {
 FREE = {
     "tokenizer", "init.checkpoint", "init.recipe", "teacher.checkpoint", "teacher.recipe",
     "data.train_file", "data.eval_file", "data.train_split", "data.eval_split",
+    "data.dataset", "data.data_dir",
 }  # fmt: skip
 
 
 def leaves(config, prefix=""):
     for key, value in config.items():
-    "data.dataset", "data.data_dir",
         if hasattr(value, "items"):
             yield from leaves(value, f"{prefix}{key}.")
         else:
