@@ -88,6 +88,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     scale = scale_of(metric)
     gkd, baselines = collections.defaultdict(list), collections.defaultdict(list)
     teacher, start = collections.defaultdict(list), collections.defaultdict(list)
+    runs = [r for r in runs if r["axes"].get("role") != "teacher"]  # its score is in every run
     for run in runs:
         axes, scores = run["axes"], run["results"]["scores"]
         student = str(axes.get("student", ""))

@@ -67,7 +67,7 @@ def run_one(run: Run, root: str, python: str) -> tuple[str, int, float]:
                   f, indent=2)  # fmt: skip
     t0 = time.time()
     with open(os.path.join(workdir, "log.txt"), "a") as log:
-        code = subprocess.call(run.argv(workdir, python), cwd=REPO, stdout=log, stderr=log)
+        code = subprocess.call(run.argv(root, python), cwd=REPO, stdout=log, stderr=log)
     return run.name, code, time.time() - t0
 
 
@@ -99,12 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_commands:  # the remote side runs in the repository root, like run_one
         python = "python" if args.python == sys.executable else args.python
         for r in todo:
-            print(f"{r.name}\t{r.command(os.path.join(args.root, r.name), python)}")
+            print(f"{r.name}\t{r.command(args.root, python)}")
         return 0
     print(f"{len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to run", flush=True)
     if args.dry_run:
         for r in todo:
-            print(r.command(os.path.join(args.root, r.name), args.python))
+            print(r.command(args.root, args.python))
         return 0
     failed = []
     with ThreadPoolExecutor(args.parallel) as pool:

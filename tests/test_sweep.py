@@ -122,12 +122,16 @@ def test_runner_resumes_filters_passes_overrides_and_reports_failures(tmp_path, 
         sweep.main(argv + ["--steps=3"])  # not a --config. override: refused, not ignored
 
 
-def write_fake_run(root, name, axes, final, start=0.6, teacher=0.99, losses=(1.0, 0.5)):
+def write_fake_run(
+    root, name, axes, final, start=0.6, teacher=0.99, losses=(1.0, 0.5), objective="gkd"
+):
     d = root / name
     d.mkdir(parents=True)
     (d / "sweep_run.json").write_text(json.dumps({"name": name, "axes": axes}))
-    scores = {"teacher": teacher, "start": start, "final": final}
-    results = {"metric": "accuracy", "objective": "gkd", "scores": scores, "steps": 150}
+    scores = {"start": start, "final": final}
+    if objective == "gkd":
+        scores["teacher"] = teacher
+    results = {"metric": "accuracy", "objective": objective, "scores": scores, "steps": 150}
     (d / "results.json").write_text(json.dumps(results))
     rows = [{"step": 10 * (i + 1), "loss": v} for i, v in enumerate(losses)]
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -155,6 +159,10 @@ def test_collect_writes_figures_and_a_table_of_the_inputs(tmp_path):
                     "seed": seed}  # fmt: skip
             write_fake_run(root, f"r_{lmbda}_{div}_{seed}", axes, finals[lmbda, div, seed])
     write_fake_run(root, "b_seqkd", {"method": "seqkd", "student": "small", "seed": 0}, 0.612)
+    sft = {"method": "sft", "student": "small", "role": "student", "seed": 0}
+    write_fake_run(root, "sft_small", sft, 0.6, start=0.01, objective="sft")
+    sft_teacher = {"method": "sft", "student": "xl", "role": "teacher", "seed": 0}
+    write_fake_run(root, "sft_xl", sft_teacher, 0.99, start=0.02, objective="sft")
     (root / "unfinished").mkdir()
     (root / "unfinished" / "sweep_run.json").write_text(json.dumps({"name": "unfinished",
                                                                      "axes": {}}))  # fmt: skip
@@ -175,6 +183,8 @@ def test_collect_writes_figures_and_a_table_of_the_inputs(tmp_path):
     assert rows["small", "teacher"][0] == "99.0 ± 0.0"
     assert rows["small", "student start (SFT)"][0] == "60.0 ± 0.0"
     assert rows["small", "SeqKD"][0] == "61.2"
+    assert rows["small", "SFT"][0] == "60.0"
+    assert not [key for key in rows if key[0] != "small"]  # the teacher's SFT run is no panel
 
 
 SHELLCHECK = shutil.which("shellcheck")
@@ -212,6 +222,10 @@ def test_paper_grids(task):
     }
     run = next(r for r in gkd if r.name == f"{task}_base_lmbda0.5_jsd0.9_seed0")
     assert run.config == f"configs/{task}.py:student=base,div=jsd0.9,lmbda=0.5"
+    argv = run.argv("/R")  # GKD starts from the SFT stage's models in the same root
+    assert f"--config.init.checkpoint=/R/{task}_sft_student_base/model" in argv
+    assert f"--config.teacher.checkpoint=/R/{task}_sft_teacher_xl/model" in argv
+    assert f"--workdir=/R/{task}_base_lmbda0.5_jsd0.9_seed0" in argv
     sft = sweep.load_sweep(f"{task}:stage=sft,sizes=small,models=/m")
     assert [r.config for r in sft] == [
         f"configs/{task}.py:stage=sft_student,student=small,models=/m",

@@ -9,7 +9,11 @@ baselines, in two stages run one after the other:
 Each run is `CONFIG:student=SIZE,div=DIV,lmbda=L[,stage=...][,REST]`, the interface the paper
 configs take; parts of the sweep arg that the sweep does not use itself (e.g. `models=DIR`,
 `smoke`) are passed on to every config as REST. Sweep arg keys: stage=sft|gkd,
-sizes=small+base (a `+` list), seeds=0+1.
+sizes=small+base (a `+` list), seeds=0+1, checkpoints=root|config. With checkpoints=root (the
+default) every GKD run starts from the SFT stage's models in the same ROOT
+(--config.init.checkpoint=ROOT/TASK_sft_student_SIZE/model, --config.teacher.checkpoint=
+ROOT/TASK_sft_teacher_xl/model), so the SFT stage runs once, not once per grid point;
+checkpoints=config leaves both to the config file.
 """
 
 from sweeps.runs import DIVERGENCES, PAPER_LMBDAS, PAPER_SIZES, Run, fmt_lmbda, grid
@@ -26,7 +30,7 @@ BASELINES: dict[str, tuple[str, float, tuple[str, ...]]] = {
 
 
 def parse_arg(arg: str) -> tuple[dict, str]:
-    opts = {"stage": "gkd", "sizes": PAPER_SIZES, "seeds": (0,)}
+    opts = {"stage": "gkd", "sizes": PAPER_SIZES, "seeds": (0,), "checkpoints": "root"}
     rest = []
     for part in [p for p in arg.split(",") if p]:
         key, _, value = part.partition("=")
@@ -39,6 +43,10 @@ def parse_arg(arg: str) -> tuple[dict, str]:
             bad = set(opts["sizes"]) - set(PAPER_SIZES)
             if bad:
                 raise ValueError(f"sweep arg sizes: {sorted(bad)} not in {PAPER_SIZES}")
+        elif key == "checkpoints":
+            if value not in ("root", "config"):
+                raise ValueError(f"sweep arg checkpoints={value!r}: use root or config")
+            opts["checkpoints"] = value
         elif key == "seeds":
             opts["seeds"] = tuple(int(s) for s in value.split("+"))
         else:
@@ -61,6 +69,15 @@ def paper_runs(task: str, config: str, arg: str = "") -> list[Run]:
                 )
             )
         return runs
+
+    def start(size: str) -> tuple[str, ...]:
+        if opts["checkpoints"] == "config":
+            return ()
+        return (
+            f"--config.init.checkpoint={{root}}/{task}_sft_student_{size}/model",
+            f"--config.teacher.checkpoint={{root}}/{task}_sft_teacher_{TEACHER}/model",
+        )
+
     points = grid(
         student=opts["sizes"], lmbda=PAPER_LMBDAS, div=list(DIVERGENCES), seed=opts["seeds"]
     )
@@ -69,7 +86,7 @@ def paper_runs(task: str, config: str, arg: str = "") -> list[Run]:
             Run(
                 name=f"{task}_{p['student']}_lmbda{fmt_lmbda(p['lmbda'])}_{p['div']}_seed{p['seed']}",
                 config=f"{config}:student={p['student']},div={p['div']},lmbda={p['lmbda']:g}{tail}",
-                flags=(f"--config.seed={p['seed']}",),
+                flags=(*start(p["student"]), f"--config.seed={p['seed']}"),
                 axes={
                     "method": "gkd",
                     "student": p["student"],
@@ -85,7 +102,7 @@ def paper_runs(task: str, config: str, arg: str = "") -> list[Run]:
                 Run(
                     name=f"{task}_{size}_{method}_seed{seed}",
                     config=f"{config}:student={size},div={div},lmbda={lmbda:g}{tail}",
-                    flags=(*flags, f"--config.seed={seed}"),
+                    flags=(*start(size), *flags, f"--config.seed={seed}"),
                     axes={"method": method, "student": size, "seed": seed},
                 )
             )

@@ -7,6 +7,7 @@ docstring giving the exact command; launch/sweep.py runs it, launch/collect.py r
 
 import dataclasses
 import itertools
+import os
 import shlex
 from typing import Any
 
@@ -26,21 +27,25 @@ PAPER_SIZES = ("small", "base", "large")  # T5 students; the teacher is T5-XL
 @dataclasses.dataclass(frozen=True)
 class Run:
     """One training run. `axes` (e.g. lmbda, divergence, student, seed, method) is what
-    launch/collect.py groups by; it is saved beside the results as sweep_run.json."""
+    launch/collect.py groups by; it is saved beside the results as sweep_run.json. `{root}` in
+    a flag is the sweep's root directory (where another run of the sweep, e.g. an SFT stage,
+    left its model)."""
 
     name: str
     config: str  # path relative to the repository root, optionally with ":arg"
     flags: tuple[str, ...] = ()
     axes: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def argv(self, workdir: str, python: str = "python") -> list[str]:
+    def argv(self, root: str, python: str = "python") -> list[str]:
+        """The training command; the run's workdir is ROOT/NAME."""
         return [
-            python, "-m", "gkd_jax.train", f"--config={self.config}", f"--workdir={workdir}",
-            *self.flags,
+            python, "-m", "gkd_jax.train", f"--config={self.config}",
+            f"--workdir={os.path.join(root, self.name)}",
+            *(flag.replace("{root}", root) for flag in self.flags),
         ]  # fmt: skip
 
-    def command(self, workdir: str, python: str = "python") -> str:
-        return shlex.join(self.argv(workdir, python))
+    def command(self, root: str, python: str = "python") -> str:
+        return shlex.join(self.argv(root, python))
 
 
 def grid(**axes: Any) -> list[dict[str, Any]]:
