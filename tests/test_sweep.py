@@ -60,7 +60,7 @@ def test_arith_grid_is_the_papers_and_flags_select_it():
 
 
 def test_arith_seeds_and_baselines():
-    runs = sweep.load_sweep("arith:seeds=0,1,2,baselines")
+    runs = sweep.load_sweep("arith:seeds=0+1+2,baselines")
     assert len(runs) == 3 * 15 + 3 * 3
     by_name = {r.name: parse_run(r) for r in runs if r.axes["method"] != "gkd"}
     seqkd = by_name["arith_seqkd_student60k_seed1"]
@@ -255,3 +255,16 @@ def test_paper_runs_parse_with_the_paper_configs(task):
             assert config.gkd.lmbda_schedule == "imitkd" and config.gkd.divergence == "fkl"
         else:
             assert config.gkd.divergence == "tv" and config.gkd.lmbda == 0.5
+
+
+@pytest.mark.slow  # a real (smoke-sized) training run in a child process, then collect
+def test_real_smoke_run_through_sweep_and_collect(tmp_path):
+    root, out = tmp_path / "root", tmp_path / "out"
+    argv = ["--sweep=arith:smoke", f"--root={root}", "--only=lmbda1_jsd0.5_"]
+    assert sweep.main(argv) == 0, root / "arith_lmbda1_jsd0.5_student60k_seed0" / "log.txt"
+    assert collect.main([f"--root={root}", f"--out={out}"]) == 0
+    with open(root / "arith_lmbda1_jsd0.5_student60k_seed0" / "results.json") as f:
+        final = json.load(f)["scores"]["final"]
+    rows = table_cells((out / "results.md").read_text())
+    assert rows["60k", "GKD λ=1 (on-policy)"] == [f"{100 * final:.1f}"]
+    assert (out / "results.png").read_bytes()[:8] == PNG_MAGIC

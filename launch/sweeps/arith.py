@@ -5,7 +5,7 @@ one SFT student, ~60k parameters, and one teacher, ~0.8M).
     python launch/collect.py --root=/tmp/arith-sweep --out=docs/figures --name=arith_sweep
 
 15 runs (lmbda {0, 0.5, 1} x {fkl, jsd0.1, jsd0.5, jsd0.9, rkl}) x seeds. `:arg` is a comma list:
-`seeds=0,1,2` (default 0), `baselines` (adds SeqKD, ImitKD and f-distill), `smoke` (the
+`seeds=0+1+2` (default 0), `baselines` (adds SeqKD, ImitKD and f-distill), `smoke` (the
 seconds-long CPU config, for tests).
 """
 
@@ -17,21 +17,13 @@ STUDENT = "60k"  # the one shipped SFT student
 
 def parse_arg(arg: str) -> dict:
     opts = {"seeds": (0,), "baselines": False, "smoke": False}
-    parts = [p for p in arg.split(",") if p] if arg else []
-    i = 0
-    while i < len(parts):
-        part = parts[i]
+    for part in [p for p in arg.split(",") if p]:
         if part.startswith("seeds="):
-            seeds = [part.removeprefix("seeds=")]
-            while i + 1 < len(parts) and parts[i + 1].isdigit():  # "seeds=0,1,2" splits on ","
-                i += 1
-                seeds.append(parts[i])
-            opts["seeds"] = tuple(int(s) for s in seeds)
+            opts["seeds"] = tuple(int(s) for s in part.removeprefix("seeds=").split("+"))
         elif part in ("baselines", "smoke"):
             opts[part] = True
         else:
-            raise ValueError(f"arith sweep arg {part!r}: use seeds=0,1,..., baselines or smoke")
-        i += 1
+            raise ValueError(f"arith sweep arg {part!r}: use seeds=0+1+..., baselines or smoke")
     return opts
 
 
