@@ -89,7 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
     # The paper's tasks (xsum, wmt_en_de, gsm8k): where records come from. source "" = "tfds"
     # (the paper's), or "hf" (datasets) / "jsonl" (train_file + eval_file); dataset "" = the
     # task's name there (tfds xsum, wmt14_translate/de-en, gsm8k; hf EdinburghNLP/xsum,
-    # wmt14:de-en, openai/gsm8k:main; or a save_to_disk dir); data_dir = TFDS's data_dir.
+    # wmt/wmt14:de-en, openai/gsm8k:main; or a save_to_disk dir); data_dir = TFDS's data_dir.
     c.data.source = ""
     c.data.dataset = ""
     c.data.data_dir = ""

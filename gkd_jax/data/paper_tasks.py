@@ -127,7 +127,7 @@ class PaperDataset:
 DATASETS = {
     "xsum": PaperDataset("xsum", "xsum", "EdinburghNLP/xsum", "validation", format_xsum),
     "wmt_en_de": PaperDataset(
-        "wmt_en_de", "wmt14_translate/de-en", "wmt14:de-en", "validation", format_wmt_en_de
+        "wmt_en_de", "wmt14_translate/de-en", "wmt/wmt14:de-en", "validation", format_wmt_en_de
     ),
     # GSM8K has no validation split.
     "gsm8k": PaperDataset("gsm8k", "gsm8k", "openai/gsm8k:main", "test", format_gsm8k),

@@ -36,7 +36,7 @@ def jsonl_records(path: str) -> Records:
 
 def hf_records(dataset: str, split: str) -> Records:
     """Rows of a Hugging Face dataset: a `save_to_disk` directory, or "NAME[:CONFIG]" for
-    `datasets.load_dataset` (e.g. "wmt14:de-en", "openai/gsm8k:main")."""
+    `datasets.load_dataset` (e.g. "wmt/wmt14:de-en", "openai/gsm8k:main")."""
     spec = dataset if os.path.isdir(dataset) else f"hf:{dataset}"
     for loc, rec in chat.read_records(spec, split=split):
         yield loc, _plain(rec)
