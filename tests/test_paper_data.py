@@ -176,6 +176,21 @@ def test_every_source_gives_the_same_splits(tok, tmp_path, task):
     assert jsonl[1].prompt_ids[0] == jsonl[0].prompt_ids[-1]  # eval is the reversed records
 
 
+def test_hf_dir_without_splits_is_an_error(tok, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_list(XSUM).save_to_disk(str(tmp_path / "one"))
+    c = base_config()
+    c.task, c.data.source, c.data.dataset = "xsum", "hf", str(tmp_path / "one")
+    with pytest.raises(ValueError, match="single Dataset without splits"):
+        load(c, tok)
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(XSUM)}).save_to_disk(
+        str(tmp_path / "two")
+    )
+    c.data.dataset = str(tmp_path / "two")
+    with pytest.raises(ValueError, match=r"no split 'validation' \(has: train\)"):
+        load(c, tok)
+
+
 def test_tfds_reads_the_real_builder_features(tok):
     # TFDS's own mock: random examples decoded through xsum's real feature spec.
     tfds = pytest.importorskip("tensorflow_datasets")

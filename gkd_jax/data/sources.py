@@ -35,11 +35,30 @@ def jsonl_records(path: str) -> Records:
 
 
 def hf_records(dataset: str, split: str) -> Records:
-    """Rows of a Hugging Face dataset: a `save_to_disk` directory, or "NAME[:CONFIG]" for
-    `datasets.load_dataset` (e.g. "wmt/wmt14:de-en", "openai/gsm8k:main")."""
-    spec = dataset if os.path.isdir(dataset) else f"hf:{dataset}"
-    for loc, rec in chat.read_records(spec, split=split):
-        yield loc, _plain(rec)
+    """Rows of a Hugging Face dataset: a `save_to_disk` directory of a DatasetDict, or
+    "NAME[:CONFIG]" for `datasets.load_dataset` (e.g. "wmt/wmt14:de-en", "openai/gsm8k:main")."""
+    try:
+        import datasets
+    except ImportError as e:
+        raise ImportError(
+            "config.data.source='hf' needs the `datasets` package: pip install datasets"
+        ) from e
+    if os.path.isdir(dataset):
+        ds = datasets.load_from_disk(dataset)
+        if not isinstance(ds, datasets.DatasetDict):
+            # One table would serve as both the train and the eval split.
+            raise ValueError(
+                f"config.data.dataset={dataset!r} holds a single Dataset without splits: save a "
+                f"DatasetDict with a {split!r} split (DatasetDict({{'{split}': ds, ...}}))"
+            )
+        if split not in ds:
+            raise ValueError(f"{dataset}: no split {split!r} (has: {', '.join(ds.keys())})")
+        ds, label = ds[split], f"{dataset}[{split}]"
+    else:
+        name, _, config = dataset.partition(":")
+        ds, label = datasets.load_dataset(name, config or None, split=split), f"{name}[{split}]"
+    for i, rec in enumerate(ds):
+        yield f"{label}#{i}", _plain(rec)
 
 
 def tfds_records(name: str, split: str, data_dir: str = "") -> Records:
