@@ -13,7 +13,9 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.sharding import Mesh
 
+from gkd_jax import distributed, sharding
 from gkd_jax.models.decoder import Decoder, DecoderConfig
 from gkd_jax.models.hf import build_model
 
@@ -74,7 +76,8 @@ def check_model_config(path: str, expected) -> None:
 
 
 def save_model(path: str, model: nnx.Module, extra: dict[str, Any] | None = None) -> None:
-    """Write `model` (config + parameters) to `path`, replacing what was there."""
+    """Write `model` (config + parameters) to `path`, replacing what was there. In a multi-host
+    run every process calls this (orbax saves collectively); process 0 writes the config."""
     path = os.path.abspath(path)
     os.makedirs(path, exist_ok=True)
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
@@ -83,12 +86,15 @@ def save_model(path: str, model: nnx.Module, extra: dict[str, Any] | None = None
         ckptr.wait_until_finished()
     family = "decoder" if isinstance(model, Decoder) else "t5"
     meta = {"family": family, "config": model.cfg.to_dict(), **(extra or {})}
-    with open(os.path.join(path, CONFIG_FILE), "w") as f:
-        json.dump(meta, f, indent=2)
+    if distributed.is_main_process():
+        with open(os.path.join(path, CONFIG_FILE), "w") as f:
+            json.dump(meta, f, indent=2)
+    distributed.barrier("save_model")  # no process reads the model before its config exists
 
 
-def load_model(path: str, *, expected=None, dtype=None) -> nnx.Module:
-    """Read a model written by `save_model`; with `expected`, check its shape first."""
+def load_model(path: str, *, expected=None, dtype=None, mesh: Mesh | None = None) -> nnx.Module:
+    """Read a model written by `save_model`; with `expected`, check its shape first. With `mesh`,
+    orbax restores each parameter straight into its sharding (gkd_jax/sharding.py rules)."""
     path = os.path.abspath(path)
     if not has_model(path):
         raise FileNotFoundError(
@@ -101,6 +107,12 @@ def load_model(path: str, *, expected=None, dtype=None) -> nnx.Module:
     model = nnx.eval_shape(lambda: build_model(cfg, **kwargs))
     abstract = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract)
+    if mesh is not None:
+        abstract = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            abstract,
+            sharding.tree_shardings(abstract, mesh),
+        )
     with ocp.StandardCheckpointer() as ckptr:
         params = ckptr.restore(os.path.join(path, "params"), abstract)
     state = nnx.state(model, nnx.Param)

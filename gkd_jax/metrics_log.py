@@ -19,9 +19,13 @@ from typing import Any
 
 class MetricsLog:
     """Append rows to metrics.jsonl and scalars to a new TensorBoard event file. Each write
-    opens, appends and closes: nothing is buffered, nothing needs closing."""
+    opens, appends and closes: nothing is buffered, nothing needs closing. With
+    `enabled=False` (all but process 0 of a multi-host run) it writes nothing."""
 
-    def __init__(self, workdir: str, start_step: int):
+    def __init__(self, workdir: str, start_step: int, *, enabled: bool = True):
+        self.enabled = enabled
+        if not enabled:
+            return
         os.makedirs(workdir, exist_ok=True)
         self.path = os.path.join(workdir, "metrics.jsonl")
         drop_rows_after(self.path, start_step)
@@ -31,13 +35,16 @@ class MetricsLog:
 
     def write(self, row: dict[str, Any]) -> None:
         """One training log row {"step": s, name: value, ...}: a JSON line and `train/` scalars."""
+        if not self.enabled:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
         values = {f"train/{k}": v for k, v in row.items() if k != "step"}
         self.scalars(row["step"], values)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        self._events.scalars(step, values)
+        if self.enabled:
+            self._events.scalars(step, values)
 
 
 def drop_rows_after(path: str, step: int) -> None:

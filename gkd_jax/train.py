@@ -6,7 +6,7 @@ Any config field can be overridden: --config.gkd.lmbda=0.5 --config.steps=100.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gkd_jax import trainer
+from gkd_jax import distributed, trainer
 from gkd_jax.preemption import Preempted
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
@@ -18,6 +18,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    distributed.initialize_from_env()  # before anything touches a device
     try:
         trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except Preempted as stop:  # the state is saved: a clean exit, so a scheduler reruns us

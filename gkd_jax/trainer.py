@@ -12,6 +12,7 @@ optimizer state and its logits pass through `stop_gradient`.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import time
@@ -23,15 +24,15 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
-from gkd_jax import checkpoint, losses, optim, preemption
+from gkd_jax import checkpoint, distributed, loss_forms, losses, optim, preemption, sharding
 from gkd_jax.config_checks import validate_config
 from gkd_jax.data import pipeline
 from gkd_jax.data.char_tokenizer import build_char_tokenizer, load_tokenizer
 from gkd_jax.data.hf_tokenizer import check_same_vocabulary, load_hf_tokenizer, stop_ids
 from gkd_jax.data.tasks import get_task
+from gkd_jax.evaluation import describe_decoding, make_eval_decoder, task_scores
 from gkd_jax.metrics_log import MetricsLog
 from gkd_jax.models import COMPUTE_DTYPES, DecoderConfig, LMFunctions, build_decoder, functional_lm
 from gkd_jax.models.hf import is_hf_source, load_pretrained, resolve_model_dir, save_pretrained
@@ -40,13 +41,35 @@ from gkd_jax.resources import resolve_path
 from gkd_jax.sampling import SamplingConfig, make_sampler
 from gkd_jax.schedules import lmbda_at
 
-
 # ---------------------------------------------------------------------------- the jitted step
-def token_losses(config, student: LMFunctions, teacher, params, teacher_params, mb, vocab: int):
+# The dropout masks' own stream of (seed, step, micro-batch), apart from the sampling keys.
+DROPOUT_STREAM = 0x64726F70
+
+
+def dropout_kw(config, dropout_key) -> dict:
+    """The student's training-mode keywords: none (an unchanged graph) without a key."""
+    if dropout_key is None:
+        return {}
+    return dict(dropout_rate=config.dropout_rate, dropout_key=dropout_key)
+
+
+def check_dropout(config, student: LMFunctions) -> None:
+    if config.dropout_rate > 0 and "dropout_key" not in inspect.signature(student.score).parameters:
+        raise ValueError(
+            f"config.dropout_rate={config.dropout_rate}: the student's model family has no "
+            "dropout (only T5 has); set config.dropout_rate=0"
+        )
+
+
+def token_losses(
+    config, student: LMFunctions, teacher, params, teacher_params, mb, vocab: int,
+    dropout_key=None,
+):  # fmt: skip
     """Per-completion-token loss [b, N] for one micro-batch; GKD compares the first `vocab`
-    logits of both models (their shared vocabulary)."""
+    logits of both models (their shared vocabulary). `dropout_key`: the student scores in
+    training mode (config.dropout_rate)."""
     args = (mb["prompt"], mb["prompt_mask"], mb["completion"], mb["completion_mask"])
-    s_logits = student.score(params, *args)  # [b, N, V]
+    s_logits = student.score(params, *args, **dropout_kw(config, dropout_key))  # [b, N, V]
     if config.objective == "sft":
         logp = jax.nn.log_softmax(s_logits.astype(jnp.float32), axis=-1)
         return -jnp.take_along_axis(logp, mb["completion"][..., None], axis=-1)[..., 0]
@@ -60,14 +83,98 @@ def token_losses(config, student: LMFunctions, teacher, params, teacher_params, 
     )
 
 
-def make_train_step(config, student: LMFunctions, teacher: LMFunctions | None, tx):
-    """(state, teacher_params, batch [B, ...]) -> (state, metrics), gradient accumulation inside."""
+def lean_sum_count(
+    config, student, teacher, params, teacher_params, mb, vocab, mesh, dropout_key=None
+):
+    """(sum, count) of the GKD loss of one micro-batch by a memory-lean form (loss_forms.py):
+    config.gkd.loss_impl "chunked" (from logits, a chunk of positions at a time) or "fused"
+    (from hidden states and output heads: no [b, N, V] logits at all). `mesh`: the loss's
+    (sharding.loss_mesh), vocabulary-parallel over its "tensor" axis."""
+    g = config.gkd
+    args = (mb["prompt"], mb["prompt_mask"], mb["completion"], mb["completion_mask"])
+    drop_kw = dropout_kw(config, dropout_key)
+    kw = dict(
+        beta=losses.FIXED_BETAS.get(g.divergence, g.beta),
+        temperature=g.loss_temperature,
+        reduction=g.reduction,
+        chunk=g.loss_chunk or None,
+        mesh=mesh,
+    )
+    stop = jax.lax.stop_gradient
+    if g.loss_impl == "chunked":
+        s_logits = shared_vocab_logits(student.score(params, *args, **drop_kw), vocab)
+        t_logits = shared_vocab_logits(stop(teacher.score(teacher_params, *args)), vocab)
+        return loss_forms.chunked_jsd_loss(
+            s_logits, t_logits / g.teacher_temperature, mb["completion_mask"], **kw
+        )
+    t_hidden = stop(teacher.hidden(teacher_params, *args))  # [b, N, Dt]
+    if g.teacher_temperature != 1.0:
+        # (h / tau) @ W = (h @ W) / tau; a soft-capped head would cap before dividing.
+        t_hidden = t_hidden / jnp.asarray(g.teacher_temperature, t_hidden.dtype)
+    return loss_forms.fused_jsd_loss(
+        student.hidden(params, *args, **drop_kw),  # [b, N, Ds]
+        student.unembedding(params)[:, :vocab],  # [Ds, V]
+        t_hidden,
+        stop(teacher.unembedding(teacher_params))[:, :vocab],  # [Dt, V]
+        mb["completion_mask"],
+        student_softcap=student.final_softcap,
+        teacher_softcap=teacher.final_softcap,
+        **kw,
+    )
+
+
+def check_loss_impl(config, student: LMFunctions, teacher: LMFunctions | None) -> None:
+    """What config.gkd.loss_impl needs of the models, checked before anything compiles."""
+    impl = config.gkd.loss_impl if config.objective == "gkd" else "full"
+    if impl != "fused":
+        return
+    for name, fns in (("student", student), ("teacher", teacher)):
+        if fns.hidden is None or fns.unembedding is None:
+            raise ValueError(
+                f"config.gkd.loss_impl='fused': the {name}'s model family gives no hidden "
+                "states / unembedding (LMFunctions.hidden); use loss_impl='chunked'"
+            )
+    if teacher.final_softcap is not None and config.gkd.teacher_temperature != 1.0:
+        raise ValueError(
+            "config.gkd.loss_impl='fused' with a soft-capped teacher head (final_softcap) cannot "
+            "apply config.gkd.teacher_temperature after the cap; use loss_impl='chunked'"
+        )
+
+
+def make_train_step(
+    config,
+    student: LMFunctions,
+    teacher: LMFunctions | None,
+    tx,
+    *,
+    mesh: Mesh | None = None,
+    state_shardings=None,
+    teacher_shardings=None,
+):
+    """(state, teacher_params, batch [B, ...]) -> (state, metrics), gradient accumulation inside.
+
+    With `mesh` (sharding.make_mesh), the step is compiled for that placement: the state in
+    `state_shardings` (in and out, donated), the teacher in `teacher_shardings`, batch rows over
+    ("data", "fsdp"); without, jit follows its arguments' shardings."""
     accum = config.grad_accum
     reduction = config.gkd.reduction if config.objective == "gkd" else config.sft_reduction
     vocab = student.vocab_size if teacher is None else min(student.vocab_size, teacher.vocab_size)
+    check_loss_impl(config, student, teacher)
+    check_dropout(config, student)
+    lean = config.objective == "gkd" and config.gkd.loss_impl != "full"
+    loss_mesh = None
+    if lean and mesh is not None:
+        loss_mesh = sharding.loss_mesh(mesh, vocab, config.batch_size // accum)
 
-    def sum_count(params, teacher_params, mb):
-        per_token = token_losses(config, student, teacher, params, teacher_params, mb, vocab)
+    def sum_count(params, teacher_params, mb, dropout_key=None):
+        if lean:
+            return lean_sum_count(
+                config, student, teacher, params, teacher_params, mb, vocab, loss_mesh,
+                dropout_key,
+            )  # fmt: skip
+        per_token = token_losses(
+            config, student, teacher, params, teacher_params, mb, vocab, dropout_key
+        )
         return losses.masked_sum_count(per_token, mb["completion_mask"], reduction)
 
     grad_fn = jax.value_and_grad(sum_count, has_aux=True)
@@ -75,11 +182,17 @@ def make_train_step(config, student: LMFunctions, teacher: LMFunctions | None, t
     def step(state, teacher_params, batch):
         # Row r of micro-batch a is row r * accum + a: rows stay on the device that holds them.
         split = jax.tree.map(lambda x: x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), batch)
+        step_key = None
+        if config.dropout_rate > 0:  # masks of (seed, step): a resumed run draws the same
+            step_key = jax.random.fold_in(
+                jax.random.fold_in(jax.random.key(config.seed), DROPOUT_STREAM), state["step"]
+            )
 
         def micro(a, carry):
             grads, total, count = carry
             mb = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, a, 1, False), split)
-            (s, c), g = grad_fn(state["params"], teacher_params, mb)
+            key = None if step_key is None else jax.random.fold_in(step_key, a)
+            (s, c), g = grad_fn(state["params"], teacher_params, mb, key)
             return jax.tree.map(jnp.add, grads, g), total + s, count + c
 
         zeros = jax.tree.map(jnp.zeros_like, state["params"])
@@ -105,7 +218,15 @@ def make_train_step(config, student: LMFunctions, teacher: LMFunctions | None, t
         }
         return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
-    return jax.jit(step, donate_argnums=(0,))
+    if mesh is None:
+        return jax.jit(step, donate_argnums=(0,))
+    whole = sharding.replicated(mesh)
+    return jax.jit(
+        step,
+        in_shardings=(state_shardings, teacher_shardings or whole, sharding.batch_sharding(mesh)),
+        out_shardings=(state_shardings, whole),
+        donate_argnums=(0,),
+    )
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -118,13 +239,14 @@ def model_config(config_model: ml_collections.ConfigDict) -> DecoderConfig:
     return DecoderConfig(**config_model.to_dict())
 
 
-def obtain_model(spec, workdir: str, name: str, dtype, expected=None):
+def obtain_model(spec, workdir: str, name: str, dtype, expected=None, mesh: Mesh | None = None):
     """Load the model a spec names: a Hugging Face directory or hub id, or our checkpoint (whose
     shape must be `expected`, when given). With `checkpoint=""` it lives in WORKDIR/NAME/model
-    and, when missing, is first trained there by the spec's recipe."""
+    and, when missing, is first trained there by the spec's recipe. With `mesh`, each parameter
+    is read straight into its sharding (sharding.py)."""
     if is_hf_source(spec.checkpoint):
         log(f"[{name}] loading Hugging Face checkpoint {spec.checkpoint}")
-        return load_pretrained(spec.checkpoint, dtype=dtype)
+        return load_pretrained(spec.checkpoint, dtype=dtype, mesh=mesh)
     if spec.checkpoint:
         path = resolve_path(spec.checkpoint)
         if not checkpoint.has_model(path):
@@ -134,7 +256,7 @@ def obtain_model(spec, workdir: str, name: str, dtype, expected=None):
                 f"{spec.recipe or 'CONFIG'} --workdir=DIR` and pass DIR/model, or set "
                 f"--config.{name}.checkpoint= to train it in the workdir."
             )
-        return checkpoint.load_model(path, expected=expected, dtype=dtype)
+        return checkpoint.load_model(path, expected=expected, dtype=dtype, mesh=mesh)
     run_dir = os.path.join(workdir, name)
     path = os.path.join(run_dir, "model")
     if not checkpoint.has_model(path):
@@ -144,7 +266,7 @@ def obtain_model(spec, workdir: str, name: str, dtype, expected=None):
 
         log(f"[{name}] no model at {path}: training it with {spec.recipe}")
         train_and_evaluate(load_config_file(spec.recipe), run_dir)
-    return checkpoint.load_model(path, expected=expected, dtype=dtype)
+    return checkpoint.load_model(path, expected=expected, dtype=dtype, mesh=mesh)
 
 
 def shared_vocab_size(config, tokenizer, student, teacher) -> int:
@@ -194,20 +316,28 @@ def check_token_ids(data: dict[str, np.ndarray], vocab: int, name: str) -> None:
 
 
 # ---------------------------------------------------------------------------- evaluation
-def decode_split(sampler, params, data, batch_size, mesh) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy completions of every row: tokens [N, T] and mask [N, T] (numpy)."""
-    params = jax.device_put(params, NamedSharding(mesh, P()))
-    rows = NamedSharding(mesh, P("data"))
+def decode_split(
+    sampler, params, data, batch_size, mesh, *, seed: int = 0, progress=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Completions of every row by `sampler` (evaluation.make_eval_decoder: greedy, beam or
+    sampled with key (seed, batch)): tokens [N, T] and mask [N, T] (numpy). `progress(done,
+    total)` is called after each batch."""
+    rows = sharding.batch_sharding(mesh)  # params stay as placed: no gather per evaluation
+    mine = distributed.host_rows(batch_size, rows)  # every host holds the eval data
     tokens, masks = [], []
-    for batch in pipeline.in_order(data, batch_size):
+    total = len(data["prompt"])
+    for i, batch in enumerate(pipeline.in_order(data, batch_size)):
         out = sampler(
             params,
-            jax.device_put(batch["prompt"], rows),
-            jax.device_put(batch["prompt_mask"], rows),
-            jax.random.key(0),
+            distributed.global_batch(batch["prompt"][mine], rows, batch_size),
+            distributed.global_batch(batch["prompt_mask"][mine], rows, batch_size),
+            jax.random.fold_in(jax.random.key(seed), i),
         )
-        tokens.append(np.asarray(out.tokens)[batch["valid"]])
-        masks.append(np.asarray(out.mask)[batch["valid"]])
+        if progress is not None:
+            progress(min((i + 1) * batch_size, total), total)
+        out_tokens, out_mask = distributed.to_host((out.tokens, out.mask))  # [B, T] each
+        tokens.append(out_tokens[batch["valid"]])
+        masks.append(out_mask[batch["valid"]])
     return np.concatenate(tokens), np.concatenate(masks)
 
 
@@ -231,33 +361,37 @@ def make_divergence_fn(config, student: LMFunctions, teacher: LMFunctions):
 
 
 def evaluate(ev, params, who: str = "student") -> dict:
-    """Greedy decoding of the eval split; the task's metric on the completions, or (no metric)
-    the student's divergence from the teacher on its own greedy completions."""
+    """Decoding of the eval split (config.eval.decoding); the task's metric (and extra metrics)
+    on the completions, or (no metric) the student's divergence from the teacher on them."""
     tokens, mask = decode_split(
         ev["samplers"][who], params, ev["data"], ev["config"].eval.batch_size, ev["mesh"]
     )
     tok, task, split = ev["tokenizer"], ev["task"], ev["split"]
     texts = [tok.decode(t[m], skip_special_tokens=True) for t, m in zip(tokens, mask, strict=True)]
     if task.metric is not None:
-        score = task.metric(texts, split.references)
+        scores = task_scores(task, texts, split.references)
     else:
         per_seq = []
         bs = ev["config"].eval.batch_size
         data = dict(ev["data"], target=tokens, target_mask=mask)
+        rows = sharding.batch_sharding(ev["mesh"])
+        mine = distributed.host_rows(bs, rows)
         for batch in pipeline.in_order(data, bs):
+            put = {k: distributed.global_batch(batch[k][mine], rows, bs) for k in data}
             d = ev["divergence"](
-                params, ev["teacher_params"], batch["prompt"], batch["prompt_mask"],
-                batch["target"], batch["target_mask"],
+                params, ev["teacher_params"], put["prompt"], put["prompt_mask"],
+                put["target"], put["target_mask"],
             )  # fmt: skip
-            per_seq.append(np.asarray(d)[batch["valid"]])
-        score = float(np.mean(np.concatenate(per_seq)))
+            per_seq.append(distributed.to_host(d)[batch["valid"]])
+        scores = {task.metric_name: float(np.mean(np.concatenate(per_seq)))}
     samples = [(p, t) for p, t in zip(split.prompts[:3], texts[:3], strict=True)]
-    return {task.metric_name: score, "samples": samples}
+    return {**scores, "samples": samples}
 
 
 # ---------------------------------------------------------------------------- the loop
 def log(msg: str) -> None:
-    print(msg, flush=True)
+    if distributed.is_main_process():  # every process runs the same loop: one copy of the log
+        print(msg, flush=True)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -272,7 +406,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     validate_config(config, vocab_size=len(tokenizer))
     dtype = COMPUTE_DTYPES[config.dtype]
 
-    # Models. The student starts from `init` (an SFT checkpoint) or from scratch.
+    # Models, loaded straight into their shardings on the mesh (gkd_jax/sharding.py). The
+    # student starts from `init` (an SFT checkpoint) or from scratch.
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     student_hf = is_hf_source(config.init.checkpoint)
     out_dir = os.path.join(workdir, "model")
     if checkpoint.has_model(out_dir) and not student_hf:
@@ -282,12 +418,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         expected = (
             None if is_hf_source(config.teacher.checkpoint) else model_config(config.teacher.model)
         )
-        teacher = obtain_model(config.teacher, workdir, "teacher", dtype, expected)
+        teacher = obtain_model(config.teacher, workdir, "teacher", dtype, expected, mesh)
     if config.init.checkpoint or config.init.recipe:
         expected = None if student_hf else model_config(config.model)
-        student = obtain_model(config.init, workdir, "init", dtype, expected)
+        student = obtain_model(config.init, workdir, "init", dtype, expected, mesh)
     else:
-        student = build_decoder(model_config(config.model), seed=config.seed, dtype=dtype)
+        cfg = model_config(config.model)
+        student = sharding.shard_model(
+            lambda: build_decoder(cfg, seed=config.seed, dtype=dtype), mesh
+        )
     if checkpoint.has_model(out_dir) and student_hf:
         checkpoint.check_model_config(out_dir, student.cfg)
     vocab = shared_vocab_size(config, tokenizer, student, teacher)
@@ -307,34 +446,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     check_token_ids(train_data, vocab, "training")
     check_token_ids(eval_data, vocab, "evaluation")
 
-    mesh = Mesh(np.array(jax.devices()), ("data",))
-    replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    rows = sharding.batch_sharding(mesh)
     params, student_fns = functional_lm(student)
-    teacher_params, teacher_fns = None, None
+    teacher_params, teacher_fns, teacher_shardings = None, None, None
     if teacher is not None:
         teacher_params, teacher_fns = functional_lm(teacher)
-        teacher_params = jax.device_put(teacher_params, replicated)
-    greedy = SamplingConfig(
-        max_new_tokens=config.max_new_tokens,
-        temperature=0.0,
-        stop_ids=stops,
-        pad_id=tokenizer.pad_token_id,
+        teacher_shardings = sharding.tree_shardings(teacher_params, mesh)
+        teacher_params = jax.device_put(teacher_params, teacher_shardings)  # no-op if loaded so
+    # One compiled eval decoder (config.eval.decoding) per model: the student's serves its
+    # first and last evaluation.
+    eval_decoder = functools.partial(
+        make_eval_decoder, config=config, stop_ids=stops, pad_id=tokenizer.pad_token_id,
         vocab_size=vocab,
-    )
-    # One compiled greedy decoder per model: the student's serves its first and last evaluation.
+    )  # fmt: skip
     ev = dict(
         config=config, task=task, tokenizer=tokenizer, split=eval_split, data=eval_data,
         mesh=mesh, teacher_params=teacher_params,
-        samplers={"student": make_sampler(student_fns.decoding, greedy)},
+        samplers={"student": eval_decoder(student_fns.decoding)},
     )  # fmt: skip
     if task.metric is None:
         ev["divergence"] = make_divergence_fn(config, student_fns, teacher_fns)
     # Train state: fresh, or the latest checkpoint in WORKDIR/checkpoints (a resumed run).
     tx = make_optimizer(config)
-    state = jax.device_put(
-        {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)},
-        replicated,
-    )
+    # The optimizer state is created in its shardings, next to the parameters already placed.
+    state, state_shardings = sharding.init_train_state(params, tx, mesh)
     ckpts = checkpoint.TrainCheckpoints(
         os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep
     )
@@ -346,7 +481,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # The first evaluation is stored in every checkpoint: a resumed run does not redo it.
     results: dict[str, Any] = saved.get("eval", {})
     if teacher is not None and task.metric is not None:
-        ev["samplers"]["teacher"] = make_sampler(teacher_fns.decoding, greedy)
+        ev["samplers"]["teacher"] = eval_decoder(teacher_fns.decoding)
         if "teacher" not in results:
             results["teacher"] = evaluate(ev, teacher_params, "teacher")
     if "start" not in results:
@@ -368,26 +503,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if teacher is not None:
         samplers["student"] = make_sampler(student_fns.decoding, sampling)
         samplers["teacher"] = make_sampler(teacher_fns.decoding, sampling)
-    train_step = make_train_step(config, student_fns, teacher_fns, tx)
+    train_step = make_train_step(
+        config, student_fns, teacher_fns, tx, mesh=mesh, state_shardings=state_shardings,
+        teacher_shardings=teacher_shardings,
+    )  # fmt: skip
 
     # The data position, the sampling key and the lmbda draws are functions of (seed, step):
     # a run resumed at step k sees exactly what an uninterrupted one sees from step k on.
-    data_iter = pipeline.batches(train_data, config.batch_size, config.seed, start=start_step)
+    # Each host gathers only the rows its devices hold; the global arrays are built from them.
+    mine = distributed.host_rows(config.batch_size, rows)
+    data_iter = pipeline.batches(
+        train_data, config.batch_size, config.seed, start=start_step, rows=mine
+    )
     base_key = jax.random.key(config.seed)
     skipped, nonfinite_run = saved.get("skipped_steps", 0), saved.get("nonfinite_run", 0)
     t_start = t_window = time.time()
     on_policy_window = []
-    metrics = MetricsLog(workdir, start_step)  # drops rows a previous run logged after it
+    # Drops rows a previous run logged after start_step. Process 0 writes for all.
+    metrics = MetricsLog(workdir, start_step, enabled=distributed.is_main_process())
     if not saved:
         metrics.scalars(0, eval_scalars(results, task.metric_name))
     # Saves are asynchronous; leaving this block waits for the one in flight.
     with ckpts, preemption.sigterm_flag() as sigterm:
         for step in range(start_step, config.steps):
-            batch = next(data_iter)
-            prompt = jax.device_put(batch["prompt"], rows)
-            prompt_mask = jax.device_put(batch["prompt_mask"], rows)
-            completion = jax.device_put(batch["target"], rows)
-            completion_mask = jax.device_put(batch["target_mask"], rows)
+            batch = {
+                k: distributed.global_batch(v, rows, config.batch_size)
+                for k, v in next(data_iter).items()
+            }
+            prompt, prompt_mask = batch["prompt"], batch["prompt_mask"]
+            completion, completion_mask = batch["target"], batch["target_mask"]
             on_policy_frac = 0.0
             if config.objective == "gkd":
                 completion, completion_mask, on_policy_frac = gkd_completions(
@@ -436,7 +580,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if too_many_nonfinite:
                 ckpts.wait()
                 raise FloatingPointError(nonfinite_message(config, done, ckpts))
-            if sigterm():
+            # Saving is collective: all processes stop at the step where any got SIGTERM.
+            if distributed.any_process(sigterm()):
                 ckpts.save(done, state, meta)
                 raise preemption.Preempted(done)
             stop_here = config.stop_after_steps and done - start_step == config.stop_after_steps
@@ -462,7 +607,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     student = rebuild(student, state["params"])
     checkpoint.save_model(out_dir, student)
-    if config.export.hf:
+    if config.export.hf and distributed.is_main_process():
         hf_dir = save_pretrained(
             student, os.path.join(workdir, "hf_model"), tokenizer=tokenizer, stop_ids=stops,
             dtype=config.export.dtype,
@@ -486,8 +631,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "skipped_steps": skipped,
         "samples": results["final"]["samples"],
     }
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    if distributed.is_main_process():
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump(summary, f, indent=2)
     log(results_table(summary, config))
     return summary
 
@@ -572,7 +718,7 @@ def gkd_completions(
 
 
 def rebuild(model, params):
-    nnx.update(model, jax.device_get(params))
+    nnx.update(model, distributed.to_host(params))  # sharded over hosts: gathered
     return model
 
 
@@ -589,15 +735,16 @@ def load_or_build_tokenizer(config, workdir: str):
         stops = stop_ids(tokenizer, *dirs)
         # A copy beside the checkpoints, so `python -m gkd_jax.export` finds it with its stops.
         copy = os.path.join(workdir, "tokenizer")
-        tokenizer.save_pretrained(copy)
-        with open(os.path.join(copy, "generation_config.json"), "w") as f:
-            json.dump({"eos_token_id": list(stops)}, f)
+        if distributed.is_main_process():
+            tokenizer.save_pretrained(copy)
+            with open(os.path.join(copy, "generation_config.json"), "w") as f:
+                json.dump({"eos_token_id": list(stops)}, f)
         return tokenizer, stops
     path = os.path.join(workdir, "tokenizer")
-    if os.path.exists(os.path.join(path, "tokenizer.json")):
-        tokenizer = load_tokenizer(path)
-    else:
-        tokenizer = build_char_tokenizer(path)
+    if distributed.is_main_process() and not os.path.exists(os.path.join(path, "tokenizer.json")):
+        build_char_tokenizer(path)
+    distributed.barrier("tokenizer")  # the others read what process 0 wrote
+    tokenizer = load_tokenizer(path)
     return tokenizer, (tokenizer.eos_token_id,)
 
 
@@ -615,5 +762,8 @@ def results_table(summary: dict[str, Any], config) -> str:
     for key, label in names.items():
         if key in summary["scores"]:
             lines.append(f"| {label} | {summary['scores'][key]:.4f} |")
-    head = f"Evaluation on {config.eval.num_examples} held-out {summary['task']} problems (greedy)"
+    head = (
+        f"Evaluation on {config.eval.num_examples} held-out {summary['task']} problems "
+        f"({describe_decoding(config)})"
+    )
     return head + "\n" + "\n".join(lines)

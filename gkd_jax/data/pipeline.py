@@ -68,10 +68,17 @@ def encode(
 
 
 def batches(
-    data: dict[str, np.ndarray], batch_size: int, seed: int, start: int = 0
+    data: dict[str, np.ndarray],
+    batch_size: int,
+    seed: int,
+    start: int = 0,
+    rows: np.ndarray | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless shuffled batches of exactly `batch_size` rows (a new permutation per epoch),
-    from batch number `start` on: a resumed run gets the batches it would have seen."""
+    from batch number `start` on: a resumed run gets the batches it would have seen.
+
+    With `rows` (indices into the batch, e.g. `distributed.host_rows`), only those rows of
+    each batch are gathered: every host draws the same permutation and takes its part."""
     n = len(next(iter(data.values())))
     if n < batch_size:
         raise ValueError(f"dataset has {n} examples, fewer than batch_size={batch_size}")
@@ -88,6 +95,8 @@ def batches(
         order = rng.permutation(n)
         for first in range(skip * batch_size, n - batch_size + 1, batch_size):
             idx = order[first : first + batch_size]
+            if rows is not None:
+                idx = idx[rows]
             yield {k: v[idx] for k, v in data.items()}
         skip = 0
 

@@ -1,0 +1,272 @@
+"""Multi-host runs, on one machine: two CPU processes joined by jax.distributed over loopback
+(gloo collectives, jax's CPU default) against one process with the same four devices.
+
+Run as a script, this file is the worker: `python tests/test_multihost.py WORKDIR`.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from gkd_jax import checkpoint, distributed, trainer
+from gkd_jax.config_defaults import base_config
+from gkd_jax.data import pipeline
+from gkd_jax.metrics_log import MetricsLog
+from gkd_jax.models import DecoderConfig, build_decoder, functional_lm
+from gkd_jax.sampling import SamplingConfig, make_sampler
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+V, B, STEPS = 23, 8, 3
+TIMEOUT_S = 240  # a hung collective fails the test instead of blocking CI
+
+
+# ---------------------------------------------------------------------------- the worker
+def worker(workdir: str, num_devices: int) -> None:
+    """Three GKD steps (lmbda=0.5 per example: student samples mixed with data) on the first
+    `num_devices` global devices, through the trainer's own pieces, each host reading only its
+    rows; then the write-once outputs."""
+    config = base_config()
+    config.objective, config.steps, config.batch_size, config.seed = "gkd", STEPS, B, 0
+    config.gkd.update(lmbda=0.5, lmbda_mode="example", beta=0.5)
+    config.optim.warmup_steps = 0
+    student = build_decoder(DecoderConfig(V, 16, 1, 2, 1, 32), seed=1)
+    teacher = build_decoder(DecoderConfig(V, 24, 1, 2, 1, 48), seed=2)
+    params, s_fns = functional_lm(student)
+    t_params, t_fns = functional_lm(teacher)
+
+    mesh = Mesh(np.array(jax.devices()[:num_devices]), ("data",))
+    replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    tx = trainer.make_optimizer(config)
+    state = {"params": params, "opt_state": tx.init(params), "step": np.zeros((), np.int32)}
+    state, t_params = jax.device_put(state, replicated), jax.device_put(t_params, replicated)
+    sampling = SamplingConfig(max_new_tokens=4, stop_ids=(1,), pad_id=0, vocab_size=V)
+    samplers = {"student": make_sampler(s_fns.decoding, sampling)}
+    train_step = trainer.make_train_step(config, s_fns, t_fns, tx)
+
+    rng = np.random.default_rng(0)
+    data = pipeline.pack(
+        [list(rng.integers(3, V, rng.integers(1, 6))) for _ in range(4 * B)],
+        [list(rng.integers(3, V, rng.integers(1, 5))) for _ in range(4 * B)],
+        max_prompt_len=6, max_target_len=4, pad_id=0,
+    )  # fmt: skip
+    mine = distributed.host_rows(B, rows)
+    batches = pipeline.batches(data, B, config.seed, rows=mine)
+    log = MetricsLog(workdir, 0, enabled=distributed.is_main_process())
+    local_shapes = []
+    for step in range(STEPS):
+        local = next(batches)
+        local_shapes.append(local["prompt"].shape)
+        batch = {k: distributed.global_batch(v, rows, B) for k, v in local.items()}
+        completion, completion_mask, _ = trainer.gkd_completions(
+            config, step, samplers, state["params"], t_params, jax.random.key(0),
+            batch["prompt"], batch["prompt_mask"], batch["target"], batch["target_mask"],
+        )  # fmt: skip
+        batch = dict(batch, completion=completion, completion_mask=completion_mask)
+        state, m = train_step(state, t_params, batch)
+        log.write({"step": step + 1, "loss": float(m["loss"])})
+
+    checkpoint.save_model(os.path.join(workdir, "model"), trainer.rebuild(student, state["params"]))
+    me = jax.process_index()
+    seen = {"rows": mine.tolist(), "local_shapes": local_shapes, "n": jax.process_count()}
+    with open(os.path.join(workdir, f"process{me}.json"), "w") as f:  # for the test: one each
+        json.dump(seen, f)
+
+
+# ---------------------------------------------------------------------------- launching
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_env(devices: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_"))}
+    return dict(
+        env,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=REPO,
+        **extra,
+    )
+
+
+def launch(cmd: list[str], *, processes: int, devices: int) -> list[subprocess.Popen]:
+    """`processes` copies of `cmd` joined through a coordinator on 127.0.0.1 (one process:
+    distributed off), each with `devices` CPU devices."""
+    if processes == 1:
+        envs = [cpu_env(devices, GKD_DISTRIBUTED="off")]
+    else:
+        address = f"127.0.0.1:{free_port()}"
+        envs = [
+            cpu_env(
+                devices,
+                JAX_COORDINATOR_ADDRESS=address,
+                JAX_NUM_PROCESSES=str(processes),
+                JAX_PROCESS_ID=str(i),
+            )
+            for i in range(processes)
+        ]
+    return [
+        subprocess.Popen(cmd, cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for e in envs
+    ]
+
+
+def wait_all(procs: list[subprocess.Popen]) -> list[str]:
+    outputs = []
+    try:
+        for p in procs:
+            out, _ = p.communicate(timeout=TIMEOUT_S)
+            outputs.append(out.decode(errors="replace"))
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail(f"a process hung for {TIMEOUT_S}s (a collective that never completed?)")
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-4000:]
+    return outputs
+
+
+def assert_same_params(ref_dir, got_dir) -> None:
+    def leaves(path):
+        model = checkpoint.load_model(str(path))
+        return jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+
+    for ref, got in zip(leaves(ref_dir), leaves(got_dir), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-6, rtol=0)
+
+
+def jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in open(path).read().splitlines()]
+
+
+# ---------------------------------------------------------------------------- the tests
+def test_two_processes_train_like_one(tmp_path, monkeypatch):
+    """2 processes x 2 devices == 1 process x 4 devices (this one): losses and parameters after
+    three steps (<= 1e-6); each host held only its half of every batch; process 0 alone logged."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    procs = launch([sys.executable, os.path.abspath(__file__), str(two)], processes=2, devices=2)
+    try:
+        monkeypatch.setenv(distributed.SWITCH, "off")
+        worker(str(one), num_devices=4)  # while the two compile
+    finally:
+        outputs = wait_all(procs)
+    assert "process 1/2 (JAX_* variables): 2 local devices, 4 global devices" in outputs[1]
+
+    ref, got = jsonl(one / "metrics.jsonl"), jsonl(two / "metrics.jsonl")
+    assert [r["step"] for r in got] == [1, 2, 3]  # once, not once per process
+    np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in ref], atol=1e-6)
+    assert_same_params(one / "model", two / "model")
+    assert len(os.listdir(two / "tensorboard")) == 1
+
+    hosts = [json.loads((two / f"process{i}.json").read_text()) for i in range(2)]
+    assert [h["n"] for h in hosts] == [2, 2]
+    assert hosts[0]["rows"] + hosts[1]["rows"] == list(range(B))  # disjoint halves, in order
+    assert all(s == [B // 2, 6] for h in hosts for s in h["local_shapes"])
+    assert json.loads((one / "process0.json").read_text())["rows"] == list(range(B))
+
+
+@pytest.mark.slow
+def test_entry_point_two_processes(tmp_path):
+    """`python -m gkd_jax.train` on the arith smoke config (shipped teacher and student), two
+    processes against one: same metrics and parameters, every file written once. ~1-2 min."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    cmd = [
+        sys.executable, "-m", "gkd_jax.train", "--config=configs/arith.py:smoke",
+        "--config.teacher.checkpoint=builtin:arith/teacher",
+        "--config.init.checkpoint=builtin:arith/student_sft",
+        "--config.steps=3", "--config.log_every=1", "--config.checkpoint.every_steps=2",
+        "--config.eval.num_examples=8", "--config.eval.batch_size=8",
+    ]  # fmt: skip
+    procs = launch([*cmd, f"--workdir={one}"], processes=1, devices=4)
+    procs += launch([*cmd, f"--workdir={two}"], processes=2, devices=2)
+    outputs = wait_all(procs)
+
+    ref, got = jsonl(one / "metrics.jsonl"), jsonl(two / "metrics.jsonl")
+    assert [r["step"] for r in got] == [1, 2, 3]
+    for key in ("loss", "grad_norm", "loss_tokens", "on_policy"):
+        np.testing.assert_allclose([r[key] for r in got], [r[key] for r in ref], atol=1e-6)
+    assert_same_params(one / "model", two / "model")
+    ref_scores = json.loads((one / "results.json").read_text())["scores"]
+    assert json.loads((two / "results.json").read_text())["scores"] == ref_scores
+    assert len(os.listdir(two / "tensorboard")) == 1
+    assert sorted(os.listdir(two / "checkpoints")) == ["2", "3"]
+    assert "| student (after) |" in outputs[1] and "| student (after) |" not in outputs[2]
+    assert "process 1/2" in outputs[2]
+
+
+# ---------------------------------------------------------------------------- in-process
+@pytest.fixture
+def fresh(monkeypatch):
+    monkeypatch.setattr(distributed, "_initialized", False)
+    for k in [*distributed.EXPLICIT_VARS, distributed.SWITCH, "KUBERNETES_SERVICE_HOST"]:
+        monkeypatch.delenv(k, raising=False)
+    for k in [k for k in os.environ if k.startswith(("SLURM_", "OMPI_"))]:
+        monkeypatch.delenv(k)
+    return distributed
+
+
+@pytest.mark.parametrize(
+    "env,match",
+    [
+        ({"JAX_NUM_PROCESSES": "2"}, "JAX_COORDINATOR_ADDRESS, JAX_PROCESS_ID not set"),
+        (
+            {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"},
+            r"JAX_PROCESS_ID=2 must be in \[0, JAX_NUM_PROCESSES=2\)",
+        ),
+        (
+            {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"},
+            "must be integers",
+        ),
+        ({"GKD_DISTRIBUTED": "yes"}, "GKD_DISTRIBUTED='yes'"),
+    ],
+)
+def test_bad_environment_is_named(fresh, monkeypatch, env, match):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ValueError, match=match):
+        fresh.initialize_from_env()
+
+
+def test_single_process_is_a_no_op(fresh):
+    assert fresh.initialize_from_env() is False
+    assert not jax.distributed.is_initialized()
+    assert fresh.is_main_process() and fresh.any_process(True) and not fresh.any_process(False)
+
+
+@pytest.mark.parametrize("tasks,found", [("1", None), ("4", "SlurmCluster")])
+def test_slurm_is_detected_by_jax(fresh, monkeypatch, tasks, found):
+    """One Slurm task is a plain run; several make a multi-process one (jax's own detection)."""
+    slurm = dict(
+        SLURM_JOB_ID="7", SLURM_STEP_NODELIST="gpu[01-04]", SLURM_NTASKS=tasks, SLURM_PROCID="0",
+        SLURM_LOCALID="0",
+    )  # fmt: skip
+    for k, v in slurm.items():
+        monkeypatch.setenv(k, v)
+    assert fresh.detected_cluster() == found
+
+
+def test_host_rows_and_batches_split_a_batch(fresh):
+    """One process holds every row; per-host row sets taken from `batches` rebuild its batch."""
+    rows = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P("data"))
+    np.testing.assert_array_equal(fresh.host_rows(16, rows), np.arange(16))
+    data = {"x": np.arange(40) * 10}
+    whole = pipeline.batches(data, 16, seed=3, start=1)
+    halves = [pipeline.batches(data, 16, seed=3, start=1, rows=np.arange(h, h + 8)) for h in (0, 8)]
+    for _ in range(4):  # across an epoch boundary (2 batches per epoch)
+        parts = [next(h)["x"] for h in halves]
+        np.testing.assert_array_equal(np.concatenate(parts), next(whole)["x"])
+
+
+if __name__ == "__main__":
+    distributed.initialize_from_env()  # before anything touches a device
+    worker(sys.argv[1], num_devices=4)
