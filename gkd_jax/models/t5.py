@@ -43,6 +43,29 @@ def masked_bias(mask: jax.Array) -> jax.Array:
     return jnp.where(mask.astype(bool), 0.0, -1e30).astype(jnp.float32)
 
 
+class Dropout:
+    """Training-time inverted dropout at Hugging Face T5's sites (after the embeddings, on the
+    attention probabilities, between the FFN's two projections, on each sublayer's output and
+    after each stack's final norm). Call k draws its mask from fold_in(key, k): the calls come
+    in a fixed order at trace time, so the masks are a function of `key` alone."""
+
+    def __init__(self, rate: float, key: jax.Array):
+        self.rate, self.key, self.calls = rate, key, 0
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        self.calls += 1
+        return self.apply(x, jax.random.fold_in(self.key, self.calls))
+
+    def apply(self, x: jax.Array, key: jax.Array) -> jax.Array:
+        keep = jax.random.bernoulli(key, 1.0 - self.rate, x.shape)
+        return jnp.where(keep, x / (1.0 - self.rate), 0.0).astype(x.dtype)
+
+
+def drop(dropout: Dropout | None, x: jax.Array) -> jax.Array:
+    """x itself without dropout (evaluation, sampling, the teacher): the graph is unchanged."""
+    return x if dropout is None else dropout(x)
+
+
 @dataclasses.dataclass(frozen=True)
 class T5Config:
     vocab_size: int
@@ -151,13 +174,15 @@ class T5Attention(nnx.Module):
         table = self.relative_attention_bias.embedding[...].astype(jnp.float32)  # [buckets, N]
         return jnp.take(table, buckets, axis=0).transpose(2, 0, 1)[None]
 
-    def __call__(self, x: jax.Array, kv: dict[str, jax.Array], bias: jax.Array) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, kv: dict[str, jax.Array], bias: jax.Array, dropout=None
+    ) -> jax.Array:
         """x [B, T, D] queries; kv [B, N, S, H]; bias [B|1, N|1, T|1, S] float32 (position bias plus
         mask). No 1/sqrt(H) scaling: T5 folds it into the initialization of q."""
         b, t, _ = x.shape
         q = self.heads(self.q, x)  # [B, N, T, H]
         scores = jnp.einsum("bnth,bnsh->bnts", q, kv["k"].astype(q.dtype)).astype(jnp.float32)
-        probs = jax.nn.softmax(scores + bias, axis=-1).astype(kv["v"].dtype)
+        probs = drop(dropout, jax.nn.softmax(scores + bias, axis=-1)).astype(kv["v"].dtype)
         out = jnp.einsum("bnts,bnsh->bnth", probs, kv["v"])  # [B, N, T, H]
         return dense(self.o, out.transpose(0, 2, 1, 3).reshape(b, t, -1))
 
@@ -167,7 +192,7 @@ class T5LayerSelfAttention(nnx.Module):
         self.SelfAttention = T5Attention(cfg, relative_bias=relative_bias, **kw)
         self.layer_norm = t5_layer_norm(cfg, kw["param_dtype"])
 
-    def __call__(self, x, bias, cache=None, cache_index=None):
+    def __call__(self, x, bias, cache=None, cache_index=None, dropout=None):
         h = self.layer_norm(x)
         kv = self.SelfAttention.key_values(h)
         if cache is not None:
@@ -178,7 +203,8 @@ class T5LayerSelfAttention(nnx.Module):
                 )
                 for n in ("k", "v")
             }  # [B, N, L, H]
-        return x + self.SelfAttention(h, kv, bias), (kv if cache is not None else None)
+        out = drop(dropout, self.SelfAttention(h, kv, bias, dropout))
+        return x + out, (kv if cache is not None else None)
 
 
 class T5LayerCrossAttention(nnx.Module):
@@ -186,8 +212,8 @@ class T5LayerCrossAttention(nnx.Module):
         self.EncDecAttention = T5Attention(cfg, relative_bias=False, **kw)
         self.layer_norm = t5_layer_norm(cfg, kw["param_dtype"])
 
-    def __call__(self, x, kv, bias):
-        return x + self.EncDecAttention(self.layer_norm(x), kv, bias)
+    def __call__(self, x, kv, bias, dropout=None):
+        return x + drop(dropout, self.EncDecAttention(self.layer_norm(x), kv, bias, dropout))
 
 
 class T5DenseActDense(nnx.Module):
@@ -204,12 +230,12 @@ class T5DenseActDense(nnx.Module):
         self.act = ACTIVATIONS[cfg.activation]
         self.gated = cfg.gated
 
-    def __call__(self, x):
+    def __call__(self, x, dropout=None):
         if self.gated:
             h = self.act(dense(self.wi_0, x)) * dense(self.wi_1, x)
         else:
             h = self.act(dense(self.wi, x))
-        return dense(self.wo, h)
+        return dense(self.wo, drop(dropout, h))
 
 
 class T5LayerFF(nnx.Module):
@@ -217,8 +243,8 @@ class T5LayerFF(nnx.Module):
         self.DenseReluDense = T5DenseActDense(cfg, **kw)
         self.layer_norm = t5_layer_norm(cfg, kw["param_dtype"])
 
-    def __call__(self, x):
-        return x + self.DenseReluDense(self.layer_norm(x))
+    def __call__(self, x, dropout=None):
+        return x + drop(dropout, self.DenseReluDense(self.layer_norm(x), dropout))
 
 
 class T5Block(nnx.Module):
@@ -228,11 +254,13 @@ class T5Block(nnx.Module):
             layers.append(T5LayerCrossAttention(cfg, **kw))
         self.layer = nnx.List([*layers, T5LayerFF(cfg, **kw)])
 
-    def __call__(self, x, bias, cache=None, cache_index=None, cross_kv=None, cross_bias=None):
-        x, cache = self.layer[0](x, bias, cache, cache_index)
+    def __call__(
+        self, x, bias, cache=None, cache_index=None, cross_kv=None, cross_bias=None, dropout=None
+    ):
+        x, cache = self.layer[0](x, bias, cache, cache_index, dropout)
         if cross_kv is not None:
-            x = self.layer[1](x, cross_kv, cross_bias)
-        return self.layer[-1](x), cache
+            x = self.layer[1](x, cross_kv, cross_bias, dropout)
+        return self.layer[-1](x, dropout), cache
 
 
 class T5Stack(nnx.Module):
@@ -291,16 +319,18 @@ class T5(nnx.Module):
         logits, _ = self.decode(decoder_input_ids, cross, attention_mask, decoder_attention_mask)
         return logits
 
-    def encode(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    def encode(
+        self, input_ids: jax.Array, attention_mask: jax.Array, dropout: Dropout | None = None
+    ) -> jax.Array:
         """[B, S] tokens and validity -> [B, S, D]. Only the distance between tokens enters, so
         left padding changes nothing for the real tokens."""
-        x = self.shared(input_ids)  # [B, S, D]
+        x = drop(dropout, self.shared(input_ids))  # [B, S, D]
         pos = jnp.arange(input_ids.shape[1])
         key_mask = masked_bias(attention_mask)[:, None, None, :]  # [B, 1, 1, S]
         bias = self.encoder.position_bias(pos, pos) + key_mask  # [B, N, S, S]
         for block in self.encoder.block:
-            x, _ = block(x, bias)
-        return self.encoder.final_layer_norm(x)
+            x, _ = block(x, bias, dropout=dropout)
+        return drop(dropout, self.encoder.final_layer_norm(x))
 
     def cross_kv(self, encoded: jax.Array) -> Cache:
         """Each decoder layer's cross-attention K/V of the encoder output [B, S, D]: computed once
@@ -323,12 +353,33 @@ class T5(nnx.Module):
         decoder_mask: jax.Array | None = None,
         cache: Cache | None = None,
         cache_index: jax.Array | int = 0,
+        dropout: Dropout | None = None,
     ) -> tuple[jax.Array, Cache | None]:
         """Decoder tokens [B, T] at slots cache_index.. -> (logits [B, T, V] float32, cache).
 
         encoder_mask [B, S_enc]: valid encoder positions. decoder_mask [B, S]: valid decoder keys
         (None: all; causality is applied here). With a cache, S is the cache length.
         """
+        x, new_cache = self.decode_hidden(
+            tokens, cross_kv, encoder_mask, decoder_mask, cache, cache_index, dropout
+        )
+        if self.cfg.tie_embeddings:
+            logits = dense(self.shared.attend, x * self.cfg.d_model**-0.5)
+        else:
+            logits = dense(self.lm_head, x)
+        return logits.astype(jnp.float32), new_cache  # [B, T, V]
+
+    def decode_hidden(
+        self,
+        tokens: jax.Array,
+        cross_kv: Cache,
+        encoder_mask: jax.Array,
+        decoder_mask: jax.Array | None = None,
+        cache: Cache | None = None,
+        cache_index: jax.Array | int = 0,
+        dropout: Dropout | None = None,
+    ) -> tuple[jax.Array, Cache | None]:
+        """`decode` up to the output head: final-normed hidden states [B, T, D] and the cache."""
         t = tokens.shape[1]
         s = t if cache is None else cache[0]["k"].shape[2]
         q_pos = cache_index + jnp.arange(t)  # [T]
@@ -340,19 +391,23 @@ class T5(nnx.Module):
         self_bias = self.decoder.position_bias(q_pos, k_pos) + masked_bias(mask)[:, None]
         cross_bias = masked_bias(encoder_mask)[:, None, None, :]  # [B, 1, 1, S_enc]
 
-        x = self.shared(tokens)  # [B, T, D]
+        x = drop(dropout, self.shared(tokens))  # [B, T, D]
         new_cache = [] if cache is not None else None
         for i, block in enumerate(self.decoder.block):
             layer_cache = None if cache is None else cache[i]
-            x, c = block(x, self_bias, layer_cache, cache_index, cross_kv[i], cross_bias)
+            x, c = block(x, self_bias, layer_cache, cache_index, cross_kv[i], cross_bias, dropout)
             if cache is not None:
                 new_cache.append(c)
-        x = self.decoder.final_layer_norm(x)
+        return drop(dropout, self.decoder.final_layer_norm(x)), new_cache
+
+    def unembedding(self) -> jax.Array:
+        """The output head as [D, V] in the compute dtype: logits = decode_hidden @ this. The tied
+        head's d_model**-0.5 scaling is folded in."""
         if self.cfg.tie_embeddings:
-            logits = dense(self.shared.attend, x * self.cfg.d_model**-0.5)
+            w = self.shared.embedding[...].T * self.cfg.d_model**-0.5
         else:
-            logits = dense(self.lm_head, x)
-        return logits.astype(jnp.float32), new_cache  # [B, T, V]
+            w = self.lm_head.kernel[...]
+        return w.astype(self.dtype)
 
 
 def t5_functions(model: T5) -> tuple[Any, LMFunctions]:
@@ -361,15 +416,20 @@ def t5_functions(model: T5) -> tuple[Any, LMFunctions]:
     graphdef, params = nnx.split(model)
     start_id = model.cfg.decoder_start_token_id
 
-    def score(params, prompt, prompt_mask, completion, completion_mask):
+    def score(
+        params, prompt, prompt_mask, completion, completion_mask, *, dropout_rate=0.0,
+        dropout_key=None,
+    ):  # fmt: skip
+        """dropout_rate > 0 with a key: training-mode logits (Dropout's sites, masks from key)."""
         m = nnx.merge(graphdef, params)
         b = prompt.shape[0]
-        cross = m.cross_kv(m.encode(prompt, prompt_mask))
+        dropout = Dropout(dropout_rate, dropout_key) if dropout_rate > 0 else None
+        cross = m.cross_kv(m.encode(prompt, prompt_mask, dropout))
         start = jnp.full((b, 1), start_id, completion.dtype)
         inputs = jnp.concatenate([start, completion[:, :-1]], axis=1)  # [B, N]
         # No decoder mask: completions are right-padded, so causality alone keeps pads out of
         # every real token's row.
-        logits, _ = m.decode(inputs, cross, prompt_mask)
+        logits, _ = m.decode(inputs, cross, prompt_mask, dropout=dropout)
         return logits  # [B, N, V]
 
     def prefill(params, prompt, prompt_mask, max_new_tokens):
@@ -390,4 +450,21 @@ def t5_functions(model: T5) -> tuple[Any, LMFunctions]:
         )
         return logits[:, -1], (cache, cross, prompt_mask)
 
-    return params, LMFunctions(score, Decoding(prefill, step), model.cfg.vocab_size)
+    def hidden(
+        params, prompt, prompt_mask, completion, completion_mask, *, dropout_rate=0.0,
+        dropout_key=None,
+    ):  # fmt: skip
+        m = nnx.merge(graphdef, params)
+        dropout = Dropout(dropout_rate, dropout_key) if dropout_rate > 0 else None
+        cross = m.cross_kv(m.encode(prompt, prompt_mask, dropout))
+        start = jnp.full((prompt.shape[0], 1), start_id, completion.dtype)
+        inputs = jnp.concatenate([start, completion[:, :-1]], axis=1)  # [B, N]
+        return m.decode_hidden(inputs, cross, prompt_mask, dropout=dropout)[0]  # [B, N, D]
+
+    return params, LMFunctions(
+        score,
+        Decoding(prefill, step),
+        model.cfg.vocab_size,
+        hidden=hidden,
+        unembedding=lambda p: nnx.merge(graphdef, p).unembedding(),
+    )
