@@ -81,6 +81,12 @@ def cell(values: list[float]) -> str:
     return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ± {std:.1f}"
 
 
+def shared_cell(values: list[float]) -> str:
+    """The teacher's or the SFT start's score, which every run of a student evaluates again:
+    one number when they agree (they should: same checkpoint, same held-out set)."""
+    return f"{values[0]:.1f}" if len(set(values)) == 1 else cell(values)
+
+
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Group the scaled final scores: gkd[(student, lmbda, divergence)], baselines[(student,
     method)], and the teacher and SFT start scores per student (lists over runs/seeds)."""
@@ -140,10 +146,10 @@ def write_table(s: dict[str, Any], path: str) -> str:
     blank = " |" * (len(s["divergences"]) - 1)
     for student in s["students"]:
         if s["teacher"][student]:
-            lines.append(f"| {student} | teacher | {cell(s['teacher'][student])} |{blank}")
+            lines.append(f"| {student} | teacher | {shared_cell(s['teacher'][student])} |{blank}")
         if s["start"][student]:
             lines.append(
-                f"| {student} | student start (SFT) | {cell(s['start'][student])} |{blank}"
+                f"| {student} | student start (SFT) | {shared_cell(s['start'][student])} |{blank}"
             )
         for lmbda in s["lmbdas"]:
             row = [cell(s["gkd"][student, lmbda, d]) for d in s["divergences"]]
@@ -174,8 +180,10 @@ def plot_scores(s: dict[str, Any], path: str) -> None:
             )  # fmt: skip
         refs = [("teacher", s["teacher"][student], "k", "--"),
                 ("student start", s["start"][student], "gray", ":")]  # fmt: skip
-        refs += [(BASELINE_LABELS.get(m, m), s["baselines"][student, m], None, "-.")
-                 for m in s["methods"]]  # fmt: skip
+        # Colors after the lmbda lines' (C0, C1, ...), so no baseline shares one with a line.
+        for i, m in enumerate(s["methods"]):
+            color = f"C{len(s['lmbdas']) + i}"
+            refs.append((BASELINE_LABELS.get(m, m), s["baselines"][student, m], color, "-."))
         for label, values, color, style in refs:
             if values:
                 ax.axhline(mean_std(values)[0], color=color, linestyle=style, lw=1, label=label)
