@@ -66,8 +66,8 @@ def jsonl_config(task, tmp_path, train, evals=None, **data):
     return c
 
 
-def load(config, tok):
-    return get_task(config.task).load(config, tok, [tok.eos_token_id], log=lambda _: None)
+def load(config, tok, log=lambda _: None):
+    return get_task(config.task).load(config, tok, [tok.eos_token_id], log=log)
 
 
 # ------------------------------------------------------------------------------- formatting
@@ -306,7 +306,13 @@ def test_overflow_truncation_and_caps(tok, tmp_path):
         load(c, tok)
     c.data.prompt_overflow = "truncate_left"
     c.max_new_tokens, c.data.train_examples, c.eval.num_examples = 5, 2, 1
-    train, evals = load(c, tok)
+    logged = []
+    train, evals = load(c, tok, logged.append)
+    # Reads no more records than it keeps, and counts what it cut.
+    assert (
+        "kept 2 of 2 records (0 bad, 2 completions truncated to max_completion_len=5, 2 "
+        "prompts cut to their last max_prompt_len tokens)" in logged[0]
+    )
     eos = tok.eos_token_id
     assert train.prompt_ids[0] == [*ids(tok, "summarize: " + XSUM[0]["document"]), eos][-12:]
     assert train.completion_ids[0] == ids(tok, "A cat sat.")[:5]  # cut: no EOS

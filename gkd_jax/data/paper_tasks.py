@@ -191,7 +191,10 @@ def tokenize_records(
     report = DataReport(source=source, max_completion_len=max_completion_len)
     examples = []
     recs = iter(recs)
-    while len(examples) < limit and (chunk := list(itertools.islice(recs, _CHUNK))):
+    # Never read (or tokenize) far past `limit`: a cap of 500 eval examples reads ~500 records.
+    while len(examples) < limit and (
+        chunk := list(itertools.islice(recs, min(_CHUNK, limit - len(examples))))
+    ):
         formatted = []
         for loc, rec in chunk:
             report.read += 1
