@@ -267,6 +267,30 @@ def test_host_rows_and_batches_split_a_batch(fresh):
         np.testing.assert_array_equal(np.concatenate(parts), next(whole)["x"])
 
 
+# ---------------------------------------------------------------------------- launch scripts
+def test_tpu_vm_script_dry_run():
+    """DRY_RUN=1 prints the gcloud commands: every worker starts the same training command."""
+    env = dict(os.environ, DRY_RUN="1", TPU_NAME="t1", ZONE="z1", ACCELERATOR_TYPE="v5p-16")
+    script = os.path.join(REPO, "launch", "tpu_vm.sh")
+
+    def dry(*args):
+        out = subprocess.run([script, *args], env=env, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    assert "tpu-vm create t1 --zone=z1 --accelerator-type=v5p-16" in dry("create")
+    assert "tpu-vm delete t1 --zone=z1 --quiet" in dry("delete")
+    run = dry("run", "--config=configs/arith.py", "--workdir=/mnt/x")
+    assert "tpu-vm ssh t1 --zone=z1 --worker=all" in run
+    assert r"python3\ -m\ gkd_jax.train\ --config=configs/arith.py\ --workdir=/mnt/x" in run
+    assert subprocess.run([script, "bogus"], env=env, capture_output=True).returncode == 2
+
+
+def test_gpu_cluster_script_parses():
+    sbatch = os.path.join(REPO, "launch", "gpu_cluster.sbatch")
+    assert subprocess.run(["bash", "-n", sbatch], timeout=30).returncode == 0
+
+
 if __name__ == "__main__":
     distributed.initialize_from_env()  # before anything touches a device
     worker(sys.argv[1], num_devices=4)
