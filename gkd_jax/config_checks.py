@@ -3,20 +3,29 @@ compilation or data loading starts."""
 
 from __future__ import annotations
 
+import math
+
 import jax
 import ml_collections
 
+from gkd_jax.beam_search import LENGTH_PENALTIES
 from gkd_jax.data import paper_tasks
 from gkd_jax.data.chat import PROMPT_OVERFLOW
 from gkd_jax.data.sources import SOURCES
 from gkd_jax.data.tasks import TASKS
+from gkd_jax.evaluation import DECODINGS
 from gkd_jax.losses import DIVERGENCES, REDUCTIONS
 from gkd_jax.models import COMPUTE_DTYPES
 from gkd_jax.models.hf import SAVE_DTYPES, is_hf_source
 from gkd_jax.optim import OPTIMIZERS, SCHEDULES
 from gkd_jax.schedules import LMBDA_SCHEDULES
+from gkd_jax.sharding import mesh_shape
 
 OBJECTIVES = ("gkd", "sft")
+# How the GKD loss is computed (trainer.loss_sum_count); the memory-lean forms are generalized
+# JSDs (loss_forms.py), so they take the divergences that are one.
+LOSS_IMPLS = ("full", "chunked", "fused")
+LOSS_FORM_DIVERGENCES = ("jsd", "fkl", "rkl")
 LMBDA_MODES = ("batch", "example")
 
 
@@ -91,6 +100,7 @@ def validate_config(config: ml_collections.ConfigDict, *, vocab_size: int | None
     if config.eval.batch_size % devices:
         _fail("eval.batch_size", config.eval.batch_size, f"must be divisible by {devices} devices")
     _one_of("sft_reduction", config.sft_reduction, REDUCTIONS)
+    mesh_shape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices)
     _integer_at_least("max_nonfinite_steps", config.max_nonfinite_steps, 1)
     _integer_at_least("stop_after_steps", config.stop_after_steps, 0, "(0 = off)")
     every = config.checkpoint.every_steps
@@ -105,6 +115,15 @@ def validate_config(config: ml_collections.ConfigDict, *, vocab_size: int | None
         _one_of("gkd.lmbda_schedule", g.lmbda_schedule, LMBDA_SCHEDULES)
         _one_of("gkd.reduction", g.reduction, REDUCTIONS)
         _one_of("gkd.lmbda_mode", g.lmbda_mode, LMBDA_MODES)
+        _one_of("gkd.loss_impl", g.loss_impl, LOSS_IMPLS)
+        if g.loss_impl != "full" and g.divergence not in LOSS_FORM_DIVERGENCES:
+            _fail(
+                "gkd.loss_impl",
+                g.loss_impl,
+                f"supports gkd.divergence in {list(LOSS_FORM_DIVERGENCES)} only, not "
+                f"{g.divergence!r}: use loss_impl='full'",
+            )
+        _integer_at_least("gkd.loss_chunk", g.loss_chunk, 0, "(0 = default)")
         hf = is_hf_source(config.teacher.checkpoint) or is_hf_source(config.init.checkpoint)
         if not hf and config.teacher.model.vocab_size != config.model.vocab_size:
             _fail(
@@ -124,10 +143,21 @@ def validate_config(config: ml_collections.ConfigDict, *, vocab_size: int | None
     for field in ("data.strict", "export.hf", "gkd.seq_kd"):
         _boolean(field, _get(config, field))
     _one_of("data.prompt_overflow", config.data.prompt_overflow, PROMPT_OVERFLOW)
+    _one_of("data.source", config.data.source, ("", *SOURCES))
+    if config.task in paper_tasks.DATASETS:
+        paper_tasks.check_config(config)  # source vs train_file / eval_file
     for field in ("seed", "data.eval_seed", "optim.warmup_steps", "eval.every_steps"):
         _integer_at_least(field, _get(config, field), 0)
     for field in ("data.train_examples", "eval.num_examples", "eval.batch_size"):
         _integer_at_least(field, _get(config, field), 1)
+    e = config.eval
+    _one_of("eval.decoding", e.decoding, DECODINGS)
+    _integer_at_least("eval.beam_size", e.beam_size, 1)
+    lp = e.length_penalty
+    if isinstance(lp, bool) or not isinstance(lp, int | float) or not math.isfinite(lp):
+        _fail("eval.length_penalty", lp, "must be a finite number (0 = no length penalty)")
+    _one_of("eval.length_penalty_form", e.length_penalty_form, LENGTH_PENALTIES)
+    _positive("eval.temperature", e.temperature)
     if not isinstance(config.sampling.top_k, int) or isinstance(config.sampling.top_k, bool):
         _fail("sampling.top_k", config.sampling.top_k, "must be an integer >= 0 (0 = off)")
     o = config.optim
@@ -139,9 +169,6 @@ def validate_config(config: ml_collections.ConfigDict, *, vocab_size: int | None
         _fail("optim.grad_clip", o.grad_clip, "must be >= 0 (0 = no clipping)")
     _one_of("optim.name", o.name, OPTIMIZERS)
     _one_of("optim.schedule", o.schedule, SCHEDULES)
-    _one_of("data.source", config.data.source, ("", *SOURCES))
-    if config.task in paper_tasks.DATASETS:
-        paper_tasks.check_config(config)  # source vs train_file / eval_file
     _integer_at_least("optim.cooldown_steps", o.cooldown_steps, 0, "(0 = no cooldown)")
     if o.cooldown_steps > config.steps:
         _fail("optim.cooldown_steps", o.cooldown_steps, f"must be <= steps ({config.steps})")

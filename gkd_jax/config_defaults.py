@@ -71,6 +71,13 @@ def base_config() -> ml_collections.ConfigDict:
     # masks are a function of (seed, step), so a resumed run draws the same ones.
     c.dropout_rate = 0.0
 
+    # Device mesh (gkd_jax/sharding.py): batch rows over data x fsdp, parameters and optimizer
+    # state over fsdp (ZeRO-3) and tensor (Megatron). -1: the devices the other axes leave.
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+
     # Train-state checkpoints in WORKDIR/checkpoints (params, optimizer state, step); a run
     # restarted on the same workdir resumes from the latest one, bit for bit.
     c.checkpoint = ml_collections.ConfigDict()
@@ -103,6 +110,13 @@ def base_config() -> ml_collections.ConfigDict:
     # Evaluate every N steps too (0 = only at the start and the end); the best student so far is
     # kept in WORKDIR/best_model.
     c.eval.every_steps = 0
+    # How evaluation decodes (in training and `python -m gkd_jax.evaluate`): "greedy", "beam"
+    # (gkd_jax/beam_search.py) or "sample" (at eval.temperature).
+    c.eval.decoding = "greedy"
+    c.eval.beam_size = 4
+    c.eval.length_penalty = 0.6  # beam: scores / penalty(length) with this alpha
+    c.eval.length_penalty_form = "t5x"  # ((5 + len) / 6) ** alpha; "hf": len ** alpha
+    c.eval.temperature = 1.0  # "sample" only
 
     c.model = model_config()  # the model being trained (the student)
     c.init = model_source()  # where the trained model starts; empty: random init
@@ -122,6 +136,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.gkd.reduction = "sequence"  # "sequence" (paper) or "token" (TRL)
     c.gkd.teacher_temperature = 1.0  # softmax temperature of the teacher inside the loss
     c.gkd.loss_temperature = 1.0  # divides both models' logits inside the loss (TRL's)
+    # How the loss is computed (README "Sharding"): "full" holds [B, N, V] logits of both models;
+    # "chunked" scores loss_chunk positions at a time from them; "fused" never materializes them
+    # (from hidden states and the output head). With mesh.tensor > 1 the last two run
+    # vocabulary-parallel. chunked/fused: divergences jsd/fkl/rkl.
+    c.gkd.loss_impl = "full"
+    c.gkd.loss_chunk = 0  # positions per chunk per device; 0 = loss_forms.default_chunk
 
     c.sampling = ml_collections.ConfigDict()  # on-policy (and seq_kd) sampling only
     c.sampling.temperature = 1.0

@@ -10,6 +10,7 @@ row's tokens.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -55,7 +56,7 @@ class _DecodeState:
     logits: jax.Array  # [B, V] float32, the next token's logits
     done: jax.Array  # [B] bool
     state: Any  # the model family's decoding state (KV cache, ...)
-    rng: jax.Array
+    rng: jax.Array  # [2] uint32 key_words; step s draws its noise with counter s
 
 
 def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
@@ -75,14 +76,59 @@ def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
     return logits
 
 
-def choose_tokens(logits: jax.Array, rng: jax.Array, cfg: SamplingConfig) -> jax.Array:
-    """Next token per row from [B, V] logits: greedy, or temperature / top-k / top-p sampling."""
+# ---------------------------------------------------------------- Gumbel noise in one fused kernel
+# jax.random lowers Threefry on CPU as a rolled 5-iteration while loop: inside the decode loop
+# that is ~10 small kernels per random call and, with the step's key split, the largest cost of
+# a small model's decode step. The same hash written out here fuses with the sampling arithmetic.
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def threefry2x32(k1: jax.Array, k2: jax.Array, x1: jax.Array, x2: jax.Array):
+    """Threefry-2x32 (20 rounds; Salmon et al. 2011, JAX's PRNG hash) of counters (x1, x2) under
+    key (k1, k2); uint32 arrays of one shape (or broadcastable) -> two uint32 arrays."""
+    ks = (k1, k2, k1 ^ k2 ^ jnp.uint32(0x1BD11BDA))
+    x1, x2 = x1 + ks[0], x2 + ks[1]
+    for i in range(5):
+        for r in _ROTATIONS[i % 2]:
+            x1 = x1 + x2
+            x2 = (x2 << jnp.uint32(r)) | (x2 >> jnp.uint32(32 - r))
+            x2 = x1 ^ x2
+        x1 = x1 + ks[(i + 1) % 3]
+        x2 = x2 + ks[(i + 2) % 3] + jnp.uint32(i + 1)
+    return x1, x2
+
+
+def gumbel_noise(key_words: jax.Array, counter: jax.Array, shape: tuple[int, int]) -> jax.Array:
+    """Standard Gumbel noise [B, V] float32, a pure function of (key_words [2] uint32, counter
+    [] uint32, position): each decode step passes its own counter, so no key is split per step."""
+    rows = jax.lax.broadcasted_iota(jnp.uint32, shape, 0)  # [B, V]
+    cols = jax.lax.broadcasted_iota(jnp.uint32, shape, 1)
+    hi = counter.astype(jnp.uint32) * jnp.uint32(shape[0]) + rows  # (step, row): unique per row
+    b1, b2 = threefry2x32(key_words[0], key_words[1], hi, cols)
+    # 24 random bits -> the open interval (0, 1): no log(0) at either end.
+    u = ((b1 ^ b2) >> jnp.uint32(8)).astype(jnp.float32) * 2.0**-24 + 2.0**-25
+    return -jnp.log(-jnp.log(u))
+
+
+def key_words(rng: jax.Array) -> jax.Array:
+    """Two uint32 words [2] drawn from a JAX key (any PRNG implementation): the noise's key."""
+    return jax.random.bits(rng, (2,), jnp.uint32)
+
+
+def choose_tokens(
+    logits: jax.Array, rng: jax.Array, cfg: SamplingConfig, counter: jax.Array | int = 0
+) -> jax.Array:
+    """Next token per row from [B, V] logits: greedy, or temperature / top-k / top-p sampling
+    (Gumbel-max: argmax(logits + Gumbel noise) is a draw from softmax(logits)). `rng` is a JAX
+    key, or its `key_words` (the decode loop's, with the step as `counter`)."""
     if cfg.vocab_size:
         logits = logits[:, : cfg.vocab_size]
     if cfg.temperature == 0.0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
-    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+    words = rng if rng.dtype == jnp.uint32 else key_words(rng)
+    noise = gumbel_noise(words, jnp.asarray(counter, jnp.uint32), logits.shape)  # [B, V]
+    return jnp.argmax(logits + noise, axis=-1).astype(jnp.int32)
 
 
 class Decoding(NamedTuple):
@@ -153,13 +199,15 @@ def sample(
         return (s.step < n) & ~jnp.all(s.done)
 
     def body(s: _DecodeState):
-        rng, key = jax.random.split(s.rng)
-        tok = jnp.where(s.done, cfg.pad_id, choose_tokens(s.logits, key, cfg))  # [B]
+        tok = choose_tokens(s.logits, s.rng, cfg, counter=s.step)  # [B]
+        tok = jnp.where(s.done, cfg.pad_id, tok)
         tokens = s.tokens.at[:, s.step].set(tok)
         mask = s.mask.at[:, s.step].set(~s.done)
         done = s.done | jnp.isin(tok, stop_ids)
         logits, state = decoding.step(params, tok, s.step, s.state)
-        return _DecodeState(s.step + 1, tokens, mask, logits.astype(jnp.float32), done, state, rng)
+        return _DecodeState(
+            s.step + 1, tokens, mask, logits.astype(jnp.float32), done, state, s.rng
+        )
 
     init = _DecodeState(
         step=jnp.zeros((), jnp.int32),
@@ -168,16 +216,23 @@ def sample(
         logits=logits.astype(jnp.float32),
         done=jnp.zeros((b,), bool),
         state=state,
-        rng=rng,
+        rng=key_words(rng),
     )
     final = jax.lax.while_loop(cond, body, init)
     return SampleOutput(final.tokens, final.mask, prompt_len, final.step)
 
 
-def make_sampler(decoding: Decoding, cfg: SamplingConfig) -> Callable:
-    """Jitted `sampler(params, prompt, prompt_mask, rng) -> SampleOutput`, one compile per shape."""
+def make_sampler(decoding: Decoding, cfg: SamplingConfig, *, rows=None) -> Callable:
+    """Jitted `sampler(params, prompt, prompt_mask, rng) -> SampleOutput`, one compile per shape.
 
-    @jax.jit
+    `rows`: a sharding for the [B, ...] outputs (sharding.batch_sharding), so that decoding
+    keeps each row on the devices that hold its prompt rather than replicating the batch."""
+    out_shardings = None
+    if rows is not None:
+        whole = jax.sharding.NamedSharding(rows.mesh, jax.sharding.PartitionSpec())
+        out_shardings = SampleOutput(rows, rows, rows, whole)
+
+    @functools.partial(jax.jit, out_shardings=out_shardings)
     def sampler(params, prompt, prompt_mask, rng):
         return sample(decoding, params, prompt, prompt_mask, rng, cfg)
 

@@ -501,8 +501,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     samplers = {}
     if teacher is not None:
-        samplers["student"] = make_sampler(student_fns.decoding, sampling)
-        samplers["teacher"] = make_sampler(teacher_fns.decoding, sampling)
+        samplers["student"] = make_sampler(student_fns.decoding, sampling, rows=rows)
+        samplers["teacher"] = make_sampler(teacher_fns.decoding, sampling, rows=rows)
     train_step = make_train_step(
         config, student_fns, teacher_fns, tx, mesh=mesh, state_shardings=state_shardings,
         teacher_shardings=teacher_shardings,
@@ -538,16 +538,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     config, step, samplers, state["params"], teacher_params, base_key,
                     prompt, prompt_mask, completion, completion_mask,
                 )  # fmt: skip
-            state, m = train_step(
-                state,
-                teacher_params,
-                dict(
-                    prompt=prompt,
-                    prompt_mask=prompt_mask,
-                    completion=completion,
-                    completion_mask=completion_mask,
-                ),
+            batch = dict(
+                prompt=prompt,
+                prompt_mask=prompt_mask,
+                completion=completion,
+                completion_mask=completion_mask,
             )
+            # The step is compiled for rows over data x fsdp: a no-op for rows placed so.
+            state, m = train_step(state, teacher_params, jax.device_put(batch, rows))
             done = step + 1
             on_policy_window.append(on_policy_frac)
             # One scalar read per step: the next step samples from these parameters anyway.

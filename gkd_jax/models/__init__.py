@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +11,7 @@ from flax import nnx
 
 from gkd_jax.models.decoder import Decoder, DecoderConfig
 from gkd_jax.models.hf import load_pretrained, save_pretrained
-from gkd_jax.models.lm import LMFunctions, causal_lm_functions
+from gkd_jax.models.lm import LMFunctions, causal_lm_functions, causal_lm_hidden
 
 # Compute dtypes by config name; parameters are always kept in float32.
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -33,7 +34,15 @@ def functional_lm(model: nnx.Module) -> tuple[Any, LMFunctions]:
     """(params, LMFunctions) for a model of any family: what the trainer and sampler use."""
     if isinstance(model, Decoder):
         params, apply_fn, init_cache = functional(model)
-        return params, causal_lm_functions(apply_fn, init_cache, model.cfg.vocab_size)
+        fns = causal_lm_functions(apply_fn, init_cache, model.cfg.vocab_size)
+        graphdef = nnx.graphdef(model)
+        hidden = causal_lm_hidden(lambda p, *a: nnx.merge(graphdef, p).hidden_states(*a)[0])
+        return params, dataclasses.replace(
+            fns,
+            hidden=hidden,
+            unembedding=lambda p: nnx.merge(graphdef, p).unembedding(),
+            final_softcap=model.cfg.final_softcap,
+        )
     from gkd_jax.models.t5 import t5_functions
 
     return t5_functions(model)

@@ -343,6 +343,27 @@ class Decoder(nnx.Module):
         cache_index: jax.Array | int | None = None,
     ) -> tuple[jax.Array, Cache | None]:
         cfg = self.cfg
+        x, new_cache = self.hidden_states(tokens, positions, mask, cache, cache_index)
+        if cfg.tie_embeddings:
+            logits = dense(self.embed_tokens.attend, x)
+        else:
+            logits = dense(self.lm_head, x)
+        logits = logits.astype(jnp.float32)  # [B, T, V]
+        if cfg.final_softcap is not None:
+            logits = softcap(logits, cfg.final_softcap)
+        return logits, new_cache
+
+    def hidden_states(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array,
+        mask: jax.Array,
+        cache: Cache | None = None,
+        cache_index: jax.Array | int | None = None,
+    ) -> tuple[jax.Array, Cache | None]:
+        """`forward` up to the output head: final-normed hidden states [B, T, D] (what the fused
+        loss multiplies by `unembedding()` chunk by chunk), and the cache."""
+        cfg = self.cfg
         x = self.embed_tokens(tokens)  # [B, T, D]
         if cfg.scale_embeddings:
             # In the compute dtype, as HF: bfloat16 rounds sqrt(3072) to 55.5, and Gemma was
@@ -353,15 +374,14 @@ class Decoder(nnx.Module):
             x, c = layer(x, positions, mask, None if cache is None else cache[i], cache_index)
             if cache is not None:
                 new_cache.append(c)
-        x = self.norm(x)
-        if cfg.tie_embeddings:
-            logits = dense(self.embed_tokens.attend, x)
-        else:
-            logits = dense(self.lm_head, x)
-        logits = logits.astype(jnp.float32)  # [B, T, V]
-        if cfg.final_softcap is not None:
-            logits = softcap(logits, cfg.final_softcap)
-        return logits, new_cache
+        return self.norm(x), new_cache
+
+    def unembedding(self) -> jax.Array:
+        """The output head as [D, V] in the compute dtype: logits = hidden_states @ this (then
+        cfg.final_softcap)."""
+        if self.cfg.tie_embeddings:
+            return self.embed_tokens.embedding[...].T.astype(self.dtype)
+        return self.lm_head.kernel[...].astype(self.dtype)
 
 
 def causal_mask(valid: jax.Array) -> jax.Array:

@@ -19,7 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
+from gkd_jax import sharding
 from gkd_jax.models.decoder import Decoder, DecoderConfig
 from gkd_jax.models.safetensors_io import SafetensorsReader, write_safetensors
 
@@ -128,12 +130,16 @@ def _check_params(loaded: dict, abstract: dict, source: str) -> None:
         )
 
 
-def load_pretrained(name_or_path: str, *, dtype=jnp.float32, param_dtype=jnp.float32):
+def load_pretrained(
+    name_or_path: str, *, dtype=jnp.float32, param_dtype=jnp.float32, mesh: Mesh | None = None
+):
     """Our NNX model with the weights of a Hugging Face checkpoint directory (or hub id).
 
     `dtype` is the compute dtype; parameters are stored in `param_dtype` (float32 for training).
     Decoder-only: `model(input_ids, attention_mask=...)`; T5: `model(input_ids, attention_mask=...,
-    decoder_input_ids=...)`; both return logits [B, T, V].
+    decoder_input_ids=...)`; both return logits [B, T, V]. With `mesh`, each tensor goes from
+    the memory-mapped file straight to its sharding (gkd_jax/sharding.py rules): no device
+    holds a whole parameter that the rules split.
     """
     path = resolve_model_dir(name_or_path)
     if not is_hf_model_dir(path):
@@ -149,7 +155,13 @@ def load_pretrained(name_or_path: str, *, dtype=jnp.float32, param_dtype=jnp.flo
     reader = SafetensorsReader(path)
     loaded = family.params_from_hf(cfg, reader.get, reader.names)
     _check_params(loaded, abstract, path)
-    loaded = jax.tree.map(lambda x, a: jnp.asarray(x, a.dtype), loaded, abstract)
+    if mesh is None:
+        loaded = jax.tree.map(lambda x, a: jnp.asarray(x, a.dtype), loaded, abstract)
+    else:  # one host tensor at a time, each device sent only its slice
+        targets = sharding.tree_shardings(abstract, mesh)
+        loaded = jax.tree.map(
+            lambda x, a, s: jax.device_put(np.asarray(x, a.dtype), s), loaded, abstract, targets
+        )
     nnx.replace_by_pure_dict(state, loaded)
     nnx.update(model, state)
     return model

@@ -25,11 +25,18 @@ class LMFunctions:
         -> logits [B, N, V] float32; row n predicts completion token n given the prompt and the
         completion tokens before it. Prompts are left-padded, completions right-padded.
     decoding: prefill/step for the sampler.
+    hidden, unembedding, final_softcap: optional, for the fused loss (loss_forms.fused_jsd_loss,
+        which never holds [B, N, V]): hidden(params, prompt, prompt_mask, completion,
+        completion_mask) -> [B, N, D] final hidden states of score's positions, unembedding(params)
+        -> [D, V], and score's logits = softcap(hidden @ unembedding, final_softcap) (None: none).
     """
 
     score: Callable
     decoding: Decoding
     vocab_size: int
+    hidden: Callable | None = None
+    unembedding: Callable | None = None
+    final_softcap: float | None = None
 
 
 def causal_lm_functions(apply_fn: Callable, init_cache: Callable, vocab_size: int) -> LMFunctions:
@@ -43,6 +50,20 @@ def causal_lm_functions(apply_fn: Callable, init_cache: Callable, vocab_size: in
         return logits[:, p - 1 : p + n - 1].astype(jnp.float32)  # position t predicts t + 1
 
     return LMFunctions(score, causal_lm_decoding(apply_fn, init_cache), vocab_size)
+
+
+def causal_lm_hidden(hidden_fn: Callable) -> Callable:
+    """LMFunctions.hidden of a decoder-only model from hidden_fn(params, tokens, positions, mask)
+    -> [B, T, D]: the rows `score` takes logits of."""
+
+    def hidden(params, prompt, prompt_mask, completion, completion_mask):
+        p, n = prompt.shape[1], completion.shape[1]
+        tokens = jnp.concatenate([prompt, completion], axis=1)  # [B, P+N]
+        valid = jnp.concatenate([prompt_mask, completion_mask], axis=1).astype(bool)
+        x = hidden_fn(params, tokens, positions_from_mask(valid), causal_mask(valid))
+        return x[:, p - 1 : p + n - 1]  # [B, N, D]
+
+    return hidden
 
 
 def shared_vocab_logits(logits: jax.Array, vocab_size: int) -> jax.Array:
