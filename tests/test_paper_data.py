@@ -204,32 +204,47 @@ def test_tfds_reads_the_real_builder_features(tok):
     assert all(isinstance(r, str) and r for r in train.references)
 
 
-def test_tfds_reads_a_prepared_array_record_copy(tok, tmp_path):
-    # A real TFDS dataset on disk (no mock, no TensorFlow): built by a builder of xsum's features.
+def xsum_like_builder(tfds, class_name: str):
+    """A TFDS builder of xsum's features over XSUM (validation: its last record); TFDS registers
+    it as the snake_case of `class_name`."""
+
+    def _info(self):
+        text = tfds.features.Text()
+        features = tfds.features.FeaturesDict({"document": text, "summary": text})
+        return tfds.core.DatasetInfo(builder=self, features=features)
+
+    def _split_generators(self, dl_manager):
+        return {
+            "train": self._generate_examples(XSUM),
+            "validation": self._generate_examples([XSUM[2]]),
+        }
+
+    def _generate_examples(self, records):
+        yield from enumerate(records)
+
+    body = dict(
+        VERSION=tfds.core.Version("1.0.0"),
+        _info=_info,
+        _split_generators=_split_generators,
+        _generate_examples=_generate_examples,
+    )
+    return type(class_name, (tfds.core.GeneratorBasedBuilder,), body)
+
+
+@pytest.mark.parametrize("file_format", ["array_record", "tfrecord"])
+def test_tfds_reads_a_prepared_copy(tok, tmp_path, file_format):
+    # A real TFDS dataset on disk, no mock. array_record: read without TensorFlow; tfrecord (TFDS's
+    # default format) needs TensorFlow to write and read.
     tfds = pytest.importorskip("tensorflow_datasets")
-
-    class GkdTestXsum(tfds.core.GeneratorBasedBuilder):
-        VERSION = tfds.core.Version("1.0.0")
-
-        def _info(self):
-            text = tfds.features.Text()
-            features = tfds.features.FeaturesDict({"document": text, "summary": text})
-            return tfds.core.DatasetInfo(builder=self, features=features)
-
-        def _split_generators(self, dl_manager):
-            return {
-                "train": self._generate_examples(XSUM),
-                "validation": self._generate_examples([XSUM[2]]),
-            }
-
-        def _generate_examples(self, records):
-            yield from enumerate(records)
-
+    if file_format == "tfrecord":
+        pytest.importorskip("tensorflow")
+    name = f"gkd_test_{file_format}_xsum"
+    builder = xsum_like_builder(tfds, f"GkdTest{file_format.title().replace('_', '')}Xsum")
     data_dir = str(tmp_path / "tfds")
-    GkdTestXsum(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    builder(data_dir=data_dir, file_format=file_format).download_and_prepare()
     c = jsonl_config("xsum", tmp_path, XSUM, evals=[XSUM[2]])
     expected = load(c, tok)
-    c.data.source, c.data.dataset, c.data.data_dir = "tfds", "gkd_test_xsum", data_dir
+    c.data.source, c.data.dataset, c.data.data_dir = "tfds", name, data_dir
     c.data.train_file = c.data.eval_file = ""
     got = load(c, tok)
     # TFDS shuffles examples by key hash when preparing: compare as sets of rows.
