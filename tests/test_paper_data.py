@@ -176,6 +176,30 @@ def test_every_source_gives_the_same_splits(tok, tmp_path, task):
     assert jsonl[1].prompt_ids[0] == jsonl[0].prompt_ids[-1]  # eval is the reversed records
 
 
+@pytest.mark.parametrize(
+    "task, hub_args",
+    [
+        ("xsum", [("EdinburghNLP/xsum", None, "train"), ("EdinburghNLP/xsum", None, "validation")]),
+        ("wmt_en_de", [("wmt/wmt14", "de-en", "train"), ("wmt/wmt14", "de-en", "validation")]),
+        ("gsm8k", [("openai/gsm8k", "main", "train"), ("openai/gsm8k", "main", "test")]),
+    ],
+)
+def test_hf_hub_defaults(tok, monkeypatch, task, hub_args):
+    # The hub ids and configs each task asks `datasets.load_dataset` for (no download here).
+    datasets = pytest.importorskip("datasets")
+    calls = []
+
+    def load_dataset(name, config, split):
+        calls.append((name, config, split))
+        return datasets.Dataset.from_list(hf_rows(task, RECORDS[task]))
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    c = base_config()
+    c.task, c.data.source, c.data.max_prompt_len, c.max_new_tokens = task, "hf", 2048, 256
+    load(c, tok)
+    assert calls == hub_args
+
+
 def test_hf_dir_without_splits_is_an_error(tok, tmp_path):
     datasets = pytest.importorskip("datasets")
     datasets.Dataset.from_list(XSUM).save_to_disk(str(tmp_path / "one"))
