@@ -1,0 +1,234 @@
+"""Evaluate a checkpoint on a task split: decode, score, write predictions and metrics.
+
+    python -m gkd_jax.evaluate --config=configs/arith.py --checkpoint=/tmp/gkd-arith \\
+        [--split=eval] [--out=DIR] [--num_examples=N] [--config.eval.decoding=beam]
+
+--checkpoint: our model dir (WORKDIR/model, WORKDIR/best_model, `builtin:arith/student_sft`), a
+workdir (its model/), or a Hugging Face directory (or hub id). The config gives the task, its
+data, max_new_tokens, data.max_prompt_len and eval.* (decoding, beam_size, length_penalty,
+batch_size); the checkpoint alone gives the model. Writes OUT/predictions.jsonl (one
+{"prompt", "prediction", "reference"} per example) and OUT/metrics.json, and prints a table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from gkd_jax import checkpoint, distributed, sharding
+from gkd_jax.config_checks import validate_config
+from gkd_jax.data import pipeline
+from gkd_jax.data.char_tokenizer import build_char_tokenizer, load_tokenizer
+from gkd_jax.data.hf_tokenizer import load_hf_tokenizer, stop_ids
+from gkd_jax.data.tasks import get_task
+from gkd_jax.evaluation import describe_decoding, make_eval_decoder, task_scores
+from gkd_jax.models import COMPUTE_DTYPES, functional_lm
+from gkd_jax.models.hf import is_hf_source, load_pretrained, resolve_model_dir
+from gkd_jax.resources import resolve_path
+from gkd_jax.trainer import check_token_ids, decode_split
+
+SPLITS = ("eval", "train")
+MODEL_DIRS = ("model", "best_model")  # where a workdir keeps our checkpoints
+
+
+def log(msg: str) -> None:
+    if distributed.is_main_process():
+        print(msg, flush=True)
+
+
+def locate_checkpoint(spec: str) -> tuple[str, str, str | None]:
+    """(kind "ours" | "hf", model path or hub id, the workdir it belongs to or None)."""
+    if not spec:
+        raise ValueError("--checkpoint is empty: pass a model dir, a workdir or a HF directory")
+    if is_hf_source(spec):
+        path = resolve_model_dir(spec)
+        parent = os.path.dirname(path)
+        return "hf", path, parent if os.path.basename(path) == "hf_model" else None
+    path = resolve_path(spec)
+    if checkpoint.has_model(path):
+        parent = os.path.dirname(path)
+        return "ours", path, parent if os.path.basename(path) in MODEL_DIRS else None
+    if checkpoint.has_model(os.path.join(path, "model")):
+        return "ours", os.path.join(path, "model"), path
+    what = "exists but holds" if os.path.isdir(path) else "does not exist:"
+    raise FileNotFoundError(
+        f"--checkpoint={spec}: {path} {what} no model. Pass our model directory "
+        f"({checkpoint.CONFIG_FILE} + params/, e.g. WORKDIR/model or WORKDIR/best_model), a "
+        "training workdir (its model/ is used), or a Hugging Face directory with config.json."
+    )
+
+
+def load_model(kind: str, path: str, spec: str, dtype):
+    try:
+        if kind == "hf":
+            return load_pretrained(path, dtype=dtype)
+        return checkpoint.load_model(path, dtype=dtype)
+    except (ValueError, KeyError) as e:  # unknown family, missing tensors, bad shapes
+        raise ValueError(f"--checkpoint={spec}: cannot load the model at {path}: {e}") from e
+
+
+def tokenizer_for(config, kind: str, path: str, workdir: str | None, out: str):
+    """(tokenizer, stop ids): config.tokenizer; else the HF checkpoint's own; else the char
+    tokenizer of the checkpoint's workdir; else the task's character tokenizer, built in OUT."""
+    if config.tokenizer:
+        source = config.tokenizer
+        source = resolve_path(source) if source.startswith("builtin:") else source
+        tokenizer = load_hf_tokenizer(source)
+        dirs = [resolve_model_dir(source)] + ([path] if kind == "hf" else [])
+        return tokenizer, stop_ids(tokenizer, *dirs)
+    if kind == "hf" and os.path.exists(os.path.join(path, "tokenizer_config.json")):
+        tokenizer = load_hf_tokenizer(path)
+        return tokenizer, stop_ids(tokenizer, path)
+    saved = os.path.join(workdir or "", "tokenizer")
+    if workdir and os.path.exists(os.path.join(saved, "tokenizer.json")):
+        tokenizer = load_tokenizer(saved)
+    else:
+        tokenizer = build_char_tokenizer(os.path.join(out, "tokenizer"))
+    return tokenizer, (tokenizer.eos_token_id,)
+
+
+def default_out(workdir: str | None, split: str) -> str:
+    return os.path.join(workdir or os.getcwd(), f"eval_{split}")
+
+
+def evaluate_checkpoint(
+    config: ml_collections.ConfigDict,
+    spec: str,
+    *,
+    split: str = "eval",
+    out: str | None = None,
+    num_examples: int | None = None,
+) -> dict[str, Any]:
+    """Decode `split` of config.task with the model at `spec` (config.eval.decoding); write
+    OUT/predictions.jsonl and OUT/metrics.json; return the metrics.json content."""
+    if split not in SPLITS:
+        raise ValueError(f"--split={split!r}: choose one of {list(SPLITS)}")
+    if num_examples is not None and num_examples < 1:
+        raise ValueError(f"--num_examples={num_examples} must be >= 1")
+    kind, path, workdir = locate_checkpoint(spec)
+    out = os.path.abspath(out or default_out(workdir, split))
+    os.makedirs(out, exist_ok=True)
+    config = config.copy_and_resolve_references()  # the caller's stays as it was
+    if split == "eval":
+        # Tasks load both splits; data.train_examples caps the training one (arith generates,
+        # paper tasks tokenize that many), which evaluating the eval split does not need.
+        config.data.train_examples = 1
+        if num_examples is not None:
+            config.eval.num_examples = num_examples  # the task loads (or generates) that many
+    task = get_task(config.task)
+    tokenizer, stops = tokenizer_for(config, kind, path, workdir, out)
+    validate_config(config, vocab_size=len(tokenizer))
+    model = load_model(kind, path, spec, COMPUTE_DTYPES[config.dtype])
+    params, fns = functional_lm(model)
+    log(f"[evaluate] {type(model).__name__} from {path} ({fns.vocab_size} logits)")
+
+    train_split, eval_split = task.load(config, tokenizer, stops, log=log)
+    data_split = eval_split if split == "eval" else train_split
+    n = len(data_split.prompt_ids) if num_examples is None else num_examples
+    prompts, references = data_split.prompts[:n], data_split.references[:n]
+    data = pipeline.pack(
+        data_split.prompt_ids[:n],
+        data_split.completion_ids[:n],
+        max_prompt_len=config.data.max_prompt_len,
+        max_target_len=config.max_new_tokens,
+        pad_id=tokenizer.pad_token_id,
+    )
+    try:
+        check_token_ids(data, fns.vocab_size, split)
+    except ValueError as e:
+        raise ValueError(
+            f"--checkpoint={spec}: the model has {fns.vocab_size} logits, the tokenizer "
+            f"{len(tokenizer)} tokens: {e}. Is this the model the config's tokenizer was made "
+            "for (config.tokenizer)?"
+        ) from e
+
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    params = sharding.put(params, mesh)
+    decoder = make_eval_decoder(
+        fns.decoding, config, stop_ids=stops, pad_id=tokenizer.pad_token_id,
+        vocab_size=fns.vocab_size,
+    )  # fmt: skip
+    decoding = describe_decoding(config)
+    log(f"[evaluate] {n} {config.task} {split} examples, decoding: {decoding}")
+    start = time.time()
+
+    def progress(done: int, total: int) -> None:
+        log(f"[evaluate] {done}/{total} decoded ({time.time() - start:.1f}s)")
+
+    tokens, mask = decode_split(
+        decoder, params, data, config.eval.batch_size, mesh, seed=config.seed, progress=progress
+    )
+    pairs = zip(tokens, mask, strict=True)
+    texts = [tokenizer.decode(t[m], skip_special_tokens=True) for t, m in pairs]
+    scores = task_scores(task, texts, references)
+    seconds = time.time() - start
+    if not scores:
+        log(f"[evaluate] task {config.task!r} has no metric of its own (its {task.metric_name} "
+            "needs a teacher): predictions only")  # fmt: skip
+    summary = {
+        "checkpoint": path,
+        "task": config.task,
+        "split": split,
+        "examples": n,
+        "decoding": decoding,
+        "seconds": seconds,
+        "metrics": scores,
+    }
+    if distributed.is_main_process():
+        with open(os.path.join(out, "predictions.jsonl"), "w") as f:
+            for p, t, r in zip(prompts, texts, references, strict=True):
+                row = {"prompt": p, "prediction": t, "reference": r}
+                f.write(json.dumps(row, default=str) + "\n")
+        with open(os.path.join(out, "metrics.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    log(markdown_table(summary))
+    log(f"[evaluate] -> {out}/predictions.jsonl, {out}/metrics.json")
+    return summary
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    lines = ["| metric | value | examples | decoding | seconds |", "|---|---|---|---|---|"]
+    rows = summary["metrics"] or {"(none)": float("nan")}
+    for name, value in rows.items():
+        lines.append(
+            f"| {name} | {value:.4f} | {summary['examples']} | {summary['decoding']} | "
+            f"{summary['seconds']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def define_flags() -> None:
+    """The CLI's flags, defined only when run as a program: importing this module (tests, other
+    tools) adds nothing to absl's global flags (gkd_jax.export also has an --out)."""
+    config_flags.DEFINE_config_file(
+        "config", None, "Config file: task, data, max_new_tokens, eval.*.", lock_config=True
+    )
+    flags.DEFINE_string(
+        "checkpoint", None, "Our model dir, a workdir (its model/), or a Hugging Face directory."
+    )
+    flags.DEFINE_enum("split", "eval", list(SPLITS), "Which split of the task.")
+    flags.DEFINE_string("out", None, "Output dir (default: WORKDIR/eval_SPLIT or ./eval_SPLIT).")
+    flags.DEFINE_integer("num_examples", None, "Evaluate the first N examples only.")
+    flags.mark_flags_as_required(["config", "checkpoint"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO
+    distributed.initialize_from_env()
+    f = flags.FLAGS
+    evaluate_checkpoint(
+        f.config, f.checkpoint, split=f.split, out=f.out, num_examples=f.num_examples
+    )
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,169 @@
+"""`python -m gkd_jax.evaluate`: the CLI's accuracy on the shipped arith student equals one
+computed here independently (hand-padded prompts, the greedy sampler, arith.extract_answer), its
+files hold the right rows; bad checkpoints fail naming the fix; the trainer's evaluation follows
+config.eval.decoding."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from gkd_jax import checkpoint, trainer
+from gkd_jax.config_loading import load_config_file
+from gkd_jax.data import arith
+from gkd_jax.data.char_tokenizer import build_char_tokenizer
+from gkd_jax.evaluate import evaluate_checkpoint, locate_checkpoint
+from gkd_jax.models import DecoderConfig, build_decoder, functional_lm
+from gkd_jax.resources import resolve_path
+from gkd_jax.sampling import SamplingConfig, make_sampler
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARITH = os.path.join(ROOT, "configs", "arith.py")
+STUDENT = "builtin:arith/student_sft"
+
+
+def independent_greedy(config, n: int, tmp_path) -> tuple[list[str], list[int], float]:
+    """(predictions, answers, accuracy) of the shipped student on the first n test problems."""
+    tok = build_char_tokenizer(str(tmp_path / "ref_tokenizer"))
+    examples = arith.make_examples("test", n, config.data.eval_seed)
+    ids = tok([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
+    p = config.data.max_prompt_len
+    prompt = np.full((n, p), tok.pad_token_id, np.int32)
+    mask = np.zeros((n, p), bool)
+    for i, row in enumerate(ids):  # left-padded
+        prompt[i, p - len(row) :], mask[i, p - len(row) :] = row, True
+    params, fns = functional_lm(checkpoint.load_model(resolve_path(STUDENT)))
+    greedy = SamplingConfig(
+        config.max_new_tokens, 0.0, stop_ids=(tok.eos_token_id,), pad_id=tok.pad_token_id
+    )
+    out = make_sampler(fns.decoding, greedy)(params, prompt, mask, jax.random.key(0))
+    tokens, keep = np.asarray(out.tokens), np.asarray(out.mask)
+    texts = [tok.decode(t[m], skip_special_tokens=True) for t, m in zip(tokens, keep, strict=True)]
+    answers = [e.answer for e in examples]
+    hits = [arith.extract_answer(t) == a for t, a in zip(texts, answers, strict=True)]
+    return texts, answers, float(np.mean(hits))
+
+
+def check_outputs(out, n: int, tmp_path) -> None:
+    texts, answers, accuracy = independent_greedy(load_config_file(ARITH), n, tmp_path)
+    assert 0.2 < accuracy < 1.0  # the student is good but not perfect: a real comparison
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["metrics"] == {"accuracy": accuracy}
+    assert (metrics["examples"], metrics["split"], metrics["decoding"]) == (n, "eval", "greedy")
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    prompts = [e.prompt for e in arith.make_examples("test", n, 0)]
+    assert rows == [
+        {"prompt": p, "prediction": t, "reference": a}
+        for p, t, a in zip(prompts, texts, answers, strict=True)
+    ]
+
+
+def test_accuracy_equals_independent_greedy(tmp_path, capsys):
+    n, out = 32, tmp_path / "out"
+    config = load_config_file(ARITH)
+    config.eval.batch_size = 16
+    evaluate_checkpoint(config, STUDENT, out=str(out), num_examples=n)
+    printed = capsys.readouterr().out
+    assert "| accuracy |" in printed and f"{n // 2}/{n} decoded" in printed
+    check_outputs(out, n, tmp_path)
+
+
+@pytest.mark.slow
+def test_cli_subprocess_equals_independent_greedy(tmp_path):
+    n, out = 32, tmp_path / "out"
+    cmd = [
+        sys.executable, "-m", "gkd_jax.evaluate", f"--config={ARITH}", f"--checkpoint={STUDENT}",
+        f"--out={out}", f"--num_examples={n}", "--config.eval.batch_size=16",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| accuracy |" in proc.stdout
+    check_outputs(out, n, tmp_path)
+
+
+def fake_model_dir(path) -> str:
+    """What checkpoint.has_model looks for (no weights: locate_checkpoint does not read them)."""
+    os.makedirs(path / "params")
+    (path / checkpoint.CONFIG_FILE).write_text("{}")
+    return str(path)
+
+
+def test_checkpoint_paths_resolve_to_the_model_and_its_workdir(tmp_path):
+    model = fake_model_dir(tmp_path / "run" / "model")
+    best = fake_model_dir(tmp_path / "run" / "best_model")
+    run = str(tmp_path / "run")
+    assert locate_checkpoint(run) == ("ours", model, run)
+    assert locate_checkpoint(model) == ("ours", model, run)
+    assert locate_checkpoint(best) == ("ours", best, run)
+    assert locate_checkpoint(STUDENT) == ("ours", resolve_path(STUDENT), None)
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    assert locate_checkpoint(str(tmp_path / "hf")) == ("hf", str(tmp_path / "hf"), None)
+
+
+@pytest.mark.parametrize("make", ["missing", "empty_dir"])
+def test_missing_checkpoint_names_the_path_and_the_fix(tmp_path, make):
+    path = tmp_path / "run"
+    if make == "empty_dir":
+        path.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"--checkpoint=.*run.*WORKDIR/model"):
+        evaluate_checkpoint(load_config_file(ARITH), str(path), out=str(tmp_path / "out"))
+
+
+def test_wrong_vocabulary_fails_before_decoding(tmp_path):
+    small = DecoderConfig(
+        vocab_size=20, hidden_size=8, num_layers=1, num_heads=1, num_kv_heads=1,
+        intermediate_size=8,
+    )  # fmt: skip
+    checkpoint.save_model(str(tmp_path / "model"), build_decoder(small))
+    with pytest.raises(ValueError, match=r"20 logits, the tokenizer 99 tokens"):
+        evaluate_checkpoint(
+            load_config_file(ARITH), str(tmp_path), out=str(tmp_path / "out"), num_examples=8
+        )
+
+
+def test_unknown_model_family_names_the_checkpoint(tmp_path):
+    hf = tmp_path / "bert"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ValueError, match=r"--checkpoint=.*bert.*cannot load"):
+        evaluate_checkpoint(load_config_file(ARITH), str(hf), out=str(tmp_path / "out"))
+
+
+class Built(Exception):
+    pass
+
+
+def test_trainer_evaluation_follows_eval_decoding(tmp_path, monkeypatch):
+    seen = []
+
+    def record(decoding, config, **kw):
+        seen.append((config.eval.decoding, config.eval.beam_size, kw["vocab_size"]))
+        raise Built  # the wiring is what this test checks: stop before compiling
+
+    monkeypatch.setattr(trainer, "make_eval_decoder", record)
+    config = load_config_file(os.path.join(ROOT, "configs", "arith_student.py"))
+    config.data.train_examples, config.eval.num_examples = 64, 16
+    config.eval.decoding, config.eval.beam_size = "beam", 3
+    with pytest.raises(Built):
+        trainer.train_and_evaluate(config, str(tmp_path))
+    assert seen == [("beam", 3, config.model.vocab_size)]
+
+
+@pytest.mark.slow
+def test_trainer_and_cli_beam_scores_agree(tmp_path):
+    """One SFT step from the shipped student, evaluated with beam search by the trainer and then
+    by the CLI on WORKDIR/model: the same decoder on the same split gives the same accuracy."""
+    config = load_config_file(os.path.join(ROOT, "configs", "arith_student.py"))
+    config.init.checkpoint = STUDENT
+    config.steps, config.batch_size, config.data.train_examples = 1, 16, 64
+    config.eval.num_examples, config.eval.batch_size = 32, 16
+    config.eval.decoding, config.eval.beam_size, config.export.hf = "beam", 3, False
+    summary = trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    metrics = evaluate_checkpoint(config, str(tmp_path / "run"))
+    assert metrics["metrics"]["accuracy"] == summary["scores"]["final"]
+    assert os.path.exists(tmp_path / "run" / "eval_eval" / "predictions.jsonl")
