@@ -142,9 +142,11 @@ def validate_config(config: ml_collections.ConfigDict, *, vocab_size: int | None
     _one_of("export.dtype", config.export.dtype, sorted(SAVE_DTYPES))
     for field in ("data.strict", "export.hf", "gkd.seq_kd"):
         _boolean(field, _get(config, field))
-    _one_of("data.prompt_overflow", config.data.prompt_overflow, PROMPT_OVERFLOW)
+    paper = config.task in paper_tasks.DATASETS  # these also cut a prompt's end
+    overflow = paper_tasks.PROMPT_OVERFLOW if paper else PROMPT_OVERFLOW
+    _one_of("data.prompt_overflow", config.data.prompt_overflow, overflow)
     _one_of("data.source", config.data.source, ("", *SOURCES))
-    if config.task in paper_tasks.DATASETS:
+    if paper:
         paper_tasks.check_config(config)  # source vs train_file / eval_file
     for field in ("seed", "data.eval_seed", "optim.warmup_steps", "eval.every_steps"):
         _integer_at_least(field, _get(config, field), 0)

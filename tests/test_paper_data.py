@@ -34,16 +34,24 @@ GSM8K = [
 RECORDS = {"xsum": XSUM, "wmt_en_de": WMT, "gsm8k": GSM8K}
 
 
-@pytest.fixture(scope="module")
-def tok():
-    """A byte-level tokenizer (every string round-trips) that appends </s> like T5's."""
+def byte_tokenizer(closing_eos: bool = True):
+    """A byte-level tokenizer (every string round-trips); `closing_eos`: it appends </s> to
+    what it encodes with special tokens, like T5's."""
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {"<pad>": 0, "</s>": 1, **{c: i + 2 for i, c in enumerate(alphabet)}}
     t = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     t.decoder = decoders.ByteLevel()
-    t.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    if closing_eos:
+        t.post_processor = processors.TemplateProcessing(
+            single="$A </s>", special_tokens=[("</s>", 1)]
+        )
     return PreTrainedTokenizerFast(tokenizer_object=t, pad_token="<pad>", eos_token="</s>")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return byte_tokenizer()
 
 
 def ids(tok, text):
@@ -356,6 +364,27 @@ def test_overflow_truncation_and_caps(tok, tmp_path):
     assert train.prompt_ids[0] == [*ids(tok, "summarize: " + XSUM[0]["document"]), eos][-12:]
     assert train.completion_ids[0] == ids(tok, "A cat sat.")[:5]  # cut: no EOS
     assert len(train.prompt_ids) == 2 and len(evals.prompt_ids) == 1
+
+
+def test_truncate_right_keeps_the_start_and_the_closing_eos(tok, tmp_path):
+    c = jsonl_config("xsum", tmp_path, XSUM, max_prompt_len=12, prompt_overflow="truncate_right")
+    validate_config(c)
+    logged = []
+    train, _ = load(c, tok, logged.append)
+    eos = tok.eos_token_id
+    # T5 appends </s> after trimming: the first 11 tokens, then </s>.
+    assert train.prompt_ids[0] == [*ids(tok, "summarize: The cat sat on")[:11], eos]
+    assert "3 prompts cut to their first max_prompt_len tokens" in logged[0]
+    plain = byte_tokenizer(closing_eos=False)  # e.g. a decoder-only model's: nothing closes it
+    examples, _ = paper_tasks.tokenize_records(
+        [("r#0", XSUM[0])], paper_tasks.format_xsum, plain, source="r", limit=1,
+        max_prompt_len=12, max_completion_len=8, stop_ids=[eos],
+        prompt_overflow="truncate_right",
+    )  # fmt: skip
+    assert examples[0][0] == ids(plain, "summarize: The cat sat on")[:12]
+    c.task = "chat"  # the chat loader has no truncate_right
+    with pytest.raises(ValueError, match="config.data.prompt_overflow='truncate_right'"):
+        validate_config(c)
 
 
 def test_config_checks_source_and_files(tmp_path):

@@ -24,10 +24,22 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 
 from gkd_jax import metrics
-from gkd_jax.data import gsm8k_prompt, sources
-from gkd_jax.data.chat import PROMPT_OVERFLOW, DataReport
+from gkd_jax.data import chat, gsm8k_prompt, sources
 
 _CHUNK = 1024  # records tokenized per call: the fast tokenizer batches them in Rust
+
+# An over-long prompt: a bad record, or keep its last / first max_prompt_len tokens. XSum's T5
+# runs cut the document's end ("truncate_right", a trailing </s> kept: T5 appends EOS after
+# trimming); few-shot GSM8K keeps the question ("truncate_left").
+PROMPT_OVERFLOW = (*chat.PROMPT_OVERFLOW, "truncate_right")
+
+
+@dataclasses.dataclass
+class _Report(chat.DataReport):
+    kept_end: str = "last"  # which end of an over-long prompt survives
+
+    def headline(self) -> str:
+        return super().headline().replace("to their last", f"to their {self.kept_end}")
 
 
 class BadRecord(Exception):
@@ -190,12 +202,14 @@ def tokenize_records(
     max_completion_len: int,
     stop_ids: Sequence[int],
     prompt_overflow: str = "error",
-) -> tuple[list[tuple[list[int], list[int], str, str]], DataReport]:
+) -> tuple[list[tuple[list[int], list[int], str, str]], chat.DataReport]:
     """Up to `limit` (prompt ids, completion ids, reference, prompt text), and the report."""
     if prompt_overflow not in PROMPT_OVERFLOW:
         raise ValueError(f"prompt_overflow={prompt_overflow!r}: choose one of {PROMPT_OVERFLOW}")
     stops, eos = set(stop_ids), tokenizer.eos_token_id
-    report = DataReport(source=source, max_completion_len=max_completion_len)
+    report = _Report(source=source, max_completion_len=max_completion_len)
+    report.kept_end = "first" if prompt_overflow == "truncate_right" else "last"
+    specials = set(tokenizer.all_special_ids)
     examples = []
     recs = iter(recs)
     # Never read (or tokenize) far past `limit`: a cap of 500 eval examples reads ~500 records.
@@ -219,8 +233,13 @@ def tokenize_records(
         p_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
         t_ids = tokenizer(list(targets), add_special_tokens=False)["input_ids"]
         for loc, prompt, p, t, ref in zip(locs, prompts, p_ids, t_ids, refs, strict=True):
-            if len(p) > max_prompt_len and prompt_overflow == "truncate_left":
-                p = p[-max_prompt_len:]
+            if len(p) > max_prompt_len and prompt_overflow != "error":
+                if prompt_overflow == "truncate_left":
+                    p = p[-max_prompt_len:]
+                elif p[-1] in specials:  # the tokenizer's closing </s> ends the prompt still
+                    p = [*p[: max_prompt_len - 1], p[-1]]
+                else:
+                    p = p[:max_prompt_len]
                 report.truncated_prompts += 1
             if len(p) > max_prompt_len:
                 reason = f"prompt longer than max_prompt_len={max_prompt_len} tokens"
