@@ -13,7 +13,7 @@ from gkd_jax.data import paper_tasks
 from gkd_jax.data.chat import PROMPT_OVERFLOW
 from gkd_jax.data.sources import SOURCES
 from gkd_jax.data.tasks import TASKS
-from gkd_jax.evaluation import DECODINGS
+from gkd_jax.evaluation import DECODINGS, EARLY_STOPPING
 from gkd_jax.losses import DIVERGENCES, REDUCTIONS
 from gkd_jax.models import COMPUTE_DTYPES
 from gkd_jax.models.hf import SAVE_DTYPES, is_hf_source
@@ -159,6 +159,7 @@ def validate_config(config: ml_collections.ConfigDict, *, vocab_size: int | None
     if isinstance(lp, bool) or not isinstance(lp, int | float) or not math.isfinite(lp):
         _fail("eval.length_penalty", lp, "must be a finite number (0 = no length penalty)")
     _one_of("eval.length_penalty_form", e.length_penalty_form, LENGTH_PENALTIES)
+    _one_of("eval.early_stopping", e.early_stopping, sorted(EARLY_STOPPING))
     _positive("eval.temperature", e.temperature)
     if not isinstance(config.sampling.top_k, int) or isinstance(config.sampling.top_k, bool):
         _fail("sampling.top_k", config.sampling.top_k, "must be an integer >= 0 (0 = off)")

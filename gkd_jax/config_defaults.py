@@ -116,6 +116,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.beam_size = 4
     c.eval.length_penalty = 0.6  # beam: scores / penalty(length) with this alpha
     c.eval.length_penalty_form = "t5x"  # ((5 + len) / 6) ** alpha; "hf": len ** alpha
+    # When beam search settles an example (transformers' early_stopping): "never" (exact: no
+    # alive beam can still win), "heuristic" (transformers' default, False), "k_finished" (True).
+    c.eval.early_stopping = "never"
     c.eval.temperature = 1.0  # "sample" only
 
     c.model = model_config()  # the model being trained (the student)

@@ -9,6 +9,8 @@ from gkd_jax.beam_search import BeamSearchConfig, make_beam_search
 from gkd_jax.sampling import Decoding, SamplingConfig, make_sampler
 
 DECODINGS = ("greedy", "beam", "sample")
+# config.eval.early_stopping -> BeamSearchConfig.early_stopping (transformers' values)
+EARLY_STOPPING = {"never": "never", "heuristic": False, "k_finished": True}
 
 
 def make_eval_decoder(
@@ -25,6 +27,7 @@ def make_eval_decoder(
             beam_size=e.beam_size,
             length_penalty=e.length_penalty,
             length_penalty_form=e.length_penalty_form,
+            early_stopping=EARLY_STOPPING[e.early_stopping],
             **common,
         )
         return make_beam_search(decoding, cfg)
@@ -36,7 +39,8 @@ def describe_decoding(config) -> str:
     """One line for logs and tables: 'greedy', 'beam 4 (t5x, alpha 0.6)', 'sample (T=1.0)'."""
     e = config.eval
     if e.decoding == "beam":
-        return f"beam {e.beam_size} ({e.length_penalty_form}, alpha {e.length_penalty})"
+        stop = "" if e.early_stopping == "never" else f", {e.early_stopping}"
+        return f"beam {e.beam_size} ({e.length_penalty_form}, alpha {e.length_penalty}{stop})"
     if e.decoding == "sample":
         return f"sample (T={e.temperature})"
     return e.decoding

@@ -17,6 +17,8 @@ import pytest
 import torch
 
 from gkd_jax.beam_search import BeamSearchConfig, make_beam_search
+from gkd_jax.config_defaults import base_config
+from gkd_jax.evaluation import make_eval_decoder
 from gkd_jax.models import functional_lm
 from gkd_jax.models.hf import load_pretrained
 from gkd_jax.sampling import Decoding, SamplingConfig, make_sampler
@@ -159,7 +161,7 @@ def slow(*values):
 # of these prompts): the exact bound and transformers' heuristic both need testing.
 HF_CASES = [
     ("never", 1.0),
-    (False, 1.0),
+    slow(False, 1.0),  # by config below, in test_eval_config_reproduces_generate_defaults
     slow(True, 0.0),
     slow("never", 0.6),
     slow("never", -0.5),
@@ -191,6 +193,23 @@ def test_t5_matches_transformers(model_dir, early_stopping, alpha):
     ref = hf_beam_search(torch_model, prompt, mask, encoder_decoder=True, **hf_kwargs(cfg))
     np.testing.assert_array_equal(np.asarray(out.tokens), ref)
     assert (np.asarray(out.mask).sum(axis=1) < N).any()
+
+
+def test_eval_config_reproduces_generate_defaults(model_dir):
+    """config.eval fields that give transformers' generate(num_beams=K) with its defaults
+    (length_penalty 1.0, early_stopping False)."""
+    torch_model, (params, fns) = llama(model_dir + "/llama")
+    config = base_config()
+    config.max_new_tokens = N
+    e = config.eval
+    e.decoding, e.beam_size, e.length_penalty = "beam", K, 1.0
+    e.length_penalty_form, e.early_stopping = "hf", "heuristic"
+    search = make_eval_decoder(fns.decoding, config, stop_ids=(EOS,), pad_id=PAD, vocab_size=V)
+    prompt, mask = prompts()
+    out = search(params, jnp.asarray(prompt), jnp.asarray(mask), jax.random.key(0))
+    kw = dict(num_beams=K, max_new_tokens=N, eos_token_id=EOS, pad_token_id=PAD)
+    ref = hf_beam_search(torch_model, prompt, mask, encoder_decoder=False, **kw)
+    np.testing.assert_array_equal(np.asarray(out.tokens), ref)
 
 
 def test_beam_size_one_is_greedy(model_dir):
@@ -256,7 +275,8 @@ def brute_force(table, first: int, n: int, alpha: float, form: str, vocab: int):
 
 
 @pytest.mark.parametrize(
-    "form, alpha, vocab", [("t5x", 0.6, BV), ("t5x", 2.0, 4), ("hf", 1.0, BV), ("hf", 0.0, 4)]
+    "form, alpha, vocab",
+    [("t5x", 0.6, BV), ("hf", 0.0, 4), slow("t5x", 2.0, 4), slow("hf", 1.0, BV)],
 )
 def test_many_beams_find_the_brute_force_best(form, alpha, vocab):
     # Every prefix of up to n - 1 tokens fits in the beam: nothing good can be pruned.

@@ -34,6 +34,7 @@ BAD = {
     "eval.beam_size": 0,
     "eval.length_penalty": float("inf"),
     "eval.length_penalty_form": "gnmt",
+    "eval.early_stopping": "always",
     "eval.temperature": 0.0,
     "export.hf": 1,
     "export.dtype": "int8",
