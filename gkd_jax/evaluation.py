@@ -52,7 +52,6 @@ def task_scores(task, texts: list[str], references: list) -> dict[str, float]:
     if task.metric is None:
         return {}
     scores = {task.metric_name: float(task.metric(texts, references))}
-    extra = getattr(task, "extra_metrics", None)
-    if extra is not None:
-        scores |= {k: float(v) for k, v in extra(texts, references).items()}
+    if task.extra_metrics is not None:
+        scores |= {k: float(v) for k, v in task.extra_metrics(texts, references).items()}
     return scores

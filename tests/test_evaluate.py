@@ -3,6 +3,7 @@ computed here independently (hand-padded prompts, the greedy sampler, arith.extr
 files hold the right rows; bad checkpoints fail naming the fix; the trainer's evaluation follows
 config.eval.decoding."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,7 +17,9 @@ from gkd_jax import checkpoint, trainer
 from gkd_jax.config_loading import load_config_file
 from gkd_jax.data import arith
 from gkd_jax.data.char_tokenizer import build_char_tokenizer
+from gkd_jax.data.tasks import Task
 from gkd_jax.evaluate import evaluate_checkpoint, locate_checkpoint
+from gkd_jax.evaluation import task_scores
 from gkd_jax.models import DecoderConfig, build_decoder, functional_lm
 from gkd_jax.resources import resolve_path
 from gkd_jax.sampling import SamplingConfig, make_sampler
@@ -83,6 +86,22 @@ def test_cli_subprocess_equals_independent_greedy(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| accuracy |" in proc.stdout
     check_outputs(out, n, tmp_path)
+
+
+def test_task_scores_add_the_extra_metrics():
+    def overlap(texts, refs):
+        pairs = zip(texts, refs, strict=True)
+        return float(np.mean([set(t.split()) == set(r.split()) for t, r in pairs]))
+
+    def lengths(texts, refs):
+        return {"chars": float(np.mean([len(t) for t in texts])), "refs": float(len(refs))}
+
+    texts, refs = ["a b", "c d e", "f"], ["b a", "c d", "f"]
+    plain = Task("t", None, "overlap", overlap)
+    assert task_scores(plain, texts, refs) == {"overlap": 2 / 3}
+    both = dataclasses.replace(plain, extra_metrics=lengths)
+    assert task_scores(both, texts, refs) == {"overlap": 2 / 3, "chars": 3.0, "refs": 3.0}
+    assert task_scores(dataclasses.replace(plain, metric=None), texts, refs) == {}
 
 
 def fake_model_dir(path) -> str:
