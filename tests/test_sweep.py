@@ -30,11 +30,12 @@ EXPECTED = {
 }
 
 
-def parse_run(run, workdir="/tmp/unused"):
+def parse_run(run, root="/tmp/sweep-root"):
     """The config a run trains with, parsed by absl exactly as `python -m gkd_jax.train` does."""
     values = flags.FlagValues()
-    path = os.path.join(REPO, run.config)  # ":arg" included
-    argv = ["prog", f"--config={path}", *run.flags]
+    config, *run_flags = run.argv(root)[3:]  # after "python -m gkd_jax.train"
+    # run_flags[0] is --workdir, not a config flag.
+    argv = ["prog", config.replace("--config=", f"--config={REPO}/"), *run_flags[1:]]
     config_flags.DEFINE_config_file(
         "config", None, "", flag_values=values, lock_config=True, sys_argv=argv
     )
@@ -221,15 +222,13 @@ def test_paper_grids(task):
         (s, lm, d) for s in ("small", "base", "large") for lm in (0.0, 0.5, 1.0) for d in EXPECTED
     }
     run = next(r for r in gkd if r.name == f"{task}_base_lmbda0.5_jsd0.9_seed0")
-    assert run.config == f"configs/{task}.py:student=base,div=jsd0.9,lmbda=0.5"
     argv = run.argv("/R")  # GKD starts from the SFT stage's models in the same root
-    assert f"--config.init.checkpoint=/R/{task}_sft_student_base/model" in argv
-    assert f"--config.teacher.checkpoint=/R/{task}_sft_teacher_xl/model" in argv
+    assert f"--config=configs/{task}.py:student=base,div=jsd0.9,lmbda=0.5,runs=/R" in argv
     assert f"--workdir=/R/{task}_base_lmbda0.5_jsd0.9_seed0" in argv
     sft = sweep.load_sweep(f"{task}:stage=sft,sizes=small,models=/m")
     assert [r.config for r in sft] == [
         f"configs/{task}.py:stage=sft_student,student=small,models=/m",
-        f"configs/{task}.py:stage=sft_teacher,student=xl,models=/m",
+        f"configs/{task}.py:stage=sft_teacher,teacher=xl,models=/m",
     ]
     with pytest.raises(ValueError, match="sizes"):
         sweep.load_sweep(f"{task}:sizes=tiny")
@@ -241,8 +240,14 @@ def test_paper_runs_parse_with_the_paper_configs(task):
     divergence, beta, lmbda and baseline switches the names promise."""
     if not os.path.exists(os.path.join(REPO, "configs", f"{task}.py")):
         pytest.skip(f"configs/{task}.py not written yet")
+    root = "/tmp/sweep-root"
+    sft = {r.axes["role"]: r for r in sweep.load_sweep(f"{task}:stage=sft,sizes=small")}
+    assert parse_run(sft["student"]).objective == parse_run(sft["teacher"]).objective == "sft"
     for run in sweep.load_sweep(f"{task}:sizes=small"):
-        config = parse_run(run)
+        config = parse_run(run, root)
+        # GKD starts where the SFT stage's runs leave their models.
+        assert config.init.checkpoint == os.path.join(root, sft["student"].name, "hf_model")
+        assert config.teacher.checkpoint == os.path.join(root, sft["teacher"].name, "hf_model")
         method = run.axes["method"]
         if method == "gkd":
             want_div, want_beta = EXPECTED[run.axes["divergence"]]

@@ -10,10 +10,10 @@ Each run is `CONFIG:student=SIZE,div=DIV,lmbda=L[,stage=...][,REST]`, the interf
 configs take; parts of the sweep arg that the sweep does not use itself (e.g. `models=DIR`,
 `smoke`) are passed on to every config as REST. Sweep arg keys: stage=sft|gkd,
 sizes=small+base (a `+` list), seeds=0+1, checkpoints=root|config. With checkpoints=root (the
-default) every GKD run starts from the SFT stage's models in the same ROOT
-(--config.init.checkpoint=ROOT/TASK_sft_student_SIZE/model, --config.teacher.checkpoint=
-ROOT/TASK_sft_teacher_xl/model), so the SFT stage runs once, not once per grid point;
-checkpoints=config leaves both to the config file.
+default) every GKD run starts from the SFT stage's models in the same ROOT (the config part
+`runs=ROOT`: ROOT/TASK_sft_student_SIZE/hf_model and ROOT/TASK_sft_teacher_xl/hf_model), so the
+SFT stage runs once, not once per grid point; checkpoints=config leaves both to the config
+(the hub models, or `models=DIR`).
 """
 
 from sweeps.runs import DIVERGENCES, PAPER_LMBDAS, PAPER_SIZES, Run, fmt_lmbda, grid
@@ -64,19 +64,14 @@ def paper_runs(task: str, config: str, arg: str = "") -> list[Run]:
             runs.append(
                 Run(
                     name=f"{task}_sft_{role}_{size}",
-                    config=f"{config}:stage=sft_{role},student={size}{tail}",
+                    config=f"{config}:stage=sft_{role},{role}={size}{tail}",
                     axes={"method": "sft", "student": size, "role": role, "seed": 0},
                 )
             )
         return runs
 
-    def start(size: str) -> tuple[str, ...]:
-        if opts["checkpoints"] == "config":
-            return ()
-        return (
-            f"--config.init.checkpoint={{root}}/{task}_sft_student_{size}/model",
-            f"--config.teacher.checkpoint={{root}}/{task}_sft_teacher_{TEACHER}/model",
-        )
+    if opts["checkpoints"] == "root":  # Run.argv puts the sweep's root in for {root}
+        tail += ",runs={root}"
 
     points = grid(
         student=opts["sizes"], lmbda=PAPER_LMBDAS, div=list(DIVERGENCES), seed=opts["seeds"]
@@ -86,7 +81,7 @@ def paper_runs(task: str, config: str, arg: str = "") -> list[Run]:
             Run(
                 name=f"{task}_{p['student']}_lmbda{fmt_lmbda(p['lmbda'])}_{p['div']}_seed{p['seed']}",
                 config=f"{config}:student={p['student']},div={p['div']},lmbda={p['lmbda']:g}{tail}",
-                flags=(*start(p["student"]), f"--config.seed={p['seed']}"),
+                flags=(f"--config.seed={p['seed']}",),
                 axes={
                     "method": "gkd",
                     "student": p["student"],
@@ -102,7 +97,7 @@ def paper_runs(task: str, config: str, arg: str = "") -> list[Run]:
                 Run(
                     name=f"{task}_{size}_{method}_seed{seed}",
                     config=f"{config}:student={size},div={div},lmbda={lmbda:g}{tail}",
-                    flags=(*start(size), *flags, f"--config.seed={seed}"),
+                    flags=(*flags, f"--config.seed={seed}"),
                     axes={"method": method, "student": size, "seed": seed},
                 )
             )

@@ -28,8 +28,8 @@ PAPER_SIZES = ("small", "base", "large")  # T5 students; the teacher is T5-XL
 class Run:
     """One training run. `axes` (e.g. lmbda, divergence, student, seed, method) is what
     launch/collect.py groups by; it is saved beside the results as sweep_run.json. `{root}` in
-    a flag is the sweep's root directory (where another run of the sweep, e.g. an SFT stage,
-    left its model)."""
+    the config or a flag is the sweep's root directory (where another run of the sweep, e.g. an
+    SFT stage, left its model)."""
 
     name: str
     config: str  # path relative to the repository root, optionally with ":arg"
@@ -39,7 +39,7 @@ class Run:
     def argv(self, root: str, python: str = "python") -> list[str]:
         """The training command; the run's workdir is ROOT/NAME."""
         return [
-            python, "-m", "gkd_jax.train", f"--config={self.config}",
+            python, "-m", "gkd_jax.train", f"--config={self.config.replace('{root}', root)}",
             f"--workdir={os.path.join(root, self.name)}",
             *(flag.replace("{root}", root) for flag in self.flags),
         ]  # fmt: skip
