@@ -8,7 +8,7 @@ from transformers import PreTrainedTokenizerFast
 
 from gkd_jax.config_checks import validate_config
 from gkd_jax.config_defaults import base_config
-from gkd_jax.data import gsm8k_prompt, paper_tasks
+from gkd_jax.data import gsm8k, gsm8k_prompt, paper_tasks, xsum
 from gkd_jax.data.tasks import get_task
 
 XSUM = [
@@ -123,7 +123,7 @@ def test_gsm8k_target_drops_calculator_and_states_the_answer(tok, tmp_path):
     assert train.completion_ids[0] == [*ids(tok, target), tok.eos_token_id]
     assert train.prompts[0] == gsm8k_prompt.few_shot_prompt(GSM8K[0]["question"])
     assert train.references == ["72", "5", "1200"]
-    assert paper_tasks.gsm8k_target("He has 1,200.\n#### 1,200")[0] == (
+    assert gsm8k.gsm8k_target("He has 1,200.\n#### 1,200")[0] == (
         "He has 1,200. The answer is 1,200."
     )
 
@@ -138,7 +138,7 @@ def test_gsm8k_target_drops_calculator_and_states_the_answer(tok, tmp_path):
     ],
 )
 def test_gsm8k_prediction(completion, answer):
-    assert paper_tasks.gsm8k_prediction(completion) == answer
+    assert gsm8k.gsm8k_prediction(completion) == answer
 
 
 # ---------------------------------------------------------------------------------- sources
@@ -377,7 +377,7 @@ def test_truncate_right_keeps_the_start_and_the_closing_eos(tok, tmp_path):
     assert "3 prompts cut to their first max_prompt_len tokens" in logged[0]
     plain = byte_tokenizer(closing_eos=False)  # e.g. a decoder-only model's: nothing closes it
     examples, _ = paper_tasks.tokenize_records(
-        [("r#0", XSUM[0])], paper_tasks.format_xsum, plain, source="r", limit=1,
+        [("r#0", XSUM[0])], xsum.format_xsum, plain, source="r", limit=1,
         max_prompt_len=12, max_completion_len=8, stop_ids=[eos],
         prompt_overflow="truncate_right",
     )  # fmt: skip
@@ -403,17 +403,17 @@ def test_config_checks_source_and_files(tmp_path):
 
 
 def test_metric_wiring():
-    xsum, wmt, gsm = get_task("xsum"), get_task("wmt_en_de"), get_task("gsm8k")
+    summ, trans, gsm = get_task("xsum"), get_task("wmt_en_de"), get_task("gsm8k")
     refs = ["a cat sat on the mat", "rain fell in leeds today"]
-    assert (xsum.metric_name, wmt.metric_name, gsm.metric_name) == ("rouge2", "bleu", "accuracy")
-    assert xsum.metric(refs, refs) == pytest.approx(100.0)
-    assert xsum.extra_metrics(refs, refs) == pytest.approx(
+    assert (summ.metric_name, trans.metric_name, gsm.metric_name) == ("rouge2", "bleu", "accuracy")
+    assert summ.metric(refs, refs) == pytest.approx(100.0)
+    assert summ.extra_metrics(refs, refs) == pytest.approx(
         {"rouge1": 100.0, "rougeL": 100.0, "rougeLsum": 100.0}
     )
-    assert xsum.metric(["a dog sat on the mat", "rain fell"], refs) < 100.0
+    assert summ.metric(["a dog sat on the mat", "rain fell"], refs) < 100.0
     de = ["Das Haus ist klein und alt.", "Ich mag keinen Tee am Morgen."]
-    assert wmt.metric(de, de) == pytest.approx(100.0)
-    assert wmt.metric(["Das Haus ist alt.", "Ich mag Tee."], de) < 100.0
+    assert trans.metric(de, de) == pytest.approx(100.0)
+    assert trans.metric(["Das Haus ist alt.", "Ich mag Tee."], de) < 100.0
     assert gsm.metric(["so 72. The answer is 72.", "The answer is 5."], ["72", "5"]) == 1.0
     assert gsm.metric(["The answer is 70.", "The answer is 5."], ["72", "5"]) == 0.5
-    assert wmt.extra_metrics is None and gsm.extra_metrics is None
+    assert trans.extra_metrics is None and gsm.extra_metrics is None

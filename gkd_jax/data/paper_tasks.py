@@ -1,15 +1,6 @@
-"""The paper's three tasks (XSum, WMT14 en->de, GSM8K): records -> T5-style prompts and targets
--> token ids, and each task's metric.
-
-Formatting follows the paper's T5 setup, one formatter per task for every source (TFDS, HF,
-JSONL share field names):
-
-* xsum: "summarize: " + document -> summary; ROUGE-2 (+ ROUGE-1/L/Lsum).
-* wmt_en_de: "translate English to German: " + en -> de; corpus BLEU (sacrebleu).
-* gsm8k: the 4-shot chain-of-thought prompt (`gsm8k_prompt`) + "Q: <question>\\nA:" -> the
-  dataset's reasoning with its calculator annotations "<<48/2=24>>" removed, lines joined by
-  spaces, and the final "#### N" written as "The answer is N." (the exemplars' form); accuracy
-  of the final answer: the number after "The answer is", else the last number.
+"""The paper's three tasks (XSum, WMT14 en->de, GSM8K): records from TFDS, Hugging Face or JSONL
+(`sources`) -> T5-style prompt and target texts (one formatter per task: `xsum`, `wmt`, `gsm8k`,
+the same field names for every source) -> token ids.
 
 Prompts get the tokenizer's special tokens (T5 appends </s>); targets end with EOS and are cut
 at `max_new_tokens` (counted). Bad records are reported with their location, as in `chat`.
@@ -18,13 +9,11 @@ at `max_new_tokens` (counted). Bad records are reported with their location, as 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
-import re
 from collections.abc import Callable, Iterable, Sequence
 
-from gkd_jax import metrics
-from gkd_jax.data import chat, gsm8k_prompt, sources
+from gkd_jax.data import chat, gsm8k, sources, wmt, xsum
+from gkd_jax.data.sources import BadRecord
 
 _CHUNK = 1024  # records tokenized per call: the fast tokenizer batches them in Rust
 
@@ -42,98 +31,6 @@ class _Report(chat.DataReport):
         return super().headline().replace("to their last", f"to their {self.kept_end}")
 
 
-class BadRecord(Exception):
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(reason)
-        self.reason, self.detail = reason, detail
-
-
-def _text_fields(rec: object, *names: str) -> list[str]:
-    if not isinstance(rec, dict):
-        raise BadRecord("record is not a JSON object", type(rec).__name__)
-    values = []
-    for name in names:
-        if name not in rec or rec[name] is None:
-            raise BadRecord(f"missing field {name!r}", f"has: {', '.join(map(repr, rec))}")
-        if not isinstance(rec[name], str):
-            raise BadRecord(f"field {name!r} is not a string", type(rec[name]).__name__)
-        if not rec[name].strip():
-            raise BadRecord(f"empty field {name!r}")
-        values.append(rec[name])
-    return values
-
-
-# Record -> (prompt text, target text, reference for the metric).
-def format_xsum(rec: object) -> tuple[str, str, str]:
-    document, summary = _text_fields(rec, "document", "summary")
-    return "summarize: " + document, summary, summary
-
-
-def format_wmt_en_de(rec: object) -> tuple[str, str, str]:
-    # Hugging Face's wmt14 nests the pair: {"translation": {"de": ..., "en": ...}}.
-    if isinstance(rec, dict) and isinstance(rec.get("translation"), dict):
-        rec = rec["translation"]
-    en, de = _text_fields(rec, "en", "de")
-    return "translate English to German: " + en, de, de
-
-
-_CALCULATOR = re.compile(r"<<[^>]*>>")
-
-
-def gsm8k_target(answer: str) -> tuple[str, str]:
-    """(target text, canonical final answer) of a GSM8K solution "...<<a=b>>b...\\n#### N"."""
-    reasoning, sep, final = answer.rpartition("####")
-    number = metrics.normalize_number(final) if sep else None
-    if number is None:
-        raise BadRecord("answer does not end with '#### N'", repr(answer[-40:]))
-    steps = [" ".join(line.split()) for line in _CALCULATOR.sub("", reasoning).splitlines()]
-    text = " ".join(s for s in steps if s)
-    return f"{text} The answer is {final.strip()}.".lstrip(), number
-
-
-def format_gsm8k(rec: object) -> tuple[str, str, str]:
-    question, answer = _text_fields(rec, "question", "answer")
-    target, number = gsm8k_target(answer)
-    return gsm8k_prompt.few_shot_prompt(question), target, number
-
-
-_ANSWER_IS = re.compile(r"the answer is", re.IGNORECASE)
-
-
-def gsm8k_prediction(completion: str) -> str | None:
-    """The final answer of a completion: the number after the first "The answer is", else the
-    last number before the model starts inventing a next exemplar ("Q:")."""
-    match = _ANSWER_IS.search(completion)
-    if match:
-        # The same rule as the dataset's "#### N": the first number after the marker.
-        return metrics.gsm8k_answer("####" + completion[match.end() :].replace("####", " "))
-    return metrics.gsm8k_answer(completion.split("Q:", 1)[0])
-
-
-@functools.lru_cache(maxsize=1)
-def _rouge(predictions: tuple[str, ...], references: tuple[str, ...]) -> dict[str, float]:
-    # An evaluation asks for rouge2 and then the extra ROUGEs of the same texts: score once.
-    return metrics.rouge(predictions, references)
-
-
-def xsum_rouge2(predictions: list[str], references: list) -> float:
-    return _rouge(tuple(predictions), tuple(references))["rouge2"]
-
-
-def xsum_extra_rouge(predictions: list[str], references: list) -> dict[str, float]:
-    scores = _rouge(tuple(predictions), tuple(references))
-    return {k: scores[k] for k in ("rouge1", "rougeL", "rougeLsum")}
-
-
-def wmt_bleu(predictions: list[str], references: list) -> float:
-    return metrics.bleu(predictions, references)
-
-
-def gsm8k_accuracy(predictions: list[str], references: list) -> float:
-    """References are canonical answers (`gsm8k_target`'s second value)."""
-    return metrics.exact_match_accuracy([gsm8k_prediction(p) for p in predictions], references)
-
-
 @dataclasses.dataclass(frozen=True)
 class PaperDataset:
     task: str
@@ -144,12 +41,12 @@ class PaperDataset:
 
 
 DATASETS = {
-    "xsum": PaperDataset("xsum", "xsum", "EdinburghNLP/xsum", "validation", format_xsum),
+    "xsum": PaperDataset("xsum", "xsum", "EdinburghNLP/xsum", "validation", xsum.format_xsum),
     "wmt_en_de": PaperDataset(
-        "wmt_en_de", "wmt14_translate/de-en", "wmt/wmt14:de-en", "validation", format_wmt_en_de
+        "wmt_en_de", "wmt14_translate/de-en", "wmt/wmt14:de-en", "validation", wmt.format_wmt_en_de
     ),
     # GSM8K has no validation split.
-    "gsm8k": PaperDataset("gsm8k", "gsm8k", "openai/gsm8k:main", "test", format_gsm8k),
+    "gsm8k": PaperDataset("gsm8k", "gsm8k", "openai/gsm8k:main", "test", gsm8k.format_gsm8k),
 }
 
 

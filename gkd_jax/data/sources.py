@@ -27,6 +27,30 @@ _TFDS_MODULES = {
 }
 
 
+class BadRecord(Exception):
+    """A record the task cannot use: `reason` groups it in the report, `detail` is its own."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason)
+        self.reason, self.detail = reason, detail
+
+
+def text_fields(rec: object, *names: str) -> list[str]:
+    """The non-empty string fields `names` of a record, or BadRecord saying what is wrong."""
+    if not isinstance(rec, dict):
+        raise BadRecord("record is not a JSON object", type(rec).__name__)
+    values = []
+    for name in names:
+        if name not in rec or rec[name] is None:
+            raise BadRecord(f"missing field {name!r}", f"has: {', '.join(map(repr, rec))}")
+        if not isinstance(rec[name], str):
+            raise BadRecord(f"field {name!r} is not a string", type(rec[name]).__name__)
+        if not rec[name].strip():
+            raise BadRecord(f"empty field {name!r}")
+        values.append(rec[name])
+    return values
+
+
 def jsonl_records(path: str) -> Records:
     """One JSON object per line of `path` (blank lines skipped), located as "path:LINE"."""
     if not path.endswith((".jsonl", ".json")):

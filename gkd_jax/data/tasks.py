@@ -6,7 +6,7 @@ import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 
-from gkd_jax.data import arith, paper_tasks
+from gkd_jax.data import arith, gsm8k, paper_tasks, wmt, xsum
 from gkd_jax.metrics import exact_match_accuracy
 
 
@@ -102,17 +102,17 @@ TASKS: dict[str, Task] = {
         "xsum",
         functools.partial(paper_tasks.load, "xsum"),
         "rouge2",
-        paper_tasks.xsum_rouge2,
-        extra_metrics=paper_tasks.xsum_extra_rouge,
+        xsum.xsum_rouge2,
+        extra_metrics=xsum.xsum_extra_rouge,
     ),
     "wmt_en_de": Task(
-        "wmt_en_de", functools.partial(paper_tasks.load, "wmt_en_de"), "bleu", paper_tasks.wmt_bleu
+        "wmt_en_de", functools.partial(paper_tasks.load, "wmt_en_de"), "bleu", wmt.wmt_bleu
     ),
     "gsm8k": Task(
         "gsm8k",
         functools.partial(paper_tasks.load, "gsm8k"),
         "accuracy",
-        paper_tasks.gsm8k_accuracy,
+        gsm8k.gsm8k_accuracy,
     ),
 }
 
