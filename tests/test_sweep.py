@@ -99,7 +99,7 @@ def test_runner_resumes_filters_passes_overrides_and_reports_failures(tmp_path, 
     argv = ["--sweep=arith", f"--root={root}", f"--python={fake}", "--only=lmbda1_"]
     assert sweep.main(argv + ["--dry_run"]) == 0
     assert not root.exists() or not any(root.iterdir())  # a dry run makes nothing
-    code = sweep.main(argv + ["--config.steps=7"])
+    code = sweep.main(argv + ["--config.steps=7", "--parallel=2"])
     assert code == 1  # the rkl run failed
     out = capsys.readouterr().out
     assert "arith_lmbda1_rkl_student60k_seed0: FAILED (exit 3)" in out
