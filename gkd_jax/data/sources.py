@@ -4,10 +4,14 @@ Each reader yields `(location, record)` pairs: `location` names the record for e
 ("file.jsonl:LINE", "xsum[validation]#INDEX") and `record` is a dict of plain Python values
 (text as `str`), or the exception a malformed JSON line raised, so that the caller reports it
 with its location instead of stopping at the first one.
+
+TFDS data are prepared once, as array_record (read without TensorFlow):
+`python -m gkd_jax.data.sources xsum --data_dir=DIR [--manual_dir=M]`.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 from collections.abc import Iterator
@@ -85,13 +89,8 @@ def hf_records(dataset: str, split: str) -> Records:
         yield f"{label}#{i}", _plain(rec)
 
 
-def tfds_records(name: str, split: str, data_dir: str = "") -> Records:
-    """Examples of a prepared TFDS dataset, as plain dicts (bytes decoded to `str`).
-
-    An array_record copy is read with `tfds.data_source` (no TensorFlow needed); a TFRecord
-    copy (TFDS's default format) with `tfds.load`, which needs TensorFlow. Nothing is
-    downloaded here: prepare the data once, e.g.
-    `tfds build xsum --data_dir=DIR --file_format=array_record`."""
+def _import_tfds(name: str):
+    """tensorflow_datasets, with `name`'s builder registered (see _TFDS_MODULES)."""
     try:
         import tensorflow_datasets as tfds
     except ImportError as e:
@@ -102,24 +101,52 @@ def tfds_records(name: str, split: str, data_dir: str = "") -> Records:
     module = _TFDS_MODULES.get(name.split("/")[0].split(":")[0])
     if module:
         importlib.import_module(module)
+    return tfds
+
+
+def _prepare_hint(name: str) -> str:
+    return (
+        f"prepare it once with `python -m gkd_jax.data.sources {name} --data_dir=DIR` (an "
+        "array_record copy; set config.data.data_dir=DIR)"
+    )
+
+
+def tfds_records(name: str, split: str, data_dir: str = "") -> Records:
+    """Examples of a prepared TFDS dataset, as plain dicts (bytes decoded to `str`).
+
+    An array_record copy is read with `tfds.data_source` (no TensorFlow needed); a TFRecord
+    copy (TFDS's default format) with `tfds.load`, which needs TensorFlow. Nothing is
+    downloaded here: see `prepare_tfds`."""
+    tfds = _import_tfds(name)
     where = f"tfds {name}[{split}] (data_dir={data_dir or 'the TFDS default'})"
     try:
         examples = _open_tfds(tfds, name, split, data_dir or None)
     except ImportError as e:  # TFRecord without TensorFlow
         raise ImportError(
             f"{where} is stored as TFRecord, which needs TensorFlow to read: pip install "
-            f"tensorflow, or prepare an array_record copy (tfds build {name} "
-            "--file_format=array_record)"
+            f"tensorflow, or {_prepare_hint(name)}"
         ) from e
     except Exception as e:  # not prepared, unknown split, ...: say how to get the data
         raise ValueError(
-            f"{where} could not be read: {e}\nPrepare it once with `tfds build {name} "
-            "--file_format=array_record` (add --data_dir=DIR and set config.data.data_dir), "
-            "or set config.data.source='hf' / 'jsonl'"
+            f"{where} could not be read: {e}\nTo fix: {_prepare_hint(name)}, or set "
+            "config.data.source='hf' / 'jsonl'"
         ) from e
     label = f"{name}[{split}]"
     for i, ex in enumerate(examples):
         yield f"{label}#{i}", _plain(ex)
+
+
+def prepare_tfds(name: str, data_dir: str, manual_dir: str = "") -> None:
+    """Download and prepare TFDS dataset `name` in `data_dir` as array_record, the format that
+    `tfds_records` reads without TensorFlow (once; a prepared copy is left as it is).
+
+    Some builders need more: TFDS's xsum reads its files with TensorFlow (pip install
+    tensorflow) and wants the XSum archive downloaded by hand into `manual_dir` (see the
+    builder's MANUAL_DOWNLOAD_INSTRUCTIONS)."""
+    tfds = _import_tfds(name)
+    config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
+    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    builder.download_and_prepare(download_config=config)
 
 
 def _open_tfds(tfds, name: str, split: str, data_dir: str | None) -> Iterator[dict]:
@@ -140,3 +167,16 @@ def _plain(value):
     if hasattr(value, "item") and getattr(value, "shape", None) == ():
         return _plain(value.item())
     return value
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=prepare_tfds.__doc__)
+    parser.add_argument("name", help="TFDS name, e.g. xsum, wmt14_translate/de-en, gsm8k")
+    parser.add_argument("--data_dir", required=True, help="then config.data.data_dir")
+    parser.add_argument("--manual_dir", default="", help="hand-downloaded files (xsum)")
+    args = parser.parse_args(argv)
+    prepare_tfds(args.name, args.data_dir, args.manual_dir)
+
+
+if __name__ == "__main__":
+    main()
