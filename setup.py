@@ -40,7 +40,7 @@ setup(
         # `datasets` reads Hugging Face datasets (hf:NAME, save_to_disk directories).
         "hf": ["datasets>=2.19"],
         # TFDS (the paper's xsum / wmt14 / gsm8k): an array_record copy reads without
-        # TensorFlow; `tfds build` and TFRecord copies need `tensorflow` too.
+        # TensorFlow; preparing xsum and reading TFRecord copies need `tensorflow` too.
         "tfds": ["tensorflow-datasets>=4.9"],
         # torch is the parity reference; ==2.13.0 is the CPU build (unpinned pulls CUDA wheels).
         "test": [
