@@ -126,16 +126,29 @@ def _tile_state(state: Any, b: int, k: int) -> Any:
     return jax.tree.map(tile, state)
 
 
-def _reorder_state(state: Any, src: jax.Array) -> Any:
-    """Rows [B * K, ...] -> the rows of beams src [B, K] (each example's own beams only)."""
+def _passed_through(step: Callable, params: Any, tokens: jax.Array, state: Any) -> list[bool]:
+    """Per state leaf: does `step` return it untouched? Such a leaf (T5's encoder output and
+    mask, a decoder's prompt lengths) stays as prefill made it, the same for every beam of an
+    example, so reordering it would copy it for nothing. Read off step's traced jaxpr: an output
+    that is its own input variable; nothing is computed."""
+    jaxpr = jax.make_jaxpr(step)(params, tokens, jnp.zeros((), jnp.int32), state).jaxpr
+    n = len(jax.tree.leaves(state))
+    # Flattened: inputs (params, tokens, index, state), outputs (logits, state).
+    return [o is i for o, i in zip(jaxpr.outvars[-n:], jaxpr.invars[-n:], strict=True)]
+
+
+def _reorder_state(state: Any, src: jax.Array, skip: list[bool]) -> Any:
+    """Rows [B * K, ...] -> the rows of beams src [B, K] (each example's own beams only); leaves
+    marked in `skip` are left as they are."""
     b, k = src.shape
 
-    def gather(x):
-        if x.ndim == 0:
+    def gather(x, skip_leaf):
+        if x.ndim == 0 or skip_leaf:
             return x
         return _gather_rows(x.reshape(b, k, *x.shape[1:]), src).reshape(x.shape)
 
-    return jax.tree.map(gather, state)
+    leaves, treedef = jax.tree.flatten(state)
+    return jax.tree.unflatten(treedef, [gather(x, s) for x, s in zip(leaves, skip, strict=True)])
 
 
 def beam_search(
@@ -160,6 +173,7 @@ def beam_search(
     logits, state = decoding.prefill(params, prompt, prompt_mask, n)
     logits = jnp.repeat(logits.astype(jnp.float32), k, axis=0)  # [B*K, V]
     state = _tile_state(state, b, k)
+    constant = _passed_through(decoding.step, params, jnp.zeros((b * k,), jnp.int32), state)
 
     def cond(s: _BeamState):
         return (s.step < n) & jnp.any(s.open) & ~s.all_stopped
@@ -203,7 +217,7 @@ def beam_search(
         worst = jnp.where(fin_real, jnp.min(fin_scores, axis=1, keepdims=True), _NEG)  # [B, K]
         still_open = s.open & jnp.any(best_alive > worst, axis=1)
 
-        state = _reorder_state(s.state, src)
+        state = _reorder_state(s.state, src, constant)
         tok = alive_tokens[:, :, t].reshape(b * k)  # [B*K]
         logits, state = decoding.step(params, tok, t, state)
         return _BeamState(

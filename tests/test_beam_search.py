@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from gkd_jax.beam_search import BeamSearchConfig, make_beam_search
+from gkd_jax.beam_search import BeamSearchConfig, _passed_through, make_beam_search
 from gkd_jax.config_defaults import base_config
 from gkd_jax.evaluation import make_eval_decoder
 from gkd_jax.models import functional_lm
@@ -193,6 +193,19 @@ def test_t5_matches_transformers(model_dir, early_stopping, alpha):
     ref = hf_beam_search(torch_model, prompt, mask, encoder_decoder=True, **hf_kwargs(cfg))
     np.testing.assert_array_equal(np.asarray(out.tokens), ref)
     assert (np.asarray(out.mask).sum(axis=1) < N).any()
+
+
+def test_only_the_state_step_changes_is_reordered(model_dir):
+    """T5's encoder output and mask pass through `step` untouched: the same for every beam of
+    an example, they are not copied per step; its self-attention cache is."""
+    _, (params, fns) = t5(model_dir + "/t5")
+    prompt, mask = prompts(1)
+    prefill = functools.partial(fns.decoding.prefill, max_new_tokens=N)
+    _, state = jax.eval_shape(prefill, params, jnp.asarray(prompt), jnp.asarray(mask))
+    cache, cross, _ = state
+    kept = _passed_through(fns.decoding.step, params, jnp.zeros((B,), jnp.int32), state)
+    n_cache, n_cross = len(jax.tree.leaves(cache)), len(jax.tree.leaves(cross))
+    assert kept == [False] * n_cache + [True] * (n_cross + 1)
 
 
 def test_eval_config_reproduces_generate_defaults(model_dir):
