@@ -152,10 +152,22 @@ def prepare_tfds(name: str, data_dir: str, manual_dir: str = "") -> None:
 def _open_tfds(tfds, name: str, split: str, data_dir: str | None) -> Iterator[dict]:
     try:
         ds = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-        return (ds[i] for i in range(len(ds)))
+        return _in_batches(ds)
     except NotImplementedError:  # prepared as TFRecord: no random access without TensorFlow
         ds = tfds.load(name, split=split, data_dir=data_dir, download=False)
         return iter(tfds.as_numpy(ds))
+
+
+def _in_batches(ds, size: int = 1024) -> Iterator[dict]:
+    # ArrayRecord's batched read is ~2.5x faster than one example at a time.
+    get = getattr(ds, "__getitems__", None)
+    for start in range(0, len(ds), size):
+        rows = range(start, min(start + size, len(ds)))
+        try:
+            batch = get(list(rows)) if get else [ds[i] for i in rows]
+        except TypeError:  # tfds.testing.mock_data's source has no working batched read
+            get, batch = None, [ds[i] for i in rows]
+        yield from batch
 
 
 def _plain(value):
