@@ -40,7 +40,6 @@ from flax import struct
 from gkd_jax.sampling import Decoding
 
 LENGTH_PENALTIES = ("t5x", "hf")
-EARLY_STOPPING = (True, False, "never")
 _NEG = -1.0e9  # transformers' "impossible" score; kept identical so ties break alike
 
 
@@ -65,7 +64,7 @@ class BeamSearchConfig:
                 f"length_penalty_form must be one of {list(LENGTH_PENALTIES)}, "
                 f"got {self.length_penalty_form!r}"
             )
-        if not any(self.early_stopping is e for e in EARLY_STOPPING):
+        if not (isinstance(self.early_stopping, bool) or self.early_stopping == "never"):
             raise ValueError(
                 f"early_stopping must be True, False or 'never', got {self.early_stopping!r}"
             )

@@ -349,8 +349,15 @@ def test_state_must_be_batch_major():
         (dict(beam_size=0), "beam_size"),
         (dict(length_penalty_form="gnmt"), "length_penalty_form"),
         (dict(early_stopping="always"), "early_stopping"),
+        (dict(early_stopping=1), "early_stopping"),
     ],
 )
 def test_config_rejects_bad_values(kw, match):
     with pytest.raises(ValueError, match=match):
         BeamSearchConfig(**(dict(max_new_tokens=4) | kw))
+
+
+def test_config_accepts_every_early_stopping_value():
+    never = "".join(["ne", "ver"])  # built at run time, as a parsed flag is: not interned
+    for value in (True, False, never):
+        assert BeamSearchConfig(4, early_stopping=value).early_stopping == value
