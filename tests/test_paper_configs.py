@@ -1,0 +1,163 @@
+"""configs/xsum.py, wmt_en_de.py, gsm8k.py: their `:arg`, the paper's values, and each config's
+three stages (SFT of the student, SFT of the teacher, GKD from the two) end to end through the
+real loop on JSONL fixtures, with tiny random T5 models (Hugging Face dirs made here)."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from jax.experimental.compilation_cache import compilation_cache
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
+
+from gkd_jax import trainer  # noqa: E402
+from gkd_jax.config_checks import validate_config  # noqa: E402
+from gkd_jax.config_loading import load_config_file  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TASKS = ("xsum", "wmt_en_de", "gsm8k")
+V = 64
+WORDS = [f"w{i}" for i in range(V - 3)]
+
+
+def config(task, arg=""):
+    path = os.path.join(REPO, "configs", f"{task}.py")
+    return load_config_file(f"{path}:{arg}" if arg else path)
+
+
+# ---------------------------------------------------------------- the paper's values
+def test_paper_recipe_values():
+    x = config("xsum")
+    assert (x.steps, x.batch_size, x.optim.name, x.optim.schedule) == (40_000, 32, "adafactor",
+                                                                       "linear")  # fmt: skip
+    assert (x.optim.warmup_steps, x.optim.cooldown_steps) == (2_000, 10_000)
+    assert (x.data.max_prompt_len, x.max_new_tokens, x.dropout_rate) == (1024, 64, 0.0)
+    assert x.optim.learning_rate == 1e-3  # T5-small, not reverse KL
+    assert config("xsum", "div=rkl").optim.learning_rate == 3e-4
+    assert config("xsum", "base").optim.learning_rate == 3e-4
+    assert x.init.checkpoint == "google/t5-small-lm-adapt"
+    assert x.teacher.checkpoint == "google/t5-xl-lm-adapt"
+    assert (x.gkd.divergence, x.gkd.beta, x.gkd.lmbda) == ("jsd", 0.9, 1.0)
+    assert (x.gkd.reduction, x.sampling.temperature, x.gkd.teacher_temperature) == (
+        "sequence", 1.0, 1.0)  # fmt: skip
+    w = config("wmt_en_de", "student=large,div=fkl,lmbda=0.5")
+    assert (w.steps, w.optim.warmup_steps, w.optim.cooldown_steps) == (100_000, 5_000, 0)
+    assert (w.data.max_prompt_len, w.max_new_tokens) == (80, 80)
+    assert (w.eval.decoding, w.eval.beam_size) == ("beam", 4)
+    assert (w.init.checkpoint, w.gkd.divergence, w.gkd.lmbda) == (
+        "google/t5-large-lm-adapt", "fkl", 0.5)  # fmt: skip
+    g = config("gsm8k", "stage=sft_teacher")
+    assert (g.objective, g.init.checkpoint, g.dropout_rate) == ("sft", "google/flan-t5-xl", 0.05)
+    assert (g.data.max_prompt_len, g.max_new_tokens) == (512, 320)
+    assert config("gsm8k").gkd.teacher_temperature == 0.1
+    r = config("gsm8k", "student=base,runs=/r")
+    assert r.init.checkpoint == "/r/gsm8k_sft_student_base/hf_model"
+    assert r.teacher.checkpoint == "/r/gsm8k_sft_teacher_xl/hf_model"
+    for task in TASKS:
+        validate_config(config(task))
+
+
+@pytest.mark.parametrize(
+    "arg, match",
+    [("div=kl", "div='kl'"), ("div=jsd1.5", "jsd1.5"), ("student=xxl", "student='xxl'"),
+     ("stage=rl", "stage='rl'"), ("lr=1", "unknown key 'lr'"), ("tiny", "'tiny'")],
+)  # fmt: skip
+def test_bad_arg_parts_name_themselves(arg, match):
+    with pytest.raises(ValueError, match=match):
+        config("xsum", arg)
+
+
+# ---------------------------------------------------------------- end to end
+def tokenizer(path):
+    specials = ["<pad>", "</s>", "<unk>"]  # T5's ids: pad 0 (also the decoder start), eos 1
+    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(specials + WORDS)}, "<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def t5_dir(path, tok, seed, d_model):
+    torch.manual_seed(seed)
+    cfg = transformers.T5Config(
+        vocab_size=V, d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=1, num_heads=2,
+        relative_attention_num_buckets=8, relative_attention_max_distance=16,
+        feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    )  # fmt: skip
+    transformers.T5ForConditionalGeneration(cfg).save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+
+
+def words(rng, n):
+    return " ".join(rng.choice(WORDS, n))
+
+
+def record(task, rng):
+    if task == "xsum":
+        return {"document": words(rng, 12), "summary": words(rng, 4)}
+    if task == "wmt_en_de":
+        return {"en": words(rng, 6), "de": words(rng, 6)}
+    n = int(rng.integers(1, 9))
+    return {"question": words(rng, 8), "answer": f"{words(rng, 4)} <<{n}*1={n}>>{n}\n#### {n}"}
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    """The nine runs compile mostly the same programs (one shape for all models, the same
+    lengths in every task): a persistent compilation cache compiles each once."""
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes")  # fmt: skip
+    before = {k: getattr(jax.config, k) for k in keys}
+    for k, v in zip(keys, (str(tmp_path_factory.mktemp("xla_cache")), 0.0, 0), strict=True):
+        jax.config.update(k, v)
+    compilation_cache.reset_cache()
+    yield
+    for k, v in before.items():
+        jax.config.update(k, v)
+    compilation_cache.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory, compile_cache):
+    """Tiny T5 student ("small") and teacher ("xl") sharing a tokenizer, and JSONL per task.
+    One shape for both (different weights): the wiring is under test, not the sizes."""
+    root = tmp_path_factory.mktemp("paper")
+    tok = tokenizer(root / "tok")
+    t5_dir(root / "models" / "small", tok, 0, 16)
+    t5_dir(root / "models" / "xl", tok, 1, 16)
+    rng = np.random.default_rng(0)
+    for task in TASKS:
+        for split, n in (("train", 32), ("eval", 8)):
+            path = root / "data" / task / f"{split}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(json.dumps(record(task, rng)) + "\n" for _ in range(n)))
+    return root
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_sft_then_gkd_end_to_end(task, fixtures):
+    runs = fixtures / "runs"
+    local = f"smoke,models={fixtures / 'models'},data={fixtures / 'data' / task}"
+    student = trainer.train_and_evaluate(
+        config(task, f"stage=sft,{local}"), str(runs / f"{task}_sft_student_small")
+    )
+    teacher = trainer.train_and_evaluate(
+        config(task, f"stage=sft_teacher,{local}"), str(runs / f"{task}_sft_teacher_xl")
+    )
+    gkd_config = config(task, f"div=jsd0.5,lmbda=1,runs={runs},{local}")
+    # The GKD stage starts from the two SFT stages' exported models.
+    assert gkd_config.init.checkpoint == str(runs / f"{task}_sft_student_small" / "hf_model")
+    gkd = trainer.train_and_evaluate(gkd_config, str(runs / f"{task}_gkd"))
+    metric = {"xsum": "rouge2", "wmt_en_de": "bleu", "gsm8k": "accuracy"}[task]
+    for summary in (student, teacher, gkd):
+        assert summary["metric"] == metric and summary["steps"] == 3
+        assert all(np.isfinite(v) for v in summary["scores"].values())
+    assert (student["objective"], teacher["objective"], gkd["objective"]) == ("sft", "sft", "gkd")
+    # The teacher GKD loads is the SFT'd one: it scores as the teacher stage's final model did.
+    assert gkd["scores"]["teacher"] == pytest.approx(teacher["scores"]["final"])
+    assert gkd["scores"]["start"] == pytest.approx(student["scores"]["final"])
