@@ -92,8 +92,8 @@ def test_prompt_and_target_token_ids(tok, tmp_path, task, prompt, target):
     train, evals = load(jsonl_config(task, tmp_path, RECORDS[task]), tok)
     eos = tok.eos_token_id
     assert train.prompts[0] == prompt
-    assert train.prompt_ids[0] == [*ids(tok, prompt), eos]  # T5: the prompt ends with </s>
-    assert train.completion_ids[0] == [*ids(tok, target), eos]
+    assert list(train.prompt_ids[0]) == [*ids(tok, prompt), eos]  # T5: the prompt ends with </s>
+    assert list(train.completion_ids[0]) == [*ids(tok, target), eos]
     assert train.references[0] == target
     assert len(train.prompt_ids) == len(evals.prompt_ids) == 3
 
@@ -120,7 +120,7 @@ def test_gsm8k_target_drops_calculator_and_states_the_answer(tok, tmp_path):
         "Natalia sold 48/2 = 24 clips in May. Natalia sold 48+24 = 72 clips altogether in "
         "April and May. The answer is 72."
     )
-    assert train.completion_ids[0] == [*ids(tok, target), tok.eos_token_id]
+    assert list(train.completion_ids[0]) == [*ids(tok, target), tok.eos_token_id]
     assert train.prompts[0] == gsm8k_prompt.few_shot_prompt(GSM8K[0]["question"])
     assert train.references == ["72", "5", "1200"]
     assert gsm8k.gsm8k_target("He has 1,200.\n#### 1,200")[0] == (
@@ -363,8 +363,8 @@ def test_overflow_truncation_and_caps(tok, tmp_path):
         "prompts cut to their last max_prompt_len tokens)" in logged[0]
     )
     eos = tok.eos_token_id
-    assert train.prompt_ids[0] == [*ids(tok, "summarize: " + XSUM[0]["document"]), eos][-12:]
-    assert train.completion_ids[0] == ids(tok, "A cat sat.")[:5]  # cut: no EOS
+    assert list(train.prompt_ids[0]) == [*ids(tok, "summarize: " + XSUM[0]["document"]), eos][-12:]
+    assert list(train.completion_ids[0]) == ids(tok, "A cat sat.")[:5]  # cut: no EOS
     assert len(train.prompt_ids) == 2 and len(evals.prompt_ids) == 1
 
 
@@ -375,7 +375,7 @@ def test_truncate_right_keeps_the_start_and_the_closing_eos(tok, tmp_path):
     train, _ = load(c, tok, logged.append)
     eos = tok.eos_token_id
     # T5 appends </s> after trimming: the first 11 tokens, then </s>.
-    assert train.prompt_ids[0] == [*ids(tok, "summarize: The cat sat on")[:11], eos]
+    assert list(train.prompt_ids[0]) == [*ids(tok, "summarize: The cat sat on")[:11], eos]
     assert "3 prompts cut to their first max_prompt_len tokens" in logged[0]
     plain = byte_tokenizer(closing_eos=False)  # e.g. a decoder-only model's: nothing closes it
     examples, _ = paper_tasks.tokenize_records(
@@ -383,7 +383,7 @@ def test_truncate_right_keeps_the_start_and_the_closing_eos(tok, tmp_path):
         max_prompt_len=12, max_completion_len=8, stop_ids=[eos],
         prompt_overflow="truncate_right",
     )  # fmt: skip
-    assert examples[0][0] == ids(plain, "summarize: The cat sat on")[:12]
+    assert list(examples[0][0]) == ids(plain, "summarize: The cat sat on")[:12]
     c.task = "chat"  # the chat loader has no truncate_right
     with pytest.raises(ValueError, match="config.data.prompt_overflow='truncate_right'"):
         validate_config(c)

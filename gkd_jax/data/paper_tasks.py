@@ -8,6 +8,7 @@ at `max_new_tokens` (counted). Bad records are reported with their location, as 
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import itertools
 from collections.abc import Callable, Iterable, Sequence
@@ -99,7 +100,7 @@ def tokenize_records(
     max_completion_len: int,
     stop_ids: Sequence[int],
     prompt_overflow: str = "error",
-) -> tuple[list[tuple[list[int], list[int], str, str]], chat.DataReport]:
+) -> tuple[list[tuple[array.array, array.array, str, str]], chat.DataReport]:
     """Up to `limit` (prompt ids, completion ids, reference, prompt text), and the report."""
     if prompt_overflow not in PROMPT_OVERFLOW:
         raise ValueError(f"prompt_overflow={prompt_overflow!r}: choose one of {PROMPT_OVERFLOW}")
@@ -147,7 +148,9 @@ def tokenize_records(
                 c = c[:max_completion_len]
                 report.truncated_completions += 1
             if len(examples) < limit:
-                examples.append((p, c, ref, prompt))
+                # int32 arrays: ~4 bytes a token where a list of ints takes ~40 (XSum's
+                # 204k training prompts: ~0.5 GB instead of ~4.5 GB).
+                examples.append((array.array("i", p), array.array("i", c), ref, prompt))
     report.kept = len(examples)
     return examples, report
 

@@ -14,8 +14,8 @@ from gkd_jax.metrics import exact_match_accuracy
 class Split:
     """Token ids of one split, ready for `pipeline.pack`."""
 
-    prompt_ids: list[list[int]]
-    completion_ids: list[list[int]]  # each ends with a stop token unless truncated
+    prompt_ids: list[Sequence[int]]  # lists, or int32 array.array (paper tasks: 10x smaller)
+    completion_ids: list[Sequence[int]]  # each ends with a stop token unless truncated
     references: list  # what the metric compares decoded completions against
     prompts: list[str]  # prompt texts, for the samples shown in the logs
 
