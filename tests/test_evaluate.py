@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -19,10 +20,10 @@ from gkd_jax.data import arith
 from gkd_jax.data.char_tokenizer import build_char_tokenizer
 from gkd_jax.data.tasks import Task
 from gkd_jax.evaluate import evaluate_checkpoint, locate_checkpoint
-from gkd_jax.evaluation import task_scores
+from gkd_jax.evaluation import make_eval_decoder, task_scores
 from gkd_jax.models import DecoderConfig, build_decoder, functional_lm
 from gkd_jax.resources import resolve_path
-from gkd_jax.sampling import SamplingConfig, make_sampler
+from gkd_jax.sampling import Decoding, SamplingConfig, make_sampler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARITH = os.path.join(ROOT, "configs", "arith.py")
@@ -102,6 +103,34 @@ def test_task_scores_add_the_extra_metrics():
     both = dataclasses.replace(plain, extra_metrics=lengths)
     assert task_scores(both, texts, refs) == {"overlap": 2 / 3, "chars": 3.0, "refs": 3.0}
     assert task_scores(dataclasses.replace(plain, metric=None), texts, refs) == {}
+
+
+def test_eval_decoders_by_config():
+    """Decoding by config.eval: at a tiny temperature "sample" is greedy, at 1 it draws (rng-
+    dependent); "beam" searches (on a bigram table where greedy's first pick leads nowhere)."""
+    table = np.full((4, 4), -9.0, np.float32)  # logits[previous token, next token]; 0 stops
+    table[1, 2], table[1, 3] = 0.0, -0.5  # greedy picks 2 ...
+    table[2, :] = [-1.0, -1.2, -1.4, -1.6]  # ... after which nothing is likely (stop: 0.30)
+    table[3, 0] = 0.0  # 3 is followed by the stop, surely
+    decoding = Decoding(lambda t, p, m, n: (t[p[:, -1]], p[:, -1]), lambda t, x, i, s: (t[x], x))
+    config = load_config_file(ARITH)
+    config.max_new_tokens = 3
+    prompt = jnp.ones((8, 1), jnp.int32)
+
+    def decode(decoding_name, rng=0, **eval_fields):
+        config.eval.decoding = decoding_name
+        config.eval.update(eval_fields)
+        fn = make_eval_decoder(decoding, config, stop_ids=(0,), pad_id=0, vocab_size=4)
+        out = fn(jnp.asarray(table), prompt, jnp.ones_like(prompt), jax.random.key(rng))
+        return np.asarray(out.tokens)
+
+    greedy = decode("greedy")
+    assert (greedy[:, 0] == 2).all()
+    np.testing.assert_array_equal(decode("sample", temperature=1e-4), greedy)
+    a, b = decode("sample", 1, temperature=1.0), decode("sample", 2, temperature=1.0)
+    assert (a != b).any()
+    beam = decode("beam", beam_size=2, length_penalty=0.0)
+    np.testing.assert_array_equal(beam, np.tile([3, 0, 0], (8, 1)))  # 1 -> 3 -> stop
 
 
 def fake_model_dir(path) -> str:
