@@ -225,6 +225,9 @@ def plot_curves(runs: list[dict[str, Any]], s: dict[str, Any], path: str) -> Non
             ax.grid(alpha=0.3)
             if ax.lines:
                 ax.legend(fontsize=7)
+                # The divergences' losses differ by orders of magnitude (RKL vs JSD(0.1)).
+                if all(min(line.get_ydata()) > 0 for line in ax.lines):
+                    ax.set_yscale("log")
         axs[r][0].set_ylabel("training loss (own divergence)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
