@@ -106,9 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         for r in todo:
             print(r.command(args.root, args.python))
         return 0
+    root = os.path.abspath(args.root)  # the runs start in the repository root, not here
     failed = []
     with ThreadPoolExecutor(args.parallel) as pool:
-        for name, code, seconds in pool.map(lambda r: run_one(r, args.root, args.python), todo):
+        for name, code, seconds in pool.map(lambda r: run_one(r, root, args.python), todo):
             status = "ok" if code == 0 else f"FAILED (exit {code})"
             print(f"{name}: {status} in {seconds / 60:.1f} min", flush=True)
             if code != 0:
