@@ -163,8 +163,12 @@ def make_train_step(
     check_dropout(config, student)
     lean = config.objective == "gkd" and config.gkd.loss_impl != "full"
     loss_mesh = None
-    if lean and mesh is not None:
-        loss_mesh = sharding.loss_mesh(mesh, vocab, config.batch_size // accum)
+    if mesh is not None:
+        # The models' forward passes pin their activations' rows (sharding.constrain_rows).
+        student = sharding.models_on_mesh(student, mesh)
+        teacher = None if teacher is None else sharding.models_on_mesh(teacher, mesh)
+        if lean:
+            loss_mesh = sharding.loss_mesh(mesh, vocab, config.batch_size // accum)
 
     def sum_count(params, teacher_params, mb, dropout_key=None):
         if lean:
@@ -237,6 +241,19 @@ def make_optimizer(config) -> optax.GradientTransformation:
 # ---------------------------------------------------------------------------- models
 def model_config(config_model: ml_collections.ConfigDict) -> DecoderConfig:
     return DecoderConfig(**config_model.to_dict())
+
+
+def source_shape(checkpoint_spec: str, config_model) -> DecoderConfig | None:
+    """The decoder shape a config asks of a model source, or None where the source brings its
+    own: a Hugging Face model, or our checkpoint of another family (a T5 an SFT stage wrote to
+    WORKDIR/model), which `config.model`'s decoder fields do not describe."""
+    if is_hf_source(checkpoint_spec):
+        return None
+    path = resolve_path(checkpoint_spec) if checkpoint_spec else ""
+    if path and checkpoint.has_model(path):
+        if not isinstance(checkpoint.read_model_config(path), DecoderConfig):
+            return None
+    return model_config(config_model)
 
 
 def obtain_model(spec, workdir: str, name: str, dtype, expected=None, mesh: Mesh | None = None):
@@ -371,21 +388,32 @@ def evaluate(ev, params, who: str = "student") -> dict:
     if task.metric is not None:
         scores = task_scores(task, texts, split.references)
     else:
-        per_seq = []
-        bs = ev["config"].eval.batch_size
-        data = dict(ev["data"], target=tokens, target_mask=mask)
-        rows = sharding.batch_sharding(ev["mesh"])
-        mine = distributed.host_rows(bs, rows)
-        for batch in pipeline.in_order(data, bs):
-            put = {k: distributed.global_batch(batch[k][mine], rows, bs) for k in data}
-            d = ev["divergence"](
-                params, ev["teacher_params"], put["prompt"], put["prompt_mask"],
-                put["target"], put["target_mask"],
-            )  # fmt: skip
-            per_seq.append(distributed.to_host(d)[batch["valid"]])
-        scores = {task.metric_name: float(np.mean(np.concatenate(per_seq)))}
+        score = mean_divergence(
+            ev["divergence"], params, ev["teacher_params"], ev["data"], tokens, mask,
+            ev["config"].eval.batch_size, ev["mesh"],
+        )  # fmt: skip
+        scores = {task.metric_name: score}
     samples = [(p, t) for p, t in zip(split.prompts[:3], texts[:3], strict=True)]
     return {**scores, "samples": samples}
+
+
+def mean_divergence(
+    divergence, params, teacher_params, data, tokens, mask, batch_size, mesh
+) -> float:
+    """Mean over rows of `divergence` (make_divergence_fn) on completions tokens/mask [N, T]
+    of the prompts in `data`: the student's on-policy divergence from the teacher."""
+    per_seq = []
+    data = dict(data, target=tokens, target_mask=mask)
+    rows = sharding.batch_sharding(mesh)
+    mine = distributed.host_rows(batch_size, rows)
+    for batch in pipeline.in_order(data, batch_size):
+        put = {k: distributed.global_batch(batch[k][mine], rows, batch_size) for k in data}
+        d = divergence(
+            params, teacher_params, put["prompt"], put["prompt_mask"], put["target"],
+            put["target_mask"],
+        )  # fmt: skip
+        per_seq.append(distributed.to_host(d)[batch["valid"]])
+    return float(np.mean(np.concatenate(per_seq)))
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -409,25 +437,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Models, loaded straight into their shardings on the mesh (gkd_jax/sharding.py). The
     # student starts from `init` (an SFT checkpoint) or from scratch.
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-    student_hf = is_hf_source(config.init.checkpoint)
+    init_shape = source_shape(config.init.checkpoint, config.model)
     out_dir = os.path.join(workdir, "model")
-    if checkpoint.has_model(out_dir) and not student_hf:
-        checkpoint.check_model_config(out_dir, model_config(config.model))
+    if checkpoint.has_model(out_dir) and init_shape is not None:
+        checkpoint.check_model_config(out_dir, init_shape)
     teacher = None
     if config.objective == "gkd":
-        expected = (
-            None if is_hf_source(config.teacher.checkpoint) else model_config(config.teacher.model)
-        )
+        # .get: a Hugging Face teacher's source has no `model` fields
+        expected = source_shape(config.teacher.checkpoint, config.teacher.get("model"))
         teacher = obtain_model(config.teacher, workdir, "teacher", dtype, expected, mesh)
     if config.init.checkpoint or config.init.recipe:
-        expected = None if student_hf else model_config(config.model)
-        student = obtain_model(config.init, workdir, "init", dtype, expected, mesh)
+        student = obtain_model(config.init, workdir, "init", dtype, init_shape, mesh)
     else:
         cfg = model_config(config.model)
         student = sharding.shard_model(
             lambda: build_decoder(cfg, seed=config.seed, dtype=dtype), mesh
         )
-    if checkpoint.has_model(out_dir) and student_hf:
+    if checkpoint.has_model(out_dir) and init_shape is None:
         checkpoint.check_model_config(out_dir, student.cfg)
     vocab = shared_vocab_size(config, tokenizer, student, teacher)
     if task.metric is None and teacher is None:
@@ -453,6 +479,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         teacher_params, teacher_fns = functional_lm(teacher)
         teacher_shardings = sharding.tree_shardings(teacher_params, mesh)
         teacher_params = jax.device_put(teacher_params, teacher_shardings)  # no-op if loaded so
+    check_loss_impl(config, student_fns, teacher_fns)  # before the first compilation
     # One compiled eval decoder (config.eval.decoding) per model: the student's serves its
     # first and last evaluation.
     eval_decoder = functools.partial(
