@@ -9,6 +9,8 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 
 import jax
 import numpy as np
@@ -115,22 +117,32 @@ def launch(cmd: list[str], *, processes: int, devices: int) -> list[subprocess.P
             )
             for i in range(processes)
         ]
-    return [
-        subprocess.Popen(cmd, cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        for e in envs
-    ]
+    procs = []
+    for e in envs:
+        log = tempfile.TemporaryFile()  # not a pipe: nobody reads it while the process runs
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=e, stdout=log, stderr=subprocess.STDOUT))
+        procs[-1].log = log
+    return procs
 
 
 def wait_all(procs: list[subprocess.Popen]) -> list[str]:
-    outputs = []
-    try:
-        for p in procs:
-            out, _ = p.communicate(timeout=TIMEOUT_S)
-            outputs.append(out.decode(errors="replace"))
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        pytest.fail(f"a process hung for {TIMEOUT_S}s (a collective that never completed?)")
+    """Their outputs once all exited 0. A failed process stops the others at once (its peers
+    would wait for it in a collective), and so does the timeout: the test fails, not hangs."""
+
+    def output(p) -> str:
+        p.log.seek(0)
+        return p.log.read().decode(errors="replace")
+
+    deadline = time.monotonic() + TIMEOUT_S
+    while any(p.poll() is None for p in procs):
+        failed = [p for p in procs if p.poll() not in (None, 0)]
+        if failed or time.monotonic() > deadline:
+            for p in procs:
+                p.kill()
+            why = f"exit status {failed[0].returncode}" if failed else f"hung for {TIMEOUT_S}s"
+            pytest.fail(f"{why}:\n" + "\n---\n".join(output(p)[-3000:] for p in procs))
+        time.sleep(0.2)
+    outputs = [output(p) for p in procs]
     for p, out in zip(procs, outputs, strict=True):
         assert p.returncode == 0, out[-4000:]
     return outputs
@@ -177,8 +189,9 @@ def test_two_processes_train_like_one(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_entry_point_two_processes(tmp_path):
-    """`python -m gkd_jax.train` on the arith smoke config (shipped teacher and student), two
-    processes against one: same metrics and parameters, every file written once. ~1-2 min."""
+    """`python -m gkd_jax.train` on the arith smoke config (shipped teacher and student): two
+    processes, stopped after 2 steps and resumed, against one process run through: same
+    metrics and parameters, every file written once. A few minutes."""
     one, two = tmp_path / "one", tmp_path / "two"
     cmd = [
         sys.executable, "-m", "gkd_jax.train", "--config=configs/arith.py:smoke",
@@ -188,8 +201,12 @@ def test_entry_point_two_processes(tmp_path):
         "--config.eval.num_examples=8", "--config.eval.batch_size=8",
     ]  # fmt: skip
     procs = launch([*cmd, f"--workdir={one}"], processes=1, devices=4)
-    procs += launch([*cmd, f"--workdir={two}"], processes=2, devices=2)
-    outputs = wait_all(procs)
+    stop = ["--config.stop_after_steps=2"]
+    procs += launch([*cmd, *stop, f"--workdir={two}"], processes=2, devices=2)
+    first = wait_all(procs)[1:]
+    assert "stopped (config.stop_after_steps=2) at step 2" in first[0]
+    assert [r["step"] for r in jsonl(two / "metrics.jsonl")] == [1, 2]
+    resumed = wait_all(launch([*cmd, f"--workdir={two}"], processes=2, devices=2))
 
     ref, got = jsonl(one / "metrics.jsonl"), jsonl(two / "metrics.jsonl")
     assert [r["step"] for r in got] == [1, 2, 3]
@@ -198,10 +215,10 @@ def test_entry_point_two_processes(tmp_path):
     assert_same_params(one / "model", two / "model")
     ref_scores = json.loads((one / "results.json").read_text())["scores"]
     assert json.loads((two / "results.json").read_text())["scores"] == ref_scores
-    assert len(os.listdir(two / "tensorboard")) == 1
+    assert len(os.listdir(two / "tensorboard")) == 2  # one per run, not per process
     assert sorted(os.listdir(two / "checkpoints")) == ["2", "3"]
-    assert "| student (after) |" in outputs[1] and "| student (after) |" not in outputs[2]
-    assert "process 1/2" in outputs[2]
+    assert "resuming from step 2" in resumed[0] and "| student (after) |" in resumed[0]
+    assert "| student (after) |" not in resumed[1] and "process 1/2" in resumed[1]
 
 
 # ---------------------------------------------------------------------------- in-process
