@@ -9,6 +9,7 @@ row's tokens.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -245,14 +246,17 @@ def make_sampler(decoding: Decoding, cfg: SamplingConfig, *, rows=None) -> Calla
     """Jitted `sampler(params, prompt, prompt_mask, rng) -> SampleOutput`, one compile per shape.
 
     `rows`: a sharding for the [B, ...] outputs (sharding.batch_sharding), so that decoding
-    keeps each row on the devices that hold its prompt rather than replicating the batch."""
-    out_shardings = None
+    keeps each row on the devices that hold its prompt rather than replicating the batch; the
+    models pin their activations so too (sharding.constrain_rows, on under the mesh)."""
+    out_shardings, on_mesh = None, contextlib.nullcontext
     if rows is not None:
         whole = jax.sharding.NamedSharding(rows.mesh, jax.sharding.PartitionSpec())
         out_shardings = SampleOutput(rows, rows, rows, whole)
+        on_mesh = functools.partial(jax.sharding.use_abstract_mesh, rows.mesh.abstract_mesh)
 
     @functools.partial(jax.jit, out_shardings=out_shardings)
     def sampler(params, prompt, prompt_mask, rng):
-        return sample(decoding, params, prompt, prompt_mask, rng, cfg)
+        with on_mesh():
+            return sample(decoding, params, prompt, prompt_mask, rng, cfg)
 
     return sampler

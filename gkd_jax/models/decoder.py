@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gkd_jax.sharding import constrain_rows
+
 Cache = list[dict[str, jax.Array]]
 
 ACTIVATIONS = {
@@ -348,7 +350,7 @@ class Decoder(nnx.Module):
             logits = dense(self.embed_tokens.attend, x)
         else:
             logits = dense(self.lm_head, x)
-        logits = logits.astype(jnp.float32)  # [B, T, V]
+        logits = constrain_rows(logits.astype(jnp.float32), vocab=True)  # [B, T, V]
         if cfg.final_softcap is not None:
             logits = softcap(logits, cfg.final_softcap)
         return logits, new_cache
@@ -370,8 +372,10 @@ class Decoder(nnx.Module):
             # trained so.
             x = x * jnp.asarray(math.sqrt(cfg.hidden_size), x.dtype)
         new_cache = [] if cache is not None else None
+        x = constrain_rows(x)  # rows stay split over the mesh's batch axes (sharding.py)
         for i, layer in enumerate(self.layers):
             x, c = layer(x, positions, mask, None if cache is None else cache[i], cache_index)
+            x = constrain_rows(x)
             if cache is not None:
                 new_cache.append(c)
         return self.norm(x), new_cache

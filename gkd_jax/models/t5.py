@@ -27,6 +27,7 @@ from flax import nnx
 from gkd_jax.models.decoder import RMSNorm, dense
 from gkd_jax.models.lm import LMFunctions
 from gkd_jax.sampling import Decoding
+from gkd_jax.sharding import constrain_rows
 
 Cache = list[dict[str, jax.Array]]
 
@@ -330,6 +331,7 @@ class T5(nnx.Module):
         bias = self.encoder.position_bias(pos, pos) + key_mask  # [B, N, S, S]
         for block in self.encoder.block:
             x, _ = block(x, bias, dropout=dropout)
+            x = constrain_rows(x)  # rows stay split over the mesh's batch axes (sharding.py)
         return drop(dropout, self.encoder.final_layer_norm(x))
 
     def cross_kv(self, encoded: jax.Array) -> Cache:
@@ -367,7 +369,7 @@ class T5(nnx.Module):
             logits = dense(self.shared.attend, x * self.cfg.d_model**-0.5)
         else:
             logits = dense(self.lm_head, x)
-        return logits.astype(jnp.float32), new_cache  # [B, T, V]
+        return constrain_rows(logits.astype(jnp.float32), vocab=True), new_cache  # [B, T, V]
 
     def decode_hidden(
         self,
@@ -396,6 +398,7 @@ class T5(nnx.Module):
         for i, block in enumerate(self.decoder.block):
             layer_cache = None if cache is None else cache[i]
             x, c = block(x, self_bias, layer_cache, cache_index, cross_kv[i], cross_bias, dropout)
+            x = constrain_rows(x)
             if cache is not None:
                 new_cache.append(c)
         return drop(dropout, self.decoder.final_layer_norm(x)), new_cache
