@@ -6,8 +6,10 @@
 --checkpoint: our model dir (WORKDIR/model, WORKDIR/best_model, `builtin:arith/student_sft`), a
 workdir (its model/), or a Hugging Face directory (or hub id). The config gives the task, its
 data, max_new_tokens, data.max_prompt_len and eval.* (decoding, beam_size, length_penalty,
-batch_size); the checkpoint alone gives the model. Writes OUT/predictions.jsonl (one
-{"prompt", "prediction", "reference"} per example) and OUT/metrics.json, and prints a table.
+batch_size); the checkpoint alone gives the model. A task without a metric of its own (chat)
+is scored as in training, by the model's divergence from config.teacher on its completions.
+Writes OUT/predictions.jsonl (one {"prompt", "prediction", "reference"} per example) and
+OUT/metrics.json, and prints a table.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from gkd_jax.evaluation import describe_decoding, make_eval_decoder, task_scores
 from gkd_jax.models import COMPUTE_DTYPES, functional_lm
 from gkd_jax.models.hf import is_hf_source, load_pretrained, resolve_model_dir
 from gkd_jax.resources import resolve_path
-from gkd_jax.trainer import check_token_ids, decode_split
+from gkd_jax.trainer import check_token_ids, decode_split, make_divergence_fn, mean_divergence
 
 SPLITS = ("eval", "train")
 MODEL_DIRS = ("model", "best_model")  # where a workdir keeps our checkpoints
@@ -93,6 +95,25 @@ def tokenizer_for(config, kind: str, path: str, workdir: str | None, out: str):
     return tokenizer, (tokenizer.eos_token_id,)
 
 
+def load_teacher(config, workdir: str | None, task, dtype):
+    """The teacher a metric-less task is scored against: config.teacher.checkpoint, else the
+    one training kept in WORKDIR/teacher/model."""
+    source = config.teacher.checkpoint
+    if source:
+        if is_hf_source(source):
+            return load_pretrained(source, dtype=dtype)
+        return checkpoint.load_model(resolve_path(source), dtype=dtype)
+    path = os.path.join(workdir or "", "teacher", "model")
+    if workdir and checkpoint.has_model(path):
+        return checkpoint.load_model(path, dtype=dtype)
+    raise FileNotFoundError(
+        f"task {task.name!r} is scored by {task.metric_name}, the model's divergence from the "
+        "teacher on its own completions, and there is no teacher: set --config.teacher."
+        "checkpoint= (our model dir or a Hugging Face directory), or pass a workdir that holds "
+        "teacher/model"
+    )
+
+
 def default_out(workdir: str | None, split: str) -> str:
     return os.path.join(workdir or os.getcwd(), f"eval_{split}")
 
@@ -105,8 +126,10 @@ def evaluate_checkpoint(
     out: str | None = None,
     num_examples: int | None = None,
 ) -> dict[str, Any]:
-    """Decode `split` of config.task with the model at `spec` (config.eval.decoding); write
-    OUT/predictions.jsonl and OUT/metrics.json; return the metrics.json content."""
+    """Decode `split` of config.task with the model at `spec` (config.eval.decoding) and score
+    it: the task's metric (and extra metrics), or for a task without one (chat) the divergence
+    from config.teacher on the completions. Write OUT/predictions.jsonl and OUT/metrics.json;
+    return the metrics.json content."""
     if split not in SPLITS:
         raise ValueError(f"--split={split!r}: choose one of {list(SPLITS)}")
     if num_examples is not None and num_examples < 1:
@@ -124,9 +147,15 @@ def evaluate_checkpoint(
     task = get_task(config.task)
     tokenizer, stops = tokenizer_for(config, kind, path, workdir, out)
     validate_config(config, vocab_size=len(tokenizer))
-    model = load_model(kind, path, spec, COMPUTE_DTYPES[config.dtype])
+    dtype = COMPUTE_DTYPES[config.dtype]
+    model = load_model(kind, path, spec, dtype)
     params, fns = functional_lm(model)
     log(f"[evaluate] {type(model).__name__} from {path} ({fns.vocab_size} logits)")
+    teacher = None
+    if task.metric is None:  # scored by its divergence from the teacher on its completions
+        teacher = load_teacher(config, workdir, task, dtype)
+        teacher_params, teacher_fns = functional_lm(teacher)
+    vocab = fns.vocab_size if teacher is None else min(fns.vocab_size, teacher_fns.vocab_size)
 
     train_split, eval_split = task.load(config, tokenizer, stops, log=log)
     data_split = eval_split if split == "eval" else train_split
@@ -140,20 +169,21 @@ def evaluate_checkpoint(
         pad_id=tokenizer.pad_token_id,
     )
     try:
-        check_token_ids(data, fns.vocab_size, split)
+        check_token_ids(data, vocab, split)
     except ValueError as e:
         raise ValueError(
-            f"--checkpoint={spec}: the model has {fns.vocab_size} logits, the tokenizer "
+            f"--checkpoint={spec}: the model(s) have {vocab} logits, the tokenizer "
             f"{len(tokenizer)} tokens: {e}. Is this the model the config's tokenizer was made "
             "for (config.tokenizer)?"
         ) from e
 
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     params = sharding.put(params, mesh)
+    if teacher is not None:
+        teacher_params = sharding.put(teacher_params, mesh)
     decoder = make_eval_decoder(
-        fns.decoding, config, stop_ids=stops, pad_id=tokenizer.pad_token_id,
-        vocab_size=fns.vocab_size,
-    )  # fmt: skip
+        fns.decoding, config, stop_ids=stops, pad_id=tokenizer.pad_token_id, vocab_size=vocab
+    )
     decoding = describe_decoding(config)
     log(f"[evaluate] {n} {config.task} {split} examples, decoding: {decoding}")
     start = time.time()
@@ -167,10 +197,12 @@ def evaluate_checkpoint(
     pairs = zip(tokens, mask, strict=True)
     texts = [tokenizer.decode(t[m], skip_special_tokens=True) for t, m in pairs]
     scores = task_scores(task, texts, references)
+    if teacher is not None:
+        divergence = make_divergence_fn(config, fns, teacher_fns)
+        scores[task.metric_name] = mean_divergence(
+            divergence, params, teacher_params, data, tokens, mask, config.eval.batch_size, mesh
+        )
     seconds = time.time() - start
-    if not scores:
-        log(f"[evaluate] task {config.task!r} has no metric of its own (its {task.metric_name} "
-            "needs a teacher): predictions only")  # fmt: skip
     summary = {
         "checkpoint": path,
         "task": config.task,

@@ -14,11 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gkd_jax import checkpoint, trainer
+from gkd_jax import checkpoint, evaluate, trainer
 from gkd_jax.config_loading import load_config_file
 from gkd_jax.data import arith
 from gkd_jax.data.char_tokenizer import build_char_tokenizer
-from gkd_jax.data.tasks import Task
+from gkd_jax.data.tasks import Task, get_task
 from gkd_jax.evaluate import evaluate_checkpoint, locate_checkpoint
 from gkd_jax.evaluation import make_eval_decoder, task_scores
 from gkd_jax.models import DecoderConfig, build_decoder, functional_lm
@@ -30,8 +30,9 @@ ARITH = os.path.join(ROOT, "configs", "arith.py")
 STUDENT = "builtin:arith/student_sft"
 
 
-def independent_greedy(config, n: int, tmp_path) -> tuple[list[str], list[int], float]:
-    """(predictions, answers, accuracy) of the shipped student on the first n test problems."""
+def independent_greedy(config, n: int, tmp_path, arrays: bool = False):
+    """(predictions, answers, accuracy) of the shipped student on the first n test problems;
+    with `arrays`, (prompt, prompt_mask, tokens, mask) [n, ...] instead."""
     tok = build_char_tokenizer(str(tmp_path / "ref_tokenizer"))
     examples = arith.make_examples("test", n, config.data.eval_seed)
     ids = tok([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
@@ -46,6 +47,8 @@ def independent_greedy(config, n: int, tmp_path) -> tuple[list[str], list[int], 
     )
     out = make_sampler(fns.decoding, greedy)(params, prompt, mask, jax.random.key(0))
     tokens, keep = np.asarray(out.tokens), np.asarray(out.mask)
+    if arrays:
+        return prompt, mask, tokens, keep
     texts = [tok.decode(t[m], skip_special_tokens=True) for t, m in zip(tokens, keep, strict=True)]
     answers = [e.answer for e in examples]
     hits = [arith.extract_answer(t) == a for t, a in zip(texts, answers, strict=True)]
@@ -131,6 +134,51 @@ def test_eval_decoders_by_config():
     assert (a != b).any()
     beam = decode("beam", beam_size=2, length_penalty=0.0)
     np.testing.assert_array_equal(beam, np.tile([3, 0, 0], (8, 1)))  # 1 -> 3 -> stop
+
+
+def numpy_jsd(s_logits, t_logits, beta: float) -> np.ndarray:
+    """Generalized JSD per position from its definition, float64: beta KL(T||M) + (1 - beta)
+    KL(S||M), M = beta T + (1 - beta) S."""
+
+    def log_softmax(x):
+        x = x.astype(np.float64)
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    ls, lt = log_softmax(s_logits), log_softmax(t_logits)
+    ps, pt = np.exp(ls), np.exp(lt)
+    lm = np.log(beta * pt + (1 - beta) * ps)
+    return beta * (pt * (lt - lm)).sum(-1) + (1 - beta) * (ps * (ls - lm)).sum(-1)
+
+
+@pytest.mark.slow
+def test_metricless_task_is_scored_by_divergence_from_the_teacher(tmp_path, monkeypatch):
+    n, config = 16, load_config_file(ARITH)  # teacher: builtin:arith/teacher; JSD(0.5)
+    config.eval.batch_size = 16
+    metricless = dataclasses.replace(
+        get_task("arith"), metric_name="on_policy_jsd", metric=None, higher_is_better=False
+    )
+    monkeypatch.setattr(evaluate, "get_task", lambda name: metricless)
+    summary = evaluate_checkpoint(config, STUDENT, out=str(tmp_path / "out"), num_examples=n)
+
+    prompt, prompt_mask, tokens, mask = independent_greedy(config, n, tmp_path, arrays=True)
+    logits = []
+    for source in (STUDENT, config.teacher.checkpoint):
+        params, fns = functional_lm(checkpoint.load_model(resolve_path(source)))
+        logits.append(np.asarray(jax.jit(fns.score)(params, prompt, prompt_mask, tokens, mask)))
+    per_token = numpy_jsd(*logits, beta=config.gkd.beta)  # [n, N]
+    per_seq = (per_token * mask).sum(1) / mask.sum(1)
+    assert summary["metrics"] == {"on_policy_jsd": pytest.approx(per_seq.mean(), rel=1e-5)}
+    assert per_seq.mean() > 1e-3  # the student is not the teacher
+
+
+def test_metricless_task_without_teacher_names_the_fix(tmp_path, monkeypatch):
+    config = load_config_file(ARITH)
+    config.teacher.checkpoint = ""
+    metricless = dataclasses.replace(get_task("arith"), metric_name="on_policy_jsd", metric=None)
+    monkeypatch.setattr(evaluate, "get_task", lambda name: metricless)
+    with pytest.raises(FileNotFoundError, match=r"--config.teacher.checkpoint="):
+        evaluate_checkpoint(config, STUDENT, out=str(tmp_path / "out"), num_examples=8)
 
 
 def fake_model_dir(path) -> str:
