@@ -191,7 +191,9 @@ def test_two_processes_train_like_one(tmp_path, monkeypatch):
 def test_entry_point_two_processes(tmp_path):
     """`python -m gkd_jax.train` on the arith smoke config (shipped teacher and student): two
     processes, stopped after 2 steps and resumed, against one process run through: same
-    metrics and parameters, every file written once. A few minutes."""
+    metrics and parameters, every file written once. The mesh puts "fsdp" across the two
+    hosts ("tensor" within each): parameters, optimizer state and checkpoints are sharded over
+    processes, batch rows split between them. A few minutes."""
     one, two = tmp_path / "one", tmp_path / "two"
     cmd = [
         sys.executable, "-m", "gkd_jax.train", "--config=configs/arith.py:smoke",
@@ -199,6 +201,7 @@ def test_entry_point_two_processes(tmp_path):
         "--config.init.checkpoint=builtin:arith/student_sft",
         "--config.steps=3", "--config.log_every=1", "--config.checkpoint.every_steps=2",
         "--config.eval.num_examples=8", "--config.eval.batch_size=8",
+        "--config.mesh.data=1", "--config.mesh.fsdp=2", "--config.mesh.tensor=2",
     ]  # fmt: skip
     procs = launch([*cmd, f"--workdir={one}"], processes=1, devices=4)
     stop = ["--config.stop_after_steps=2"]
@@ -256,6 +259,7 @@ def test_bad_environment_is_named(fresh, monkeypatch, env, match):
 
 def test_single_process_is_a_no_op(fresh):
     assert fresh.initialize_from_env() is False
+    assert fresh.initialize_from_env() is False  # idempotent
     assert not jax.distributed.is_initialized()
     assert fresh.is_main_process() and fresh.any_process(True) and not fresh.any_process(False)
 
