@@ -4,7 +4,8 @@ One step of GKD (Agarwal et al. 2024, Algorithm 1):
   1. with probability `lmbda` the completions are sampled from the current student (on-policy),
      otherwise they are the dataset's targets, or samples from the teacher with `seq_kd`;
   2. teacher and student score prompt + completion in one forward pass each;
-  3. the student takes an AdamW step on the generalized JSD over the completion tokens.
+  3. the student takes an optimizer step (config.optim: AdamW, or the paper's Adafactor) on the
+     generalized JSD over the completion tokens.
 Sampled tokens are data: no gradient flows through sampling. The teacher is frozen: it has no
 optimizer state and its logits pass through `stop_gradient`.
 """
