@@ -120,14 +120,19 @@ def test_train_step_dropout_is_off_at_rate_0_and_a_function_of_the_step():
     tx = optax.sgd(0.0)  # the parameters stay put: only the dropout masks can differ
     data = batch(np.random.default_rng(0))
 
+    def state_at(s):
+        fresh = jax.tree.map(jnp.copy, params)  # the step donates its state
+        return {"params": fresh, "opt_state": tx.init(fresh), "step": jnp.int32(s)}
+
     def losses_at(rate, steps):
         step = trainer.make_train_step(sft_config(rate), fns, None, tx)
-        out = []
-        for s in steps:
-            fresh = jax.tree.map(jnp.copy, params)  # the step donates its state
-            state = {"params": fresh, "opt_state": tx.init(fresh), "step": jnp.int32(s)}
-            out.append(float(step(state, None, data)[1]["loss"]))
-        return out
+        return [float(step(state_at(s), None, data)[1]["loss"]) for s in steps]
+
+    # Rate 0 compiles the eval-mode graph: no random bits at all; rate > 0 draws them.
+    for rate, has_rng in ((0.0, False), (0.3, True)):
+        step = trainer.make_train_step(sft_config(rate), fns, None, tx)
+        hlo = step.lower(state_at(0), None, data).as_text()
+        assert ("rng_bit_generator" in hlo) == has_rng
 
     # Rate 0: the eval-mode loss, computed independently from score (no trainer code).
     logits = jax.jit(fns.score)(params, *data.values())
