@@ -37,8 +37,14 @@ def functional_lm(model: nnx.Module) -> tuple[Any, LMFunctions]:
         fns = causal_lm_functions(apply_fn, init_cache, model.cfg.vocab_size)
         graphdef = nnx.graphdef(model)
         hidden = causal_lm_hidden(lambda p, *a: nnx.merge(graphdef, p).hidden_states(*a)[0])
+
+        def score(p, *args):
+            # The head on the scored rows only: the prompt's are dropped before it, not after.
+            return nnx.merge(graphdef, p).head(hidden(p, *args))  # [B, N, V]
+
         return params, dataclasses.replace(
             fns,
+            score=score,
             hidden=hidden,
             unembedding=lambda p: nnx.merge(graphdef, p).unembedding(),
             final_softcap=model.cfg.final_softcap,

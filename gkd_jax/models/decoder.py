@@ -344,8 +344,14 @@ class Decoder(nnx.Module):
         cache: Cache | None = None,
         cache_index: jax.Array | int | None = None,
     ) -> tuple[jax.Array, Cache | None]:
-        cfg = self.cfg
         x, new_cache = self.hidden_states(tokens, positions, mask, cache, cache_index)
+        return self.head(x), new_cache
+
+    def head(self, x: jax.Array) -> jax.Array:
+        """Final hidden states [B, T, D] -> logits [B, T, V] float32 (soft-capped if configured).
+        Apart from `forward` so that scoring keeps only the rows it needs before the head, which
+        is most of a small model's FLOPs."""
+        cfg = self.cfg
         if cfg.tie_embeddings:
             logits = dense(self.embed_tokens.attend, x)
         else:
@@ -353,7 +359,7 @@ class Decoder(nnx.Module):
         logits = constrain_rows(logits.astype(jnp.float32), vocab=True)  # [B, T, V]
         if cfg.final_softcap is not None:
             logits = softcap(logits, cfg.final_softcap)
-        return logits, new_cache
+        return logits
 
     def hidden_states(
         self,
