@@ -9,7 +9,9 @@ o/down row-parallel (split by input), so an attention or MLP block needs one red
 Rules match regexes against a parameter's flattened path ("layers/0/self_attn/q_proj/kernel";
 nnx.State paths end in "/value", which the rules allow). The optimizer state holds one tree like
 the parameters per moment, so the same rules place it: Adam's mu for a kernel shards as the
-kernel. XLA's sharding propagation (GSPMD) does the rest of the compute placement under jit.
+kernel. Activations keep their rows split over "data" x "fsdp" (`constrain_rows`, which the
+models call at block boundaries when traced under `activation_mesh`), so XLA gathers each FSDP
+weight where it is used rather than splitting activations along it; GSPMD places the rest.
 """
 
 from __future__ import annotations
@@ -131,11 +133,13 @@ def loss_mesh(mesh: Mesh, vocab: int, rows: int) -> Mesh | None:
     if vocab % n_tensor == 0 and rows % n_rows == 0:
         return mesh
     if rows % mesh.size == 0:
-        print(
-            f"[sharding] the loss's vocabulary ({vocab}) does not divide over mesh.tensor="
-            f"{n_tensor}: the chunked/fused loss splits rows over all {mesh.size} devices instead",
-            flush=True,
-        )
+        if jax.process_index() == 0:
+            print(
+                f"[sharding] the loss's vocabulary ({vocab}) does not divide over mesh.tensor="
+                f"{n_tensor}: the chunked/fused loss splits rows over all {mesh.size} devices "
+                "instead",
+                flush=True,
+            )
         return Mesh(mesh.devices.reshape(n_rows, n_tensor, 1), AXES)
     return None
 
@@ -209,7 +213,7 @@ def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
         names = (axes,) if isinstance(axes, str) else tuple(axes or ())
         split = math.prod(mesh.shape[a] for a in names)
         if split > 1 and size % split:
-            if (path, dim) not in _fallbacks_logged:
+            if (path, dim) not in _fallbacks_logged and jax.process_index() == 0:
                 _fallbacks_logged.add((path, dim))
                 print(
                     f"[sharding] {path} {tuple(shape)}: dim {dim} ({size}) does not divide "
