@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 
 from gkd_jax import checkpoint, sharding, trainer
 from gkd_jax.config_defaults import base_config
-from gkd_jax.models import DecoderConfig, build_decoder, functional_lm
+from gkd_jax.models import DecoderConfig, functional_lm
 from gkd_jax.models.hf import build_model
 from gkd_jax.models.t5 import T5Config
 
@@ -51,11 +51,11 @@ def momentum_sgd():
     return optax.chain(optax.trace(decay=0.9), optax.scale(-LR))
 
 
-def setup(config, mesh):
+def setup(config, mesh, student=STUDENT, teacher=TEACHER):
     """The trainer's placement (by the rules; built on the host here, as sharding.shard_model
     costs a compilation, and is tested in test_sharding.py)."""
-    params, s_fns = functional_lm(build_decoder(STUDENT, seed=1))
-    t_params, t_fns = functional_lm(build_decoder(TEACHER, seed=2))
+    params, s_fns = functional_lm(build_model(student, seed=1))
+    t_params, t_fns = functional_lm(build_model(teacher, seed=2))
     tx = momentum_sgd()
     state, shardings = sharding.init_train_state(params, tx, mesh)
     t_shardings = sharding.tree_shardings(t_params, mesh)
@@ -67,8 +67,8 @@ def setup(config, mesh):
     return step, state, t_params
 
 
-def one_step(config, mesh, batch):
-    step, state, t_params = setup(config, mesh)
+def one_step(config, mesh, batch, **models):
+    step, state, t_params = setup(config, mesh, **models)
     state, metrics = step(state, t_params, jax.device_put(batch, sharding.batch_sharding(mesh)))
     return state, jax.device_get(metrics)
 
@@ -138,6 +138,22 @@ def test_indivisible_vocab_falls_back_to_row_parallel_loss():
     rows = sharding.loss_mesh(mesh, 99, 16)
     assert dict(rows.shape) == {"data": 4, "fsdp": 2, "tensor": 1}
     assert sharding.loss_mesh(mesh, 99, 4) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("impl", ["full", "fused"])
+def test_t5_pair_on_2x2x2_equals_one_device(impl):
+    """T5's rules (q/k/v/o, wi_0/wi_1/wo, shared, lm_head) in a sharded step."""
+    models = dict(
+        student=T5Config(V, 16, 4, 32, 1, 2, gated=True, tie_embeddings=False),
+        teacher=T5Config(V, 32, 8, 64, 1, 4, tie_embeddings=True),
+    )
+    one = sharding.make_mesh(devices=jax.devices()[:1])
+    ref_state, ref_metrics = one_step(gkd_config("full"), one, random_batch(), **models)
+    mesh = sharding.make_mesh(**MESHES["2x2x2"])
+    state, metrics = one_step(gkd_config(impl), mesh, random_batch(), **models)
+    check_equal(state, metrics, (jax.device_get(ref_state["params"]), ref_metrics))
+    assert_sharded_by_the_rules(state, mesh)
 
 
 @pytest.mark.parametrize(
