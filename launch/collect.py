@@ -1,13 +1,14 @@
 """Figures and a Markdown table from a sweep's run directories (launch/sweep.py's ROOT).
 
-    python launch/collect.py --root=/tmp/arith-sweep --out=docs/figures --name=arith_sweep
+    python launch/collect.py --root=/tmp/arith-sweep --out=docs/figures --name=arith_sweep \
+        [--only=REGEX]
 
 Reads ROOT/*/sweep_run.json (the run's axes), results.json (its scores) and metrics.jsonl (its
 training curve), and writes, under OUT:
   NAME.png         the paper's figure style: final metric vs divergence, one line per lmbda,
-                   one panel per student size; the teacher, the SFT start and any baselines
-                   (SeqKD, ImitKD, f-distill, ...) as horizontal lines; mean over seeds with
-                   the seeds' standard deviation as error bars
+                   one panel per student size (the teacher's score in its title); the SFT
+                   start and any baselines (SeqKD, ImitKD, f-distill, ...) as horizontal
+                   lines; mean over seeds with the seeds' standard deviation as error bars
   NAME_curves.png  training loss vs step, one panel per (student size, lmbda), one line per
                    divergence (seed 0 or the first seed)
   NAME.md          the same numbers as a table (mean ± std over seeds where there are several)
@@ -19,6 +20,7 @@ import collections
 import glob
 import json
 import os
+import re
 import statistics
 import sys
 from typing import Any
@@ -38,13 +40,16 @@ DIVERGENCE_LABELS = {
 BASELINE_LABELS = {"sft": "SFT", "seqkd": "SeqKD", "imitkd": "ImitKD", "fdistill": "f-distill"}
 
 
-def load_runs(root: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every finished run under `root` as {name, axes, results, curve}; and the unfinished names."""
+def load_runs(root: str, only: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every finished run under `root` (whose name matches `only`) as {name, axes, results,
+    curve}; and the unfinished names."""
     runs, missing = [], []
     for spec_path in sorted(glob.glob(os.path.join(root, "*", "sweep_run.json"))):
         workdir = os.path.dirname(spec_path)
         with open(spec_path) as f:
             spec = json.load(f)
+        if only and not re.search(only, spec["name"]):
+            continue
         results_path = os.path.join(workdir, "results.json")
         if not os.path.exists(results_path):
             missing.append(spec["name"])
@@ -167,7 +172,7 @@ def write_table(s: dict[str, Any], path: str) -> str:
 
 def plot_scores(s: dict[str, Any], path: str) -> None:
     n = len(s["students"])
-    fig, axs = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False, sharey=True)
+    fig, axs = plt.subplots(1, n, figsize=(5 * n, 3.6), squeeze=False, sharey=True)
     x = range(len(s["divergences"]))
     for ax, student in zip(axs[0], s["students"], strict=True):
         for lmbda in s["lmbdas"]:
@@ -178,8 +183,9 @@ def plot_scores(s: dict[str, Any], path: str) -> None:
                 xs, [m for m, _ in stats], yerr=[sd for _, sd in stats], marker="o", capsize=3,
                 label=lmbda_label(lmbda),
             )  # fmt: skip
-        refs = [("teacher", s["teacher"][student], "k", "--"),
-                ("student start", s["start"][student], "gray", ":")]  # fmt: skip
+        # The teacher goes in the title, not as a line: far above the students (99 vs ~70 on
+        # arith) it would squash their differences into a sliver of the panel.
+        refs = [("student start (SFT)", s["start"][student], "gray", ":")]
         # Colors after the lmbda lines' (C0, C1, ...), so no baseline shares one with a line.
         for i, m in enumerate(s["methods"]):
             color = f"C{len(s['lmbdas']) + i}"
@@ -187,15 +193,20 @@ def plot_scores(s: dict[str, Any], path: str) -> None:
         for label, values, color, style in refs:
             if values:
                 ax.axhline(mean_std(values)[0], color=color, linestyle=style, lw=1, label=label)
-        ax.set_xticks(list(x), [DIVERGENCE_LABELS.get(d, d) for d in s["divergences"]])
-        ax.set_title(f"student {student}" if student else "student")
+        ax.set_xticks(
+            list(x), [DIVERGENCE_LABELS.get(d, d) for d in s["divergences"]], fontsize=8
+        )  # fmt: skip
+        title = f"student {student}" if student else "student"
+        if s["teacher"][student]:
+            title += f" (teacher {mean_std(s['teacher'][student])[0]:.1f})"
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("divergence")
         ax.grid(alpha=0.3)
     unit = f" ({s['unit']})" if s["unit"] else ""
     axs[0][0].set_ylabel(f"{s['metric']}{unit}")
-    axs[0][-1].legend(fontsize=7, loc="best")
+    axs[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -241,8 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--name", default="results", help="file stem: NAME.png, NAME_curves.png, NAME.md"
     )
+    ap.add_argument("--only", default=None, help="regex: collect only the runs whose name matches")
     args = ap.parse_args(argv)
-    runs, missing = load_runs(args.root)
+    runs, missing = load_runs(args.root, args.only)
     if missing:
         print(f"{len(missing)} runs have no results.json yet (left out): {missing}")
     if not runs:

@@ -186,6 +186,9 @@ def test_collect_writes_figures_and_a_table_of_the_inputs(tmp_path):
     assert rows["small", "SeqKD"][0] == "61.2"
     assert rows["small", "SFT"][0] == "60.0"
     assert not [key for key in rows if key[0] != "small"]  # the teacher's SFT run is no panel
+    assert collect.main([f"--root={root}", f"--out={out}", "--name=u", "--only=_1$"]) == 0
+    rows = table_cells((out / "u.md").read_text())  # seed 1 alone
+    assert rows["small", "GKD λ=1 (on-policy)"][0] == f"{100 * finals[1.0, 'fkl', 1]:.1f}"
 
 
 SHELLCHECK = shutil.which("shellcheck")
