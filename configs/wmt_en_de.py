@@ -33,7 +33,7 @@ Expected runtime, ESTIMATED from FLOPs at 40% MFU on one H100 (configs/paper_com
 decoding steps of each on-policy batch).
 
 Compare with the paper's Figure 5 (WMT en->de, BLEU per student size, divergence and lmbda):
-bar charts whose values I could not retrieve here; read them off the figure. Qualitatively it
+bar charts (no table of values), so read them off the figure. Qualitatively it
 reports on-policy GKD ahead of supervised KD, SeqKD, ImitKD and f-distill for every student
 size, with the best divergence differing from XSum's (it is task dependent).
 

@@ -31,7 +31,7 @@ Expected runtime, ESTIMATED from FLOPs at 40% MFU on one H100 (configs/paper_com
 --config.grad_accum=2+ to fit one 80 GB device.
 
 Compare with the paper's Figure 4 (XSum, ROUGE-2 per student size, divergence and lmbda): its
-numbers are bar charts, not tables; I could not retrieve their values here, so read them off
+numbers are bar charts, not tables, so read their values off
 the figure. What it reports qualitatively: on-policy GKD (lmbda=1) beats supervised KD
 (lmbda=0), SeqKD, ImitKD and f-distill for every student size, with mode-seeking divergences
 (reverse KL, JSD(0.9)) doing best with on-policy data.
