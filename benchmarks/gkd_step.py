@@ -51,7 +51,7 @@ def bench_config(args: argparse.Namespace):
     c.tokenizer = os.path.join(args.models, "tokenizer")
     c.teacher.checkpoint = os.path.join(args.models, "teacher")
     c.data.train_file = os.path.join(args.models, "prompts.jsonl")
-    c.data.max_prompt_len = args.max_prompt_len
+    c.data.max_prompt_len = args.max_prompt_len or 2048  # 0: the longest prompt (set in main)
     c.eval.num_examples = args.batch  # the chat task holds these out; unused here
     c.batch_size = args.batch
     c.max_new_tokens = args.max_new_tokens
@@ -99,8 +99,6 @@ def main() -> None:
     tokenizer, stops = trainer.load_or_build_tokenizer(config, "/tmp/gkd-step-bench")
     validate_config(config, vocab_size=len(tokenizer))  # what train_and_evaluate checks first
     task = get_task(config.task)
-    if not args.max_prompt_len:
-        config.data.max_prompt_len = 10**6
     train_split, _ = task.load(config, tokenizer, stops, log=lambda _: None)
     if not args.max_prompt_len:
         config.data.max_prompt_len = max(len(p) for p in train_split.prompt_ids)
