@@ -12,6 +12,7 @@ from flax import nnx
 from gkd_jax.models.decoder import Decoder, DecoderConfig
 from gkd_jax.models.hf import load_pretrained, save_pretrained
 from gkd_jax.models.lm import LMFunctions, causal_lm_functions, causal_lm_hidden
+from gkd_jax.sampling import causal_lm_decoding
 
 # Compute dtypes by config name; parameters are always kept in float32.
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -42,9 +43,17 @@ def functional_lm(model: nnx.Module) -> tuple[Any, LMFunctions]:
             # The head on the scored rows only: the prompt's are dropped before it, not after.
             return nnx.merge(graphdef, p).head(hidden(p, *args))  # [B, N, V]
 
+        def apply_last(p, tokens, positions, mask, cache=None, cache_index=None):
+            # Decoding reads the last position's logits only: the prefill's head on one row, not
+            # on the whole prompt.
+            m = nnx.merge(graphdef, p)
+            x, cache = m.hidden_states(tokens, positions, mask, cache, cache_index)
+            return m.head(x[:, -1:]), cache  # [B, 1, V]
+
         return params, dataclasses.replace(
             fns,
             score=score,
+            decoding=causal_lm_decoding(apply_last, init_cache),
             hidden=hidden,
             unembedding=lambda p: nnx.merge(graphdef, p).unembedding(),
             final_softcap=model.cfg.final_softcap,
