@@ -51,14 +51,16 @@ def timed(name: str, fn, repeats: int, flop: float = 0.0) -> dict | None:
     return row
 
 
-def matmul_params(params) -> int:
-    """Parameters that take part in a matmul per token (every 2-D kernel; not the embedding)."""
+def matmul_params(params) -> tuple[int, int]:
+    """(layer, head) parameters that take part in a matmul per token: every 2-D kernel, the
+    output head apart (it runs on fewer rows: the scored ones, or one per row when decoding)."""
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    return sum(
-        int(np.prod(v.shape))
-        for path, v in flat
-        if v.ndim == 2 and "embed_tokens" not in jax.tree_util.keystr(path)
-    )
+    sizes = {jax.tree_util.keystr(path): int(np.prod(v.shape)) for path, v in flat if v.ndim == 2}
+    head = sum(n for k, n in sizes.items() if "lm_head" in k)
+    if not head:  # tied: the embedding is the head
+        head = sum(n for k, n in sizes.items() if "embed_tokens" in k)
+    layers = sum(n for k, n in sizes.items() if "lm_head" not in k and "embed_tokens" not in k)
+    return layers, head
 
 
 def main() -> None:
@@ -92,23 +94,27 @@ def main() -> None:
     completion_mask = jnp.ones((b, n), bool)
     key = jax.random.key(0)
     r = args.repeats
-    s_mm, t_mm = matmul_params(params), matmul_params(t_params)
+    (s_l, s_h), (t_l, t_h) = matmul_params(params), matmul_params(t_params)
     tokens = b * (p + n)
 
     cfg = SamplingConfig(max_new_tokens=n, temperature=1.0, stop_ids=(6,), pad_id=0, vocab_size=v)
     sampler = make_sampler(s_fns.decoding, cfg)
     timed("sampler", lambda: sampler(params, prompt, prompt_mask, key).tokens, r,
-          2 * s_mm * b * (p + n))  # fmt: skip
+          2 * (s_l * b * (p + n) + s_h * b * (n + 1)))  # fmt: skip
     prefill = jax.jit(lambda pr, x, m: s_fns.decoding.prefill(pr, x, m, n))
-    timed("prefill", lambda: prefill(params, prompt, prompt_mask), r, 2 * s_mm * b * p)
+    timed("prefill", lambda: prefill(params, prompt, prompt_mask), r, 2 * (s_l * b * p + s_h * b))
     _, state = prefill(params, prompt, prompt_mask)
     step = jax.jit(s_fns.decoding.step)
     tok = completion[:, 0]
-    timed("decode_step", lambda: step(params, tok, jnp.int32(3), state)[0], r * 4, 2 * s_mm * b)
+    timed(
+        "decode_step", lambda: step(params, tok, jnp.int32(3), state)[0], r * 4, 2 * (s_l + s_h) * b
+    )
 
     args4 = (prompt, prompt_mask, completion, completion_mask)
     t_score = jax.jit(t_fns.score)
-    timed("teacher_score", lambda: t_score(t_params, *args4), r, 2 * t_mm * tokens)
+    t_flop = 2 * (t_l * tokens + t_h * b * n)  # the head on the N scored rows only
+    s_flop = 2 * (s_l * tokens + s_h * b * n)
+    timed("teacher_score", lambda: t_score(t_params, *args4), r, t_flop)
     if t_fns.hidden is not None:  # the head on the completion positions only
         t_head = jax.jit(lambda q, *a: t_fns.hidden(q, *a) @ t_fns.unembedding(q))
         timed("teacher_hidden_head", lambda: t_head(t_params, *args4), r)
@@ -118,7 +124,7 @@ def main() -> None:
     def s_grad(pr, w, *args4):
         return jax.grad(lambda q: jnp.sum(s_fns.score(q, *args4) * w))(pr)
 
-    timed("student_score_fwd_bwd", lambda: s_grad(params, w, *args4), r, 6 * s_mm * tokens)
+    timed("student_score_fwd_bwd", lambda: s_grad(params, w, *args4), r, 3 * s_flop)
     s_logits = jnp.asarray(rng.standard_normal((b, n, v)), jnp.float32)
     t_logits = jnp.asarray(rng.standard_normal((b, n, v)), jnp.float32)
 
@@ -137,7 +143,7 @@ def main() -> None:
         holder[0], m = train_step(holder[0], t_params, batch)
         return m["loss"]
 
-    timed("update", update, r, 2 * t_mm * tokens + 6 * s_mm * tokens)
+    timed("update", update, r, t_flop + 3 * s_flop)
 
 
 if __name__ == "__main__":
