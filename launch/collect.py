@@ -140,7 +140,11 @@ def lmbda_label(lmbda: float) -> str:
 def write_table(s: dict[str, Any], path: str) -> str:
     unit = f" ({s['unit']})" if s["unit"] else ""
     seeds = s["seeds"]
-    spread = f"mean ± std over seeds {seeds}" if len(seeds) > 1 else f"seed {seeds[0]}"
+    spread = (
+        f"mean ± std over seeds {seeds} (a cell without ± has one run)"
+        if len(seeds) > 1
+        else f"seed {seeds[0]}"
+    )
     lines = [
         f"Final {s['metric']}{unit}, {spread}; {'/'.join(map(str, s['steps']))} steps per run.",
         "",
