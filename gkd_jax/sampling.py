@@ -113,17 +113,33 @@ def gumbel_noise(key_words: jax.Array, counter: jax.Array, shape: tuple[int, int
     return -jnp.log(-jnp.log(u))
 
 
+def _blocks(logits: jax.Array) -> tuple[jax.Array, int]:
+    """[B, V] -> [B, nb, blk] padded with -inf, blk ~ sqrt(V) a power of two (>= 2)."""
+    b, v = logits.shape
+    blk = 1 << max(1, math.ceil(math.log2(math.sqrt(v))))
+    nb = -(-v // blk)
+    padded = jnp.pad(logits, ((0, 0), (0, nb * blk - v)), constant_values=-jnp.inf)
+    return padded.reshape(b, nb, blk), blk
+
+
+def blocked_argmax(logits: jax.Array) -> jax.Array:
+    """jnp.argmax(logits, -1) [B, V] -> [B] int32, first maximum on ties, in two levels: XLA:CPU
+    runs an argmax (a two-operand reduce) a scalar at a time, a max a vector at a time."""
+    blocks, blk = _blocks(logits)
+    pick = jnp.argmax(jnp.max(blocks, axis=-1), axis=-1)  # [B], the first block holding the max
+    inner = jnp.take_along_axis(blocks, pick[:, None, None], axis=1)[:, 0]  # [B, blk]
+    return (pick * blk + jnp.argmax(inner, axis=-1)).astype(jnp.int32)
+
+
 def sample_categorical(logits: jax.Array, key_words: jax.Array, counter: jax.Array) -> jax.Array:
     """One draw per row from softmax(logits) [B, V] -> [B] int32, by Gumbel-max in two levels:
     a block of `blk` ids with probability its share of the mass (logsumexp of the block), then
     an id inside it. Exact (P(block) * P(id | block) = softmax), with ~2 sqrt(V) noise draws per
     row instead of V: XLA:CPU computes a log per element, not per vector, and V of them per step
     would cost more than the student's forward."""
-    b, v = logits.shape
-    blk = 1 << max(1, math.ceil(math.log2(math.sqrt(v))))
-    nb = -(-v // blk)
-    padded = jnp.pad(logits, ((0, 0), (0, nb * blk - v)), constant_values=-jnp.inf)
-    blocks = padded.reshape(b, nb, blk)  # [B, nb, blk]
+    b = logits.shape[0]
+    blocks, blk = _blocks(logits)  # [B, nb, blk]
+    nb = blocks.shape[1]
     block_lse = jax.nn.logsumexp(blocks, axis=-1)  # [B, nb]
     pick = jnp.argmax(block_lse + gumbel_noise(key_words, counter, (b, nb)), axis=-1)  # [B]
     inner = jnp.take_along_axis(blocks, pick[:, None, None], axis=1)[:, 0]  # [B, blk]
@@ -145,7 +161,7 @@ def choose_tokens(
     if cfg.vocab_size:
         logits = logits[:, : cfg.vocab_size]
     if cfg.temperature == 0.0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return blocked_argmax(logits)
     logits = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
     words = rng if rng.dtype == jnp.uint32 else key_words(rng)
     return sample_categorical(logits, words, jnp.asarray(counter, jnp.uint32))

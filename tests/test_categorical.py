@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.extend.random import threefry_2x32
 
-from gkd_jax.sampling import gumbel_noise, sample_categorical, threefry2x32
+from gkd_jax.sampling import blocked_argmax, gumbel_noise, sample_categorical, threefry2x32
 
 # (key, counter) -> output, Threefry-2x32 with 20 rounds (Salmon et al. 2011, Random123 kat).
 KNOWN_ANSWERS = [
@@ -63,3 +63,13 @@ def test_sample_categorical_frequencies_match_softmax(v):
     freq = np.bincount(toks, minlength=v) / n
     assert freq.shape == (v,) and np.all(freq[row == -np.inf] == 0)
     np.testing.assert_allclose(freq, probs, atol=4 * np.sqrt(probs.max() / n) + 1e-4)
+
+
+@pytest.mark.parametrize("v", [37, 300, 1024])
+def test_blocked_argmax_equals_argmax_with_ties(v):
+    rng = np.random.default_rng(2)
+    x = rng.integers(-3, 3, (64, v)).astype(np.float32)  # many ties: the first maximum wins
+    x[::5, 1::3] = -np.inf
+    x[7] = -np.inf  # a row without a finite logit
+    got = np.asarray(jax.jit(blocked_argmax)(jnp.asarray(x)))
+    np.testing.assert_array_equal(got, np.argmax(x, axis=-1))
