@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from gkd_jax.models.hf import resolve_model_dir
 
@@ -15,12 +15,32 @@ def load_hf_tokenizer(name_or_path: str):
     """`AutoTokenizer` from a local directory (or hub id), with a pad token guaranteed: models
     such as Llama 3 ship none, and pads are masked everywhere, so EOS serves."""
     path = resolve_model_dir(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    if _generic_fast_tokenizer(path):
+        # transformers 5 maps a generic tokenizer.json in a model directory to the model type's
+        # own class (config.json says qwen2 -> Qwen2Tokenizer), which rebuilds the pipeline from
+        # the vocabulary and drops the file's pre-tokenizer: a word-level tokenizer then encodes
+        # "w1 w2" as []. The file itself is the tokenizer, so load exactly that.
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token_id is None:
             raise ValueError(f"the tokenizer at {path} has neither a pad nor an EOS token")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def _generic_fast_tokenizer(path: str) -> bool:
+    """A directory whose tokenizer_config.json names the generic fast tokenizer class (the
+    tokenizer is its tokenizer.json, whatever the model type)."""
+    config = os.path.join(path, "tokenizer_config.json")
+    if not (os.path.isdir(path) and os.path.exists(config)):
+        return False
+    if not os.path.exists(os.path.join(path, "tokenizer.json")):
+        return False
+    with open(config) as f:
+        name = json.load(f).get("tokenizer_class")
+    return name in ("PreTrainedTokenizerFast", "TokenizersBackend")
 
 
 def stop_ids(tokenizer, *model_dirs: str) -> tuple[int, ...]:
