@@ -26,7 +26,8 @@ def code_without_magics(cell) -> str:
     return "\n".join(out)
 
 
-@pytest.mark.slow  # ~30 s of CPU (compiling the sampler, the step and two evaluations)
+# ~30 s of CPU (compiling the sampler, the step and two evaluations): in the default run, so
+# CI executes the notebook and it cannot rot.
 def test_quickstart_runs_and_reports_before_and_after(tmp_path, monkeypatch):
     monkeypatch.setenv("GKD_NOTEBOOK_TEST", "1")
     monkeypatch.setenv("GKD_NOTEBOOK_WORKDIR", str(tmp_path / "run"))
