@@ -36,7 +36,7 @@ from gkd_jax.config_defaults import base_config  # noqa: E402
 from gkd_jax.data import pipeline  # noqa: E402
 from gkd_jax.data.tasks import get_task  # noqa: E402
 from gkd_jax.models import COMPUTE_DTYPES, functional_lm  # noqa: E402
-from gkd_jax.sampling import SamplingConfig, make_sampler  # noqa: E402
+from gkd_jax.sampling import make_sampler  # noqa: E402
 
 
 def bench_config(args: argparse.Namespace):
@@ -115,15 +115,7 @@ def main() -> None:
     vocab = trainer.shared_vocab_size(config, tokenizer, student, teacher)
     params, student_fns = functional_lm(student)
     teacher_params, teacher_fns = functional_lm(teacher)
-    sampling = SamplingConfig(
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.sampling.temperature,
-        top_k=config.sampling.top_k,
-        top_p=config.sampling.top_p,
-        stop_ids=stops,
-        pad_id=tokenizer.pad_token_id,
-        vocab_size=vocab,
-    )
+    sampling = trainer.training_sampling(config, stops, tokenizer.pad_token_id, vocab)
     samplers = {
         "student": make_sampler(student_fns.decoding, sampling),
         "teacher": make_sampler(teacher_fns.decoding, sampling),

@@ -237,6 +237,19 @@ def make_train_step(
     )
 
 
+def training_sampling(config, stops, pad_id: int, vocab: int) -> SamplingConfig:
+    """On-policy (and SeqKD) sampling as config.sampling sets it, over the shared vocabulary."""
+    return SamplingConfig(
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.sampling.temperature,
+        top_k=config.sampling.top_k,
+        top_p=config.sampling.top_p,
+        stop_ids=stops,
+        pad_id=pad_id,
+        vocab_size=vocab,
+    )
+
+
 def make_optimizer(config) -> optax.GradientTransformation:
     """config.optim -> optax (gkd_jax/optim.py: AdamW or Adafactor, cosine or linear schedule)."""
     return optim.make_optimizer(config)
@@ -521,15 +534,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         stored = " (stored in the checkpoint)" if saved else ""
         log(f"[eval] {name}: {task.metric_name} {r[task.metric_name]:.4f}{stored}")
 
-    sampling = SamplingConfig(
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.sampling.temperature,
-        top_k=config.sampling.top_k,
-        top_p=config.sampling.top_p,
-        stop_ids=stops,
-        pad_id=tokenizer.pad_token_id,
-        vocab_size=vocab,
-    )
+    sampling = training_sampling(config, stops, tokenizer.pad_token_id, vocab)
     samplers = {}
     if teacher is not None:
         samplers["student"] = make_sampler(student_fns.decoding, sampling, rows=rows)
