@@ -100,6 +100,28 @@ def threefry2x32(k1: jax.Array, k2: jax.Array, x1: jax.Array, x2: jax.Array):
     return x1, x2
 
 
+# Each noise element is a function of 23 random bits k: u = (k + 1/2) 2^-23 is exact in float32
+# and lies in [2^-24, 1 - 2^-24], so the noise is finite by construction (24 bits with a 2^-25
+# offset rounded k = 2^24 - 1 to u = 1.0: +inf noise once in 2^24 draws).
+NOISE_BITS = 23
+
+
+def uniform_from_bits(bits: jax.Array) -> jax.Array:
+    """uint32 random bits -> float32 u = (k + 1/2) 2^-23 from their top 23 bits k: exact, and
+    strictly inside (0, 1)."""
+    k = bits >> jnp.uint32(32 - NOISE_BITS)
+    return (k.astype(jnp.float32) + 0.5) * 2.0**-NOISE_BITS
+
+
+def gumbel_from_bits(bits: jax.Array) -> jax.Array:
+    """uint32 random bits -> standard Gumbel noise -log(-log(u)), u = uniform_from_bits(bits):
+    finite, within 2^-22 max(1, |g|) of the exact value for every one of the 2^23 u
+    (tests/test_categorical.py checks them all). u - 1 is exact (a multiple of 2^-24), so
+    E = -log1p(u - 1) = -log(u) keeps its precision as u -> 1, where E -> 0."""
+    u = uniform_from_bits(bits)
+    return -jnp.log(-jnp.log1p(u - 1.0))
+
+
 def gumbel_noise(key_words: jax.Array, counter: jax.Array, shape: tuple[int, int], offset: int = 0):
     """Standard Gumbel noise [B, K] float32, a pure function of (key_words [2] uint32, counter
     [] uint32, row, offset + column): each decode step passes its own counter, so no key is
@@ -108,9 +130,7 @@ def gumbel_noise(key_words: jax.Array, counter: jax.Array, shape: tuple[int, int
     cols = jax.lax.broadcasted_iota(jnp.uint32, shape, 1) + jnp.uint32(offset)
     hi = counter.astype(jnp.uint32) * jnp.uint32(shape[0]) + rows  # (step, row): unique per row
     b1, b2 = threefry2x32(key_words[0], key_words[1], hi, cols)
-    # 24 random bits -> the open interval (0, 1): no log(0) at either end.
-    u = ((b1 ^ b2) >> jnp.uint32(8)).astype(jnp.float32) * 2.0**-24 + 2.0**-25
-    return -jnp.log(-jnp.log(u))
+    return gumbel_from_bits(b1 ^ b2)
 
 
 def _blocks(logits: jax.Array) -> tuple[jax.Array, int]:
@@ -137,14 +157,18 @@ def sample_categorical(logits: jax.Array, key_words: jax.Array, counter: jax.Arr
     an id inside it. Exact (P(block) * P(id | block) = softmax), with ~2 sqrt(V) noise draws per
     row instead of V: XLA:CPU computes a log per element, not per vector, and V of them per step
     would cost more than the student's forward."""
-    b = logits.shape[0]
+    b, v = logits.shape
     blocks, blk = _blocks(logits)  # [B, nb, blk]
     nb = blocks.shape[1]
     block_lse = jax.nn.logsumexp(blocks, axis=-1)  # [B, nb]
     pick = jnp.argmax(block_lse + gumbel_noise(key_words, counter, (b, nb)), axis=-1)  # [B]
     inner = jnp.take_along_axis(blocks, pick[:, None, None], axis=1)[:, 0]  # [B, blk]
-    within = jnp.argmax(inner + gumbel_noise(key_words, counter, (b, blk), offset=nb), axis=-1)
-    return (pick * blk + within).astype(jnp.int32)
+    scores = inner + gumbel_noise(key_words, counter, (b, blk), offset=nb)  # [B, blk]
+    if nb * blk > v:  # the padding loses whatever the noise: no id >= V, ever (each block
+        # starts below V, and an all -inf row's argmax is its first id)
+        ids = pick[:, None] * blk + jax.lax.broadcasted_iota(pick.dtype, (b, blk), 1)
+        scores = jnp.where(ids < v, scores, -jnp.inf)
+    return (pick * blk + jnp.argmax(scores, axis=-1)).astype(jnp.int32)
 
 
 def key_words(rng: jax.Array) -> jax.Array:
