@@ -120,18 +120,21 @@ def ref_softmax(x):
 
 
 def ref_keep(logits, top_k, top_p):
-    """Boolean [B, V]: which tokens survive top-k, then top-p on the renormalized rest."""
+    """Boolean [B, V]: which tokens survive top-k (ties with the k-th stay), then top-p on the
+    renormalized rest, by sorted position as Hugging Face's TopPLogitsWarper: the smallest
+    prefix of the stable descending order (ties by id) whose mass reaches top_p."""
     logits = np.asarray(logits, np.float64)
     keep = np.ones(logits.shape, bool)
     if 0 < top_k < logits.shape[-1]:
         kth = np.sort(logits, axis=-1)[:, -top_k][:, None]
         keep &= logits >= kth
     if top_p < 1.0:
-        probs = ref_softmax(np.where(keep, logits, -np.inf))
-        order = np.argsort(-probs, axis=-1, kind="stable")
+        masked = np.where(keep, logits, -np.inf)
+        probs = ref_softmax(masked)
+        order = np.argsort(-masked, axis=-1, kind="stable")
         sorted_probs = np.take_along_axis(probs, order, axis=-1)
         before = np.cumsum(sorted_probs, axis=-1) - sorted_probs
-        # Guard against float ties with the threshold making the reference ambiguous.
+        # Guard against float32 and float64 sums falling on either side of top_p.
         assert np.min(np.abs(before - top_p)) > 1e-5
         nucleus = np.zeros_like(keep)
         np.put_along_axis(nucleus, order, before < top_p, axis=-1)  # smallest prefix with mass>=p
@@ -199,16 +202,38 @@ def test_config_accepts_edge_values():
     "top_k,top_p",
     [(0, 1.0), (1, 1.0), (5, 1.0), (V, 1.0), (V + 4, 1.0), (0, 0.3), (0, 0.9), (5, 0.5), (2, 0.99)],
 )
-def test_filter_logits_matches_numpy(top_k, top_p):
+@pytest.mark.parametrize("ties", [False, True])
+def test_filter_logits_matches_numpy(top_k, top_p, ties):
     rng = np.random.default_rng(10)
     logits = (2.0 * rng.standard_normal((16, V))).astype(np.float32)
+    if ties:  # a few distinct values, as bfloat16 logits often are
+        logits = np.round(logits)
     got = np.asarray(filter_logits(jnp.asarray(logits), top_k, top_p))
     keep = ref_keep(logits, top_k, top_p)
     np.testing.assert_array_equal(got[keep], logits[keep])  # survivors untouched
     assert np.all(got[~keep] <= NEG)  # the rest removed
     assert np.all(keep.sum(-1) >= 1)
-    if top_k and top_p == 1.0:
+    if top_k and top_p == 1.0 and not ties:
         assert np.all(keep.sum(-1) == min(top_k, V))
+
+
+@pytest.mark.parametrize("first", [0, 2, 5])
+def test_top_p_cuts_ties_by_position(first):
+    """probs [.384, .141 x 4, .052], top_p=0.5: .384 + .141 reaches it, so two tokens stay, the
+    second being the lowest id among the four ties (a threshold on the logit kept all five)."""
+    probs = np.array([0.141, 0.141, 0.141, 0.141, 0.052])
+    probs = np.insert(probs, first, 0.384)  # the largest at id `first`
+    logits = np.log(probs).astype(np.float32)[None]
+    tied = np.flatnonzero(probs == 0.141)
+    kept = np.flatnonzero(np.asarray(filter_logits(jnp.asarray(logits), 0, 0.5))[0] > NEG)
+    np.testing.assert_array_equal(kept, np.sort([first, tied[0]]))
+    np.testing.assert_array_equal(ref_keep(logits, 0, 0.5)[0], np.isin(np.arange(6), kept))
+    # Sampling draws only those two, in proportion .384 : .141.
+    cfg = SamplingConfig(1, top_p=0.5)
+    n = 20_000
+    toks = np.asarray(choose_tokens(jnp.asarray(np.tile(logits, (n, 1))), jax.random.key(4), cfg))
+    assert set(np.unique(toks)) == set(kept)
+    np.testing.assert_allclose(np.mean(toks == first), 0.384 / 0.525, atol=0.015)
 
 
 def test_choose_tokens_greedy_and_top1_are_argmax():
