@@ -45,6 +45,19 @@ from gkd_jax.schedules import lmbda_at
 # ---------------------------------------------------------------------------- the jitted step
 # The dropout masks' own stream of (seed, step, micro-batch), apart from the sampling keys.
 DROPOUT_STREAM = 0x64726F70
+# Evaluation's sampling keys (seed, batch), apart from training's (seed, step): batch i of an
+# evaluation would otherwise draw the noise that step i's on-policy samples drew.
+EVAL_STREAM = 0x6576616C
+
+
+def training_key(base_key: jax.Array, step: int) -> jax.Array:
+    """The on-policy (and SeqKD) sampling key of training step `step`; base_key = key(seed)."""
+    return jax.random.fold_in(base_key, step)
+
+
+def eval_key(base_key: jax.Array, batch: int) -> jax.Array:
+    """The sampling key of evaluation batch `batch` (sampled evaluation); base_key = key(seed)."""
+    return jax.random.fold_in(jax.random.fold_in(base_key, EVAL_STREAM), batch)
 
 
 def dropout_kw(config, dropout_key) -> dict:
@@ -354,8 +367,8 @@ def decode_split(
     sampler, params, data, batch_size, mesh, *, seed: int = 0, progress=None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Completions of every row by `sampler` (evaluation.make_eval_decoder: greedy, beam or
-    sampled with key (seed, batch)): tokens [N, T] and mask [N, T] (numpy). `progress(done,
-    total)` is called after each batch."""
+    sampled with key eval_key(key(seed), batch)): tokens [N, T] and mask [N, T] (numpy).
+    `progress(done, total)` is called after each batch."""
     rows = sharding.batch_sharding(mesh)  # params stay as placed: no gather per evaluation
     mine = distributed.host_rows(batch_size, rows)  # every host holds the eval data
     tokens, masks = [], []
@@ -365,7 +378,7 @@ def decode_split(
             params,
             distributed.global_batch(batch["prompt"][mine], rows, batch_size),
             distributed.global_batch(batch["prompt_mask"][mine], rows, batch_size),
-            jax.random.fold_in(jax.random.key(seed), i),
+            eval_key(jax.random.key(seed), i),
         )
         if progress is not None:
             progress(min((i + 1) * batch_size, total), total)
@@ -729,7 +742,7 @@ def gkd_completions(
         lmbda=None if g.lmbda_schedule == "imitkd" else g.lmbda,
     )
     rng = np.random.default_rng([config.seed, step])
-    key = jax.random.fold_in(base_key, step)
+    key = training_key(base_key, step)
     b = prompt.shape[0]
     if g.lmbda_mode == "batch":
         on_policy = np.full((b,), rng.random() < lmbda)

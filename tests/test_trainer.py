@@ -14,7 +14,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gkd_jax import checkpoint, losses, trainer
+from gkd_jax import checkpoint, losses, sharding, trainer
 from gkd_jax.config_defaults import base_config
 from gkd_jax.models import DecoderConfig, build_decoder, functional_lm
 from gkd_jax.sampling import SampleOutput
@@ -205,6 +205,30 @@ def test_lmbda_draws(mode):
         assert all(0.2 < f < 0.8 for f in fracs)
     assert 0.3 < np.mean(fracs) < 0.7
     np.testing.assert_array_equal(draw(5, 0.5)[0], draw(5, 0.5)[0])  # seeded by (seed, step)
+
+
+def test_eval_sampling_keys_are_not_training_keys():
+    """Sampled evaluation batch i draws with eval_key, never training step i's key (seed 0 is
+    both the default seed and decode_split's)."""
+    for seed in (0, 3):
+        base = jax.random.key(seed)
+        train = {tuple(np.asarray(jax.random.key_data(trainer.training_key(base, i))))
+                 for i in range(64)}  # fmt: skip
+        evals = {tuple(np.asarray(jax.random.key_data(trainer.eval_key(base, i))))
+                 for i in range(64)}  # fmt: skip
+        assert len(train) == len(evals) == 64 and not train & evals
+    # decode_split samples batch i with eval_key(key(seed), i).
+    got = []
+
+    def sampler(params, prompt, prompt_mask, rng):
+        got.append(np.asarray(jax.random.key_data(rng)))
+        return SampleOutput(jnp.zeros(prompt.shape, jnp.int32), jnp.ones(prompt.shape, bool), 0, 0)
+
+    mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    data = {k: v for k, v in random_batch(b=20).items() if k.startswith("prompt")}
+    trainer.decode_split(sampler, None, data, 8, mesh, seed=0)
+    want = [trainer.eval_key(jax.random.key(0), i) for i in range(3)]  # 20 rows: 3 batches
+    np.testing.assert_array_equal(got, [np.asarray(jax.random.key_data(k)) for k in want])
 
 
 def tiny_run_config():
