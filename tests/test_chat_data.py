@@ -184,9 +184,27 @@ def test_eos_appended_when_completion_has_no_stop(tmp_path):
     )
     (ex,), _ = load(path, tok)
     assert ex.completion_ids == [*enc(tok, "w2 w3"), tok.eos_token_id]
-    # A stop id inside the completion: cut right after its last occurrence, no EOS appended.
+    # A stop id inside the completion: cut right after it, no EOS appended.
     (ex,), _ = load(path, tok, stop_ids=enc(tok, "w2"))
     assert ex.completion_ids == enc(tok, "w2")
+
+
+def test_completion_ends_at_its_first_stop_id(tmp_path):
+    """The sampler stops at the first stop id it emits: a stop token in the middle of a
+    completion ends it there, in every format."""
+    tok = word_tokenizer()
+    recs = [
+        {"prompt": "w1", "completion": "w2 <|end|> w3 <|end|> w4"},
+        {"messages": msgs(("user", "w1"), ("assistant", "w3 <|end|> w4"))},
+        {"prompt": "w1", "completion": "<|end|> w5"},
+    ]
+    plain, chat, first = load(write_jsonl(tmp_path / "d.jsonl", recs), tok)[0]
+    assert plain.completion_ids == enc(tok, "w2 <|end|>")
+    assert chat.completion_ids == enc(tok, "w3 <|end|>")  # rendered "w3 <|end|> w4 <|end|> "
+    assert first.completion_ids == [tok.eos_token_id]
+    # Any of several stop ids: the first one present.
+    (ex,), _ = load(write_jsonl(tmp_path / "e.jsonl", recs[:1]), tok, stop_ids=enc(tok, "w3 w4"))
+    assert ex.completion_ids == enc(tok, "w2 <|end|> w3")
 
 
 def test_long_completion_truncated_and_counted(tmp_path):

@@ -147,10 +147,11 @@ def _check_messages(messages: object, field: str) -> list[dict]:
 
 
 def _end_at_stop(ids: list[int], stops: set[int], eos: int) -> list[int]:
-    # The sampler halts at a stop id, so trailing template text (ChatML's "\n" after
-    # <|im_end|>) would be a target it can never produce.
-    last = max((i for i, t in enumerate(ids) if t in stops), default=None)
-    return ids[: last + 1] if last is not None else [*ids, eos]
+    r"""The completion up to and including its first stop id (EOS appended if it has none): the
+    sampler halts at the first stop id it emits, so anything after one (ChatML's "\n" after
+    <|im_end|>, or text after a stop token inside the completion) is a target it never produces."""
+    first = next((i for i, t in enumerate(ids) if t in stops), None)
+    return ids[: first + 1] if first is not None else [*ids, eos]
 
 
 def _render_chat(tokenizer, messages: list[dict], stops: set[int]) -> tuple[list, list, str]:
@@ -215,9 +216,7 @@ def _tokenize(tokenizer, rec: object, stops: set[int]) -> tuple[list[int], list[
     # Plain text: the tokenizer's own special tokens (BOS, or T5's </s>) frame the prompt.
     p_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
     c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    if not c_ids or c_ids[-1] not in stops:
-        c_ids = [*c_ids, tokenizer.eos_token_id]
-    return p_ids, c_ids, completion
+    return p_ids, _end_at_stop(c_ids, stops, tokenizer.eos_token_id), completion
 
 
 def load_examples(
