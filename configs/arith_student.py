@@ -6,11 +6,20 @@ The paper starts GKD from a supervised fine-tuned student; `builtin:arith/studen
 exactly this command.
 """
 
-from gkd_jax.config_defaults import ARITH_STUDENT, base_config, model_config, shrink_for_smoke
+from gkd_jax.config_defaults import (
+    ARITH_STUDENT,
+    arith_options,
+    base_config,
+    finite_training_set,
+    model_config,
+    shrink_for_smoke,
+)
 
 
 def get_config(arg: str = ""):
+    opts = arith_options(arg)
     c = base_config()
+    finite_training_set(c, opts["n"])
     c.objective = "sft"
     c.model = model_config(**ARITH_STUDENT)
     c.steps = 1500
@@ -19,6 +28,6 @@ def get_config(arg: str = ""):
     c.optim.learning_rate = 3e-3
     c.optim.warmup_steps = 50
     c.optim.weight_decay = 0.01
-    if arg == "smoke":
+    if opts["smoke"]:
         shrink_for_smoke(c)
     return c

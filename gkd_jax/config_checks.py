@@ -150,6 +150,7 @@ def validate_config(config: ml_collections.ConfigDict, *, vocab_size: int | None
         paper_tasks.check_config(config)  # source vs train_file / eval_file
     for field in ("seed", "data.eval_seed", "optim.warmup_steps", "eval.every_steps"):
         _integer_at_least(field, _get(config, field), 0)
+    _integer_at_least("data.train_seed", config.data.train_seed, -1, "(-1 = config.seed)")
     for field in ("data.train_examples", "eval.num_examples", "eval.batch_size"):
         _integer_at_least(field, _get(config, field), 1)
     e = config.eval

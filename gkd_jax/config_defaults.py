@@ -16,6 +16,31 @@ ARITH_STUDENT = dict(
 )
 
 
+def arith_options(arg: str) -> dict:
+    """The arith configs' `:arg`, a comma list: `n=N` (a finite training set: the first N
+    problems of training seed 0, the paper's regime), `n=unlimited` (a fresh problem for every
+    example: data.train_examples as the config sets it, drawn with the run's seed), `smoke`."""
+    opts = {"n": None, "smoke": False}
+    for part in [p.strip() for p in arg.split(",") if p.strip()]:
+        key, eq, value = part.partition("=")
+        if part == "smoke":
+            opts["smoke"] = True
+        elif key == "n" and eq and (value == "unlimited" or value.isdigit() and int(value) > 0):
+            opts["n"] = None if value == "unlimited" else int(value)
+        else:
+            raise ValueError(
+                f"arith config arg part {part!r}: use n=N (N > 0), n=unlimited or smoke"
+            )
+    return opts
+
+
+def finite_training_set(c: ml_collections.ConfigDict, n: int | None) -> None:
+    """The first n problems of training seed 0 for every run (teacher, SFT student and every
+    distillation seed see the same set; a smaller n is a prefix of a larger one)."""
+    if n is not None:
+        c.data.train_examples, c.data.train_seed = n, 0
+
+
 def model_config(**fields) -> ml_collections.ConfigDict:
     """A decoder shape (fields of gkd_jax.models.DecoderConfig)."""
     return ml_collections.ConfigDict(
@@ -86,6 +111,10 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.train_examples = 20_000
+    # arith: the seed that draws the training problems; -1 = config.seed. Fixing it keeps one
+    # finite training set across runs of different seeds (the paper's regime: teacher, SFT
+    # student and distillation all on the same N problems).
+    c.data.train_seed = -1
     c.data.eval_seed = 0
     c.data.max_prompt_len = 48
     # Chat task: TRL-format data (JSONL, a `datasets.save_to_disk` dir, or "hf:NAME[:CONFIG]").

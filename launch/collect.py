@@ -12,6 +12,8 @@ training curve), and writes, under OUT:
   NAME_curves.png  training loss vs step, one panel per (student size, lmbda), one line per
                    divergence (seed 0 or the first seed)
   NAME.md          the same numbers as a table (mean ± std over seeds where there are several)
+With --vs=AXIS (a numeric axis of the runs, e.g. n_distill), instead: NAME.png the final metric
+vs that axis (log scale), one line per lmbda, and NAME.md its table.
 Runs without results.json yet (still training) are listed as missing and left out.
 """
 
@@ -249,6 +251,64 @@ def plot_curves(runs: list[dict[str, Any]], s: dict[str, Any], path: str) -> Non
     plt.close(fig)
 
 
+def summarize_vs(runs: list[dict[str, Any]], axis: str) -> dict[str, Any]:
+    """Final scores of the GKD runs that have `axis`, grouped as points[lmbda][axis value]."""
+    runs = [r for r in runs if r["axes"].get("method", "gkd") == "gkd" and axis in r["axes"]]
+    if not runs:
+        raise SystemExit(f"--vs={axis}: no finished GKD run has the axis {axis!r}")
+    metric = runs[0]["results"]["metric"]
+    points = collections.defaultdict(lambda: collections.defaultdict(list))
+    for run in runs:
+        value = scale_of(metric) * run["results"]["scores"]["final"]
+        points[float(run["axes"]["lmbda"])][float(run["axes"][axis])].append(value)
+    teacher = [scale_of(metric) * r["results"]["scores"]["teacher"] for r in runs
+               if "teacher" in r["results"]["scores"]]  # fmt: skip
+    start = [scale_of(metric) * r["results"]["scores"]["start"] for r in runs]
+    return dict(metric=metric, axis=axis, points=points, teacher=teacher, start=start,
+                unit="%" if scale_of(metric) == 100.0 else "")  # fmt: skip
+
+
+def write_vs(s: dict[str, Any], path: str) -> str:
+    values = sorted({x for by_x in s["points"].values() for x in by_x})
+    unit = f" ({s['unit']})" if s["unit"] else ""
+    teacher = shared_cell(s["teacher"]) if s["teacher"] else "-"
+    lines = [
+        f"Final {s['metric']}{unit} vs {s['axis']}, mean ± std over seeds; teacher {teacher}, "
+        f"SFT start {shared_cell(s['start'])}.",
+        "",
+        f"| {s['axis']} | " + " | ".join(lmbda_label(lm) for lm in sorted(s["points"])) + " |",
+        "|---|" + "---|" * len(s["points"]),
+    ]
+    for x in values:
+        row = [cell(s["points"][lm].get(x, [])) for lm in sorted(s["points"])]
+        lines.append(f"| {x:g} | " + " | ".join(row) + " |")
+    text = "\n".join(lines) + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+    return text
+
+
+def plot_vs(s: dict[str, Any], path: str) -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for lmbda in sorted(s["points"]):
+        xs = sorted(s["points"][lmbda])
+        stats = [mean_std(s["points"][lmbda][x]) for x in xs]
+        ax.errorbar(xs, [m for m, _ in stats], yerr=[sd for _, sd in stats], marker="o",
+                    capsize=3, label=lmbda_label(lmbda))  # fmt: skip
+    ax.axhline(mean_std(s["start"])[0], color="gray", ls=":", lw=1, label="student start (SFT)")
+    ax.set_xscale("log")
+    ax.set_xlabel(s["axis"])
+    unit = f" ({s['unit']})" if s["unit"] else ""
+    ax.set_ylabel(f"{s['metric']}{unit}")
+    if s["teacher"]:
+        ax.set_title(f"teacher {mean_std(s['teacher'])[0]:.1f}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--root", required=True, help="the sweep's ROOT (one directory per run)")
@@ -257,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         "--name", default="results", help="file stem: NAME.png, NAME_curves.png, NAME.md"
     )
     ap.add_argument("--only", default=None, help="regex: collect only the runs whose name matches")
+    ap.add_argument("--vs", default=None, help="plot the metric against this numeric run axis")
     args = ap.parse_args(argv)
     runs, missing = load_runs(args.root, args.only)
     if missing:
@@ -265,8 +326,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no finished runs under {args.root} (each needs sweep_run.json + results.json)")
         return 1
     os.makedirs(args.out, exist_ok=True)
-    s = summarize(runs)
     stem = os.path.join(args.out, args.name)
+    if args.vs:
+        s = summarize_vs(runs, args.vs)
+        print(write_vs(s, stem + ".md"))
+        plot_vs(s, stem + ".png")
+        print(f"wrote {stem}.md, {stem}.png")
+        return 0
+    s = summarize(runs)
     print(write_table(s, stem + ".md"))
     plot_scores(s, stem + ".png")
     plot_curves(runs, s, stem + "_curves.png")

@@ -163,3 +163,33 @@ def test_exact_match_accuracy():
         exact_match_accuracy([], [])
     with pytest.raises(ValueError):
         exact_match_accuracy([1], [1, 2])
+
+
+def test_a_smaller_training_set_is_a_prefix_of_a_larger_one(train5k):
+    """The paper's regime rests on this: the teacher, the SFT student and every distillation run
+    on `n=N` see the same N problems, and N_d < N distills on a subset of them."""
+    assert make_examples("train", 500, seed=0) == train5k[:500]
+    assert make_examples("train", 500, seed=1) != train5k[:500]
+
+
+def test_train_seed_fixes_the_training_set_across_run_seeds():
+    from gkd_jax.config_defaults import base_config
+    from gkd_jax.data.tasks import load_arith
+
+    tok = _FakeTokenizer()
+    c = base_config()
+    c.data.train_examples, c.eval.num_examples = 50, 10
+    sets = {}
+    for train_seed, seed in ((-1, 0), (-1, 3), (0, 3), (0, 7)):
+        c.seed, c.data.train_seed = seed, train_seed
+        train, _ = load_arith(c, tok, (tok.eos_token_id,))
+        sets[train_seed, seed] = train.prompts
+    assert sets[-1, 0] == sets[0, 3] == sets[0, 7]  # train_seed 0 = what seed 0 draws
+    assert sets[-1, 3] != sets[-1, 0]  # -1: the run's own seed
+
+
+class _FakeTokenizer:
+    eos_token_id = 1
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [[ord(ch) for ch in t] for t in texts]}

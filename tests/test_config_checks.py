@@ -23,6 +23,7 @@ BAD = {
     "checkpoint.keep": 0,
     "data.train_examples": 0,
     "data.eval_seed": 1.5,
+    "data.train_seed": -2,
     "data.max_prompt_len": 0,
     "data.strict": "yes",
     "data.prompt_overflow": "truncate_right",

@@ -276,3 +276,56 @@ def test_real_smoke_run_through_sweep_and_collect(tmp_path):
     rows = table_cells((out / "results.md").read_text())
     assert rows["60k", "GKD λ=1 (on-policy)"] == [f"{100 * final:.1f}"]
     assert (out / "results.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_arith_finite_protocol():
+    """The paper-regime study as the README's protocol states it: every run on the n=2000 models
+    and the same 2,000 problems, 600 steps x 64, the grid, baselines, N-sweep and temperatures."""
+    runs = sweep.load_sweep("arith_finite:seeds=0+1+2")
+    names = [r.name for r in runs]
+    assert len(runs) == 3 * (15 + 4 + 5 * 2 + 4)
+    configs = {r.name: parse_run(r) for r in runs}
+    for run in runs:
+        c = configs[run.name]
+        assert (c.steps, c.batch_size, c.data.train_seed) == (600, 64, 0)
+        assert c.seed == run.axes["seed"]
+        assert c.teacher.checkpoint.endswith("arith/n2000/teacher") or not c.teacher.checkpoint
+        n_d = run.axes.get("n_distill", 2000)
+        assert c.data.train_examples == n_d
+        if run.axes["method"] == "gkd":
+            want_div, want_beta = EXPECTED[run.axes["divergence"]]
+            assert c.gkd.divergence == want_div and c.gkd.lmbda == run.axes["lmbda"]
+            if want_beta is not None:
+                assert c.gkd.beta == want_beta
+            assert c.gkd.teacher_temperature == run.axes["teacher_temperature"]
+            assert c.sampling.temperature == run.axes["sampling_temperature"]
+    assert configs["arith_n2000_sft_seed1"].objective == "sft"
+    assert configs["arith_n2000_seqkd_seed0"].gkd.seq_kd
+    unlimited = configs["arith_n2000_d38400_lmbda0_jsd0.5_seed2"]
+    assert unlimited.data.train_examples == unlimited.steps * unlimited.batch_size
+    assert len(set(names)) == len(names)
+    assert len(sweep.load_sweep("arith_finite:parts=nsweep")) == 5 * 2
+    with pytest.raises(ValueError, match="parts="):
+        sweep.load_sweep("arith_finite:parts=everything")
+
+
+def test_collect_vs_axis(tmp_path):
+    """--vs: mean and std per (lmbda, axis value), written from the runs' own results."""
+    root = tmp_path / "root"
+    scores = {(0.0, 100): [0.5, 0.7], (1.0, 100): [0.8, 0.8], (0.0, 4000): [0.9]}
+    for (lmbda, n), finals in scores.items():
+        for seed, final in enumerate(finals):
+            d = root / f"r_{lmbda}_{n}_{seed}"
+            d.mkdir(parents=True)
+            axes = {"method": "gkd", "lmbda": lmbda, "n_distill": n, "seed": seed}
+            (d / "sweep_run.json").write_text(json.dumps({"name": d.name, "axes": axes}))
+            result = {"metric": "accuracy", "steps": 1,
+                      "scores": {"teacher": 0.95, "start": 0.25, "final": final}}  # fmt: skip
+            (d / "results.json").write_text(json.dumps(result))
+    out = tmp_path / "out"
+    assert collect.main([f"--root={root}", f"--out={out}", "--name=n", "--vs=n_distill"]) == 0
+    table = (out / "n.md").read_text()
+    assert "| 100 | 60.0 ± 10.0 | 80.0 ± 0.0 |" in table
+    assert "| 4000 | 90.0 |  |" in table
+    assert "teacher 95.0, SFT start 25.0" in table
+    assert (out / "n.png").read_bytes()[:8] == PNG_MAGIC

@@ -45,7 +45,8 @@ def _arith_split(tokenizer, examples: Sequence[arith.Example]) -> Split:
 
 def load_arith(config, tokenizer, stop_ids, log=print) -> tuple[Split, Split]:
     del stop_ids, log
-    train = arith.make_examples("train", config.data.train_examples, config.seed)
+    seed = config.seed if config.data.train_seed == -1 else config.data.train_seed
+    train = arith.make_examples("train", config.data.train_examples, seed)
     test = arith.make_examples("test", config.eval.num_examples, config.data.eval_seed)
     return _arith_split(tokenizer, train), _arith_split(tokenizer, test)
 

@@ -1,5 +1,6 @@
-"""The paper's lmbda x divergence grid on the embedded arith task (one student size: arith ships
-one SFT student, ~60k parameters, and one teacher, ~0.8M).
+"""The paper's lmbda x divergence grid on the embedded arith task with unlimited data (the models
+trained on 20,000 problems, distillation on problems nearly all new; one student size, ~60k
+parameters, one teacher, ~0.8M). For the paper's finite-data regime see arith_finite.py.
 
     python launch/sweep.py --sweep=arith --root=/tmp/arith-sweep --config.steps=150
     python launch/collect.py --root=/tmp/arith-sweep --out=docs/figures --name=arith_sweep
@@ -11,7 +12,7 @@ seconds-long CPU config, for tests).
 
 from sweeps.runs import DIVERGENCES, PAPER_LMBDAS, Run, divergence_run, grid
 
-CONFIG = "configs/arith.py"
+CONFIG = "configs/arith.py:n=unlimited"  # the shipped models trained on 20,000 problems
 STUDENT = "60k"  # the one shipped SFT student
 
 
@@ -29,7 +30,7 @@ def parse_arg(arg: str) -> dict:
 
 def get_runs(arg: str = "") -> list[Run]:
     opts = parse_arg(arg)
-    config = CONFIG + (":smoke" if opts["smoke"] else "")
+    config = CONFIG + (",smoke" if opts["smoke"] else "")
     runs = []
     for point in grid(lmbda=PAPER_LMBDAS, divergence=list(DIVERGENCES), seed=opts["seeds"]):
         runs.append(
