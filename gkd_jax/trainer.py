@@ -166,6 +166,7 @@ def make_train_step(
     teacher_shardings=None,
 ):
     """(state, teacher_params, batch [B, ...]) -> (state, metrics), gradient accumulation inside.
+    metrics["out_of_vocab"]: completion tokens (masked in) outside the shared vocabulary.
 
     With `mesh` (sharding.make_mesh), the step is compiled for that placement: the state in
     `state_shardings` (in and out, donated), the teacher in `teacher_shardings`, batch rows over
@@ -231,11 +232,14 @@ def make_train_step(
         keep_if_bad = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
         params = keep_if_bad(params, state["params"])
         opt_state = keep_if_bad(opt_state, state["opt_state"])
+        completion = batch["completion"]
+        outside = (completion < 0) | (completion >= vocab)  # no logit to score: a sampler bug
         metrics = {
             "loss": loss,
             "grad_norm": grad_norm,
             "loss_tokens": jnp.sum(batch["completion_mask"]),
             "nonfinite": 1.0 - finite.astype(jnp.float32),
+            "out_of_vocab": jnp.sum(outside & batch["completion_mask"].astype(bool)),
         }
         return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
@@ -566,6 +570,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     base_key = jax.random.key(config.seed)
     skipped, nonfinite_run = saved.get("skipped_steps", 0), saved.get("nonfinite_run", 0)
+    out_of_vocab = saved.get("out_of_vocab_ids", 0)  # completion ids past the vocabulary, so far
+
+    def meta() -> dict:  # what a checkpoint keeps besides the train state
+        return {
+            "eval": results,
+            "skipped_steps": skipped,
+            "nonfinite_run": nonfinite_run,
+            "out_of_vocab_ids": out_of_vocab,
+        }
+
     t_start = t_window = time.time()
     on_policy_window = []
     # Drops rows a previous run logged after start_step. Process 0 writes for all.
@@ -597,12 +611,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             state, m = train_step(state, teacher_params, jax.device_put(batch, rows))
             done = step + 1
             on_policy_window.append(on_policy_frac)
-            # One scalar read per step: the next step samples from these parameters anyway.
-            nonfinite_run = nonfinite_run + 1 if float(m["nonfinite"]) else 0
+            # One read per step: the next step samples from these parameters anyway.
+            nonfinite, step_oov = jax.device_get((m["nonfinite"], m["out_of_vocab"]))
+            nonfinite_run = nonfinite_run + 1 if float(nonfinite) else 0
+            out_of_vocab += int(step_oov)
+            if step_oov:
+                log(
+                    f"WARNING: step {done}: {int(step_oov)} completion token ids outside the "
+                    f"shared vocabulary [0, {vocab}) were trained on ({out_of_vocab} so far)"
+                )
             skipped += int(nonfinite_run > 0)
             too_many_nonfinite = nonfinite_run >= config.max_nonfinite_steps
             if done % config.log_every == 0 or done == config.steps or too_many_nonfinite:
-                m = {k: float(v) for k, v in jax.device_get(m).items()}
+                m = {k: float(v) for k, v in jax.device_get(m).items() if k != "out_of_vocab"}
                 now = time.time()
                 # Throughput over the window since the last log line: the first window also
                 # pays for compilation, later ones are the steady state.
@@ -613,6 +634,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         "step": done,
                         **m,
                         "skipped_steps": skipped,
+                        "out_of_vocab_ids": out_of_vocab,
                         "on_policy": float(np.mean(on_policy_window)),
                         "examples_per_s": rate,
                     }
@@ -623,24 +645,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     f"grad {m['grad_norm']:.3f} | {rate:7.1f} ex/s | "
                     f"elapsed {fmt_time(elapsed)} | ETA {fmt_time(eta)}"
                 )
-            meta = {"eval": results, "skipped_steps": skipped, "nonfinite_run": nonfinite_run}
             if too_many_nonfinite:
                 ckpts.wait()
                 raise FloatingPointError(nonfinite_message(config, done, ckpts))
             # Saving is collective: all processes stop at the step where any got SIGTERM.
             if distributed.any_process(sigterm()):
-                ckpts.save(done, state, meta)
+                ckpts.save(done, state, meta())
                 raise preemption.Preempted(done)
             stop_here = config.stop_after_steps and done - start_step == config.stop_after_steps
             if stop_here and done < config.steps:
-                ckpts.save(done, state, meta)
+                ckpts.save(done, state, meta())
                 reason = f"stopped (config.stop_after_steps={config.stop_after_steps})"
                 raise preemption.Preempted(done, reason)
             # Only a state that is updating normally is saved: in a run of non-finite steps,
             # the last good checkpoint must survive the rotation to `checkpoint.keep`.
             every = config.checkpoint.every_steps
             if every and done % every == 0 and done < config.steps and not nonfinite_run:
-                ckpts.save(done, state, meta)
+                ckpts.save(done, state, meta())
             every = config.eval.every_steps
             if every and done % every == 0 and done < config.steps and not nonfinite_run:
                 score = evaluate(ev, state["params"])[task.metric_name]
@@ -648,8 +669,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 metrics.scalars(done, {f"eval/{task.metric_name}": score})
                 keep_if_best(student, state["params"], done, score, task, workdir)
         # The end state too: a crash in the export or the evaluation below resumes here.
-        meta = {"eval": results, "skipped_steps": skipped, "nonfinite_run": nonfinite_run}
-        ckpts.save(config.steps, state, meta)
+        ckpts.save(config.steps, state, meta())
     train_seconds = time.time() - t_start
 
     student = rebuild(student, state["params"])

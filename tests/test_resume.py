@@ -23,7 +23,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gkd_jax import checkpoint, trainer
+from gkd_jax import checkpoint, preemption, trainer
 from gkd_jax.config_defaults import base_config
 from gkd_jax.data import pipeline
 from gkd_jax.metrics_log import MetricsLog, masked_crc32c
@@ -144,6 +144,39 @@ def test_nonfinite_steps_stop_the_run_and_keep_the_last_good_checkpoint(
     assert [r["skipped_steps"] for r in rows] == [0, 0, 0, 1, 2, 3]
     assert np.isfinite([r["loss"] for r in rows[:3]]).all()
     assert not np.isfinite([r["loss"] for r in rows[3:]]).any()
+
+
+def test_out_of_vocab_count_is_logged_and_survives_a_resume(
+    tmp_path, tiny_models, monkeypatch, capsys
+):
+    """The real step and loop, with one completion id past the vocabulary injected per step:
+    metrics.jsonl counts them cumulatively, and a resumed run carries the count on."""
+    real = trainer.make_train_step
+
+    def one_bad_id_per_step(*args, **kwargs):
+        step = real(*args, **kwargs)
+
+        def run(state, teacher_params, batch):
+            completion, mask = jax.device_get((batch["completion"], batch["completion_mask"]))
+            completion, mask = completion.copy(), mask.copy()
+            completion[0, 0], mask[0, 0] = 10**6, True
+            bad = dict(batch, completion=completion, completion_mask=mask)
+            return step(state, teacher_params, jax.device_put(bad, batch["completion"].sharding))
+
+        return run
+
+    monkeypatch.setattr(trainer, "make_train_step", one_bad_id_per_step)
+    config = tiny_config(tiny_models, log_every=1, steps=4, stop_after_steps=2)
+    config.gkd.lmbda = 0.0  # dataset completions: no sampler to compile
+    with pytest.raises(preemption.Preempted):
+        trainer.train_and_evaluate(config, str(tmp_path))
+    config.stop_after_steps = 0
+    trainer.train_and_evaluate(config, str(tmp_path))  # resumed at step 2
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["out_of_vocab_ids"]) for r in rows] == [(1, 1), (2, 2), (3, 3), (4, 4)]
+    out = capsys.readouterr().out
+    assert "resuming from step 2" in out
+    assert "WARNING: step 4: 1 completion token ids outside the shared vocabulary [0, 99)" in out
 
 
 # ---------------------------------------------------------------------------- checkpoints

@@ -207,6 +207,23 @@ def test_lmbda_draws(mode):
     np.testing.assert_array_equal(draw(5, 0.5)[0], draw(5, 0.5)[0])  # seeded by (seed, step)
 
 
+def test_out_of_vocab_completion_ids_are_counted():
+    """The step's guard: completion ids < 0 or >= the shared vocabulary, masked in only."""
+    config = gkd_config()
+    step, state, t_params = setup_step(config)
+    batch = random_batch()
+    _, clean = step(state, t_params, batch)
+    assert int(clean["out_of_vocab"]) == 0
+    completion, mask = batch["completion"].copy(), batch["completion_mask"]
+    rows, cols = np.nonzero(mask)
+    completion[rows[:3], cols[:3]] = [V, V + 7, -1]  # masked in: counted
+    out_rows, out_cols = np.nonzero(~mask)
+    completion[out_rows[:2], out_cols[:2]] = V + 1  # masked out (padding): not counted
+    _, state2, _ = setup_step(config)
+    _, m = step(state2, t_params, dict(batch, completion=completion))
+    assert int(m["out_of_vocab"]) == 3
+
+
 def test_eval_sampling_keys_are_not_training_keys():
     """Sampled evaluation batch i draws with eval_key, never training step i's key (seed 0 is
     both the default seed and decode_split's)."""
@@ -330,6 +347,7 @@ def test_entry_point_end_to_end(tmp_path):
     assert set(summary["scores"]) == {"teacher", "start", "final"}
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 4 and all(r["on_policy"] == 1.0 for r in rows)
+    assert all(r["out_of_vocab_ids"] == 0 for r in rows)  # every sampled id in the vocabulary
     assert np.isfinite([r["loss"] for r in rows]).all()
     for name in ("teacher", "init"):  # made by their recipes, then reused
         assert checkpoint.has_model(str(tmp_path / name / "model"))
