@@ -92,6 +92,10 @@ def base_config() -> ml_collections.ConfigDict:
     # > 0: stop after this many steps of this invocation, as on SIGTERM (checkpoint, exit 0);
     # slices a long run into sessions (e.g. Colab), and lets tests interrupt a run exactly.
     c.stop_after_steps = 0
+    # GKD only: first train the same run at each of these lmbda values (in WORKDIR/compare_
+    # lmbdaL, same teacher, start and steps), then print their final scores beside this run's
+    # (gkd_jax/comparison.py); configs/arith.py sets (0.0,): supervised KD beside on-policy.
+    c.compare_lmbdas = ()
     # Dropout in the student while it trains (T5 only: as Hugging Face's T5 places it); the
     # masks are a function of (seed, step), so a resumed run draws the same ones.
     c.dropout_rate = 0.0

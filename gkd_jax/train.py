@@ -6,7 +6,7 @@ Any config field can be overridden: --config.gkd.lmbda=0.5 --config.steps=100.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gkd_jax import distributed, trainer
+from gkd_jax import comparison, distributed, trainer
 from gkd_jax.preemption import Preempted
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
@@ -20,7 +20,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
     distributed.initialize_from_env()  # before anything touches a device
     try:
-        trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        # config.compare_lmbdas: the same run at other lmbdas first, printed beside it
+        comparison.train_with_comparisons(_CONFIG.value, _WORKDIR.value, trainer.train_and_evaluate)
     except Preempted as stop:  # the state is saved: a clean exit, so a scheduler reruns us
         print(stop, flush=True)
 
