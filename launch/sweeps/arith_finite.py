@@ -12,7 +12,7 @@ SFT student were fine-tuned on and that distillation reuses epoch after epoch (G
 Every run: `configs/arith.py:n=2000` (the shipped `builtin:arith/n2000` teacher and SFT student),
 STEPS steps x 64 (same compute for all), evaluated on the 500 held-out test problems, greedy, at
 the last step. `:arg` is a comma list: `seeds=0+1+2` (default 0), `parts=grid+nsweep+baselines+
-temps` (default all four, run in that order), `smoke` (the seconds-long CPU config, for tests).
+temps` (default all four; get_runs gives the run order), `smoke` (the seconds-long CPU config, for tests).
 
   grid       lmbda {0, 0.5, 1} x {fkl, jsd0.1, jsd0.5, jsd0.9, rkl}
   baselines  SFT only (more supervised steps on the same targets), SeqKD, ImitKD, f-distill
@@ -77,10 +77,21 @@ def get_runs(arg: str = "") -> list[Run]:
     steps = () if opts["smoke"] else (f"--config.steps={STEPS}", f"--config.batch_size={BATCH}")
     runs = []
     seeds, parts = opts["seeds"], opts["parts"]
+    # Run order: the comparison that decides the protocol's question (lmbda 0 vs 1, divergence
+    # by divergence) first, then the N-sweep, then lmbda 0.5, the baselines, the temperatures.
+    mixed = []
     if "grid" in parts:
-        for p in grid(lmbda=PAPER_LMBDAS, div=list(DIVERGENCES), seed=seeds):
+        for p in grid(div=list(DIVERGENCES), lmbda=PAPER_LMBDAS, seed=seeds):
             name = f"lmbda{fmt_lmbda(p['lmbda'])}_{p['div']}_"
-            runs.append(gkd_run(name, p["lmbda"], p["div"], p["seed"], config, *steps))
+            run = gkd_run(name, p["lmbda"], p["div"], p["seed"], config, *steps)
+            (mixed if p["lmbda"] == 0.5 else runs).append(run)
+    if "nsweep" in parts:
+        for p in grid(n=NSWEEP, lmbda=(0.0, 1.0), seed=seeds):
+            name = f"d{p['n']}_lmbda{fmt_lmbda(p['lmbda'])}_jsd0.5_"
+            flags = (*steps, f"--config.data.train_examples={p['n']}")
+            runs.append(gkd_run(name, p["lmbda"], "jsd0.5", p["seed"], config, *flags,
+                                n_distill=p["n"]))  # fmt: skip
+    runs += mixed
     if "baselines" in parts:
         for seed in seeds:
             for method, flags in BASELINES.items():
@@ -92,12 +103,6 @@ def get_runs(arg: str = "") -> list[Run]:
                         axes={"method": method, "student": f"60k, N={N}", "seed": seed},
                     )
                 )
-    if "nsweep" in parts:
-        for p in grid(n=NSWEEP, lmbda=(0.0, 1.0), seed=seeds):
-            name = f"d{p['n']}_lmbda{fmt_lmbda(p['lmbda'])}_jsd0.5_"
-            flags = (*steps, f"--config.data.train_examples={p['n']}")
-            runs.append(gkd_run(name, p["lmbda"], "jsd0.5", p["seed"], config, *flags,
-                                n_distill=p["n"]))  # fmt: skip
     if "temps" in parts:
         for seed in seeds:
             for lmbda in (0.0, 1.0):
