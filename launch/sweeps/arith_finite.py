@@ -12,7 +12,8 @@ SFT student were fine-tuned on and that distillation reuses epoch after epoch (G
 Every run: `configs/arith.py:n=2000` (the shipped `builtin:arith/n2000` teacher and SFT student),
 STEPS steps x 64 (same compute for all), evaluated on the 500 held-out test problems, greedy, at
 the last step. `:arg` is a comma list: `seeds=0+1+2` (default 0), `parts=grid+nsweep+baselines+
-temps` (default all four; get_runs gives the run order), `smoke` (the seconds-long CPU config, for tests).
+temps` (default all four; get_runs gives the run order), `smoke` (a seconds-long CPU
+config, for tests).
 
   grid       lmbda {0, 0.5, 1} x {fkl, jsd0.1, jsd0.5, jsd0.9, rkl}
   baselines  SFT only (more supervised steps on the same targets), SeqKD, ImitKD, f-distill
