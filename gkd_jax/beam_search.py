@@ -1,4 +1,4 @@
-"""Model-agnostic jitted beam search over the sampler's `Decoding(prefill, step)` pair.
+"""Model-agnostic jitted beam search over the `Decoding(prefill, step)` pair (decoding.py).
 
 The search is Hugging Face's (transformers >= 4.50 `_beam_search`, vectorized form), so that
 `generate(num_beams=K, do_sample=False, length_penalty=alpha, early_stopping=...)` on the same
@@ -37,26 +37,27 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from gkd_jax.sampling import Decoding
+from gkd_jax.decoding import DecodeConfig, DecodeLength, Decoding
 
 LENGTH_PENALTIES = ("t5x", "hf")
 _NEG = -1.0e9  # transformers' "impossible" score; kept identical so ties break alike
 
 
 @dataclasses.dataclass(frozen=True)
-class BeamSearchConfig:
-    max_new_tokens: int
+class _BeamKnobs(DecodeLength):
     beam_size: int = 4
     length_penalty: float = 0.6  # alpha; 0 = none (scores are plain summed log-probabilities)
     length_penalty_form: str = "t5x"  # "t5x": ((5 + len) / 6) ** alpha, "hf": len ** alpha
     early_stopping: bool | str = "never"
-    stop_ids: tuple[int, ...] = ()
-    pad_id: int = 0
-    vocab_size: int = 0  # > 0: search only among the first vocab_size ids (a shared vocabulary)
+
+
+@dataclasses.dataclass(frozen=True)
+class BeamSearchConfig(DecodeConfig, _BeamKnobs):
+    """(max_new_tokens, beam_size, length_penalty, length_penalty_form, early_stopping, stop_ids,
+    pad_id, vocab_size)."""
 
     def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        super().__post_init__()
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
         if self.length_penalty_form not in LENGTH_PENALTIES:

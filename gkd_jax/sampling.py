@@ -1,8 +1,8 @@
 """A model-agnostic jitted sampler: one prefill, then a `lax.while_loop` decode.
 
 The model is reached through a `Decoding` pair of pure functions (prefill, step) whose state is
-any pytree, so a decoder-only model (KV cache) and an encoder-decoder (encoder output + decoder
-cache) plug in alike; `causal_lm_decoding` builds the pair from a decoder's apply function.
+any pytree (decoding.py), so a decoder-only model (KV cache) and an encoder-decoder (encoder
+output + decoder cache) plug in alike; each family builds its pair (models/decoder.py, t5.py).
 Prompts are left-padded. Rows are independent: a row that stops early never changes another
 row's tokens.
 """
@@ -14,26 +14,28 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
+from gkd_jax.decoding import DecodeConfig, DecodeLength, Decoding
+
 
 @dataclasses.dataclass(frozen=True)
-class SamplingConfig:
-    max_new_tokens: int
+class _SamplingKnobs(DecodeLength):
     temperature: float = 1.0  # 0 means greedy (argmax)
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1.0: off
-    stop_ids: tuple[int, ...] = ()
-    pad_id: int = 0
-    vocab_size: int = 0  # > 0: sample only among the first vocab_size ids (a shared vocabulary)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig(DecodeConfig, _SamplingKnobs):
+    """(max_new_tokens, temperature, top_k, top_p, stop_ids, pad_id, vocab_size)."""
 
     def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        super().__post_init__()
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if self.top_k < 0:
@@ -201,55 +203,6 @@ def choose_tokens(
     logits = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
     words = rng if rng.dtype == jnp.uint32 else key_words(rng)
     return sample_categorical(logits, words, jnp.asarray(counter, jnp.uint32))
-
-
-class Decoding(NamedTuple):
-    """How a model family decodes, as two pure functions (the sampler knows nothing else):
-
-    prefill(params, prompt [B, P], prompt_mask [B, P], max_new_tokens) -> (logits [B, V], state)
-        reads the prompt; logits predict the first new token; `max_new_tokens` is static.
-    step(params, tokens [B], index [], state) -> (logits [B, V], state)
-        feeds back new token number `index` (0-based); logits predict the next one.
-    """
-
-    prefill: Callable
-    step: Callable
-
-
-def causal_lm_decoding(apply_fn: Callable, init_cache: Callable) -> Decoding:
-    """Decoding for a decoder-only model reached through
-
-        apply_fn(params, tokens [B, T], positions [B, T], mask [B, T, S], cache, cache_index)
-            -> (logits [B, T, V], cache)
-        init_cache(batch, length) -> cache
-
-    Prompts are left-padded to a common length P, so every row writes the same cache slot at each
-    step, while RoPE positions are per row (pads are skipped).
-    """
-
-    def prefill(params, prompt, prompt_mask, max_new_tokens):
-        b, p = prompt.shape
-        s = p + max_new_tokens
-        prompt_mask = prompt_mask.astype(bool)
-        key_valid = jnp.zeros((b, s), bool).at[:, :p].set(prompt_mask)  # [B, S]
-        positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)  # [B, P]
-        causal = jnp.arange(s)[None, :] <= jnp.arange(p)[:, None]  # [P, S]
-        mask = causal[None] & key_valid[:, None, :]  # [B, P, S]
-        logits, cache = apply_fn(params, prompt, positions, mask, init_cache(b, s), 0)
-        prompt_len = prompt_mask.sum(axis=1).astype(jnp.int32)  # [B]
-        return logits[:, -1], (cache, key_valid, prompt_len, jnp.int32(p))
-
-    def step(params, tokens, index, state):
-        cache, key_valid, prompt_len, p = state
-        slot = p + index
-        key_valid = key_valid.at[:, slot].set(True)
-        positions = (prompt_len + index)[:, None]  # [B, 1]
-        logits, cache = apply_fn(
-            params, tokens[:, None], positions, key_valid[:, None, :], cache, slot
-        )
-        return logits[:, -1], (cache, key_valid, prompt_len, p)
-
-    return Decoding(prefill, step)
 
 
 def sample(

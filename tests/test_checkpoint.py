@@ -10,8 +10,9 @@ from gkd_jax.data import arith
 from gkd_jax.data.char_tokenizer import build_char_tokenizer
 from gkd_jax.data.pipeline import encode
 from gkd_jax.models import DecoderConfig, build_decoder, functional
+from gkd_jax.models.decoder import causal_lm_decoding
 from gkd_jax.resources import resolve_path
-from gkd_jax.sampling import SamplingConfig, causal_lm_decoding, make_sampler
+from gkd_jax.sampling import SamplingConfig, make_sampler
 
 CFG = DecoderConfig(31, 16, 2, 4, 2, 24, tie_embeddings=False, qkv_bias=True)
 

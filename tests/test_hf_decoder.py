@@ -19,7 +19,12 @@ pytest.importorskip("transformers")
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig  # noqa: E402
 
 from gkd_jax.models import build_decoder, functional  # noqa: E402
-from gkd_jax.models.decoder import DecoderConfig, causal_mask, positions_from_mask  # noqa: E402
+from gkd_jax.models.decoder import (  # noqa: E402
+    DecoderConfig,
+    causal_lm_decoding,
+    causal_mask,
+    positions_from_mask,
+)
 from gkd_jax.models.hf_decoder import (  # noqa: E402
     MODEL_TYPES,
     config_from_hf,
@@ -27,7 +32,7 @@ from gkd_jax.models.hf_decoder import (  # noqa: E402
     params_from_hf,
     params_to_hf,
 )
-from gkd_jax.sampling import SamplingConfig, causal_lm_decoding, make_sampler  # noqa: E402
+from gkd_jax.sampling import SamplingConfig, make_sampler  # noqa: E402
 
 V, T = 128, 12  # vocabulary; sequence length of the full forwards (> every sliding window)
 TOL = 1e-4

@@ -14,10 +14,9 @@ import pytest
 from flax import nnx
 
 from gkd_jax.models import DecoderConfig, build_decoder, functional
-from gkd_jax.models.decoder import causal_mask, positions_from_mask
+from gkd_jax.models.decoder import causal_lm_decoding, causal_mask, positions_from_mask
 from gkd_jax.sampling import (
     SamplingConfig,
-    causal_lm_decoding,
     choose_tokens,
     filter_logits,
     make_sampler,

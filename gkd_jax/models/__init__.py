@@ -1,66 +1,38 @@
-"""Model families, the functional view used at the jit boundary, and Hugging Face checkpoints."""
+"""Model families, the functional view used at the jit boundary, and Hugging Face checkpoints.
+
+One family per file (decoder.py, t5.py), each with its `*_functions(model)`; `functional_lm`
+picks the family's. hf.py and hf_*.py read and write Hugging Face checkpoints.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import jax.numpy as jnp
 from flax import nnx
 
-from gkd_jax.models.decoder import Decoder, DecoderConfig
+from gkd_jax import distributed
+from gkd_jax.models.decoder import Decoder, DecoderConfig, decoder_functions, functional
 from gkd_jax.models.hf import load_pretrained, save_pretrained
-from gkd_jax.models.lm import LMFunctions, causal_lm_functions, causal_lm_hidden
-from gkd_jax.sampling import causal_lm_decoding
+from gkd_jax.models.lm import LMFunctions
+from gkd_jax.models.t5 import t5_functions
 
 # Compute dtypes by config name; parameters are always kept in float32.
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def functional(model: Decoder) -> tuple[Any, Callable, Callable]:
-    """Split a decoder into (params, apply_fn, init_cache) for jitted code.
-
-    apply_fn(params, tokens, positions, mask, cache=None, cache_index=None) -> (logits, cache).
-    """
-    graphdef, params = nnx.split(model)
-
-    def apply_fn(params, tokens, positions, mask, cache=None, cache_index=None):
-        return nnx.merge(graphdef, params).forward(tokens, positions, mask, cache, cache_index)
-
-    return params, apply_fn, model.init_cache
-
-
 def functional_lm(model: nnx.Module) -> tuple[Any, LMFunctions]:
     """(params, LMFunctions) for a model of any family: what the trainer and sampler use."""
     if isinstance(model, Decoder):
-        params, apply_fn, init_cache = functional(model)
-        fns = causal_lm_functions(apply_fn, init_cache, model.cfg.vocab_size)
-        graphdef = nnx.graphdef(model)
-        hidden = causal_lm_hidden(lambda p, *a: nnx.merge(graphdef, p).hidden_states(*a)[0])
-
-        def score(p, *args):
-            # The head on the scored rows only: the prompt's are dropped before it, not after.
-            return nnx.merge(graphdef, p).head(hidden(p, *args))  # [B, N, V]
-
-        def apply_last(p, tokens, positions, mask, cache=None, cache_index=None):
-            # Decoding reads the last position's logits only: the prefill's head on one row, not
-            # on the whole prompt.
-            m = nnx.merge(graphdef, p)
-            x, cache = m.hidden_states(tokens, positions, mask, cache, cache_index)
-            return m.head(x[:, -1:]), cache  # [B, 1, V]
-
-        return params, dataclasses.replace(
-            fns,
-            score=score,
-            decoding=causal_lm_decoding(apply_last, init_cache),
-            hidden=hidden,
-            unembedding=lambda p: nnx.merge(graphdef, p).unembedding(),
-            final_softcap=model.cfg.final_softcap,
-        )
-    from gkd_jax.models.t5 import t5_functions
-
+        return decoder_functions(model)
     return t5_functions(model)
+
+
+def with_params(model: nnx.Module, params: Any) -> nnx.Module:
+    """`model` holding `params` (functional_lm's split undone), gathered to this host first when
+    they are sharded over hosts: what checkpoint.save_model writes."""
+    nnx.update(model, distributed.to_host(params))
+    return model
 
 
 def build_decoder(cfg: DecoderConfig, *, seed: int = 0, dtype=jnp.float32) -> Decoder:
@@ -77,4 +49,5 @@ __all__ = [
     "functional_lm",
     "load_pretrained",
     "save_pretrained",
+    "with_params",
 ]

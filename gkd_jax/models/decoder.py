@@ -9,13 +9,15 @@ sliding windows, scaled RoPE) cost nothing when off: they are Python branches at
 The KV cache is explicit: a list with one `{"k", "v"}` dict per layer, `[B, S, K, H]` each, passed
 in and returned; sliding-window layers also keep `"pos"` [B, S], the position of each slot's key.
 Callers own the attention mask, so left-padded prompts and per-row positions need nothing special
-here.
+here. `decoder_functions` is the family's functional view (models/lm.py's LMFunctions): score,
+hidden states, and the `Decoding` pair the decoders run (`causal_lm_decoding`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -23,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gkd_jax.decoding import Decoding
+from gkd_jax.models.lm import LMFunctions
 from gkd_jax.sharding import constrain_rows
 
 Cache = list[dict[str, jax.Array]]
@@ -404,3 +408,87 @@ def causal_mask(valid: jax.Array) -> jax.Array:
 def positions_from_mask(valid: jax.Array) -> jax.Array:
     """Per-row positions that skip left padding: [B, T] -> [B, T] (pads get 0)."""
     return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1, 0)
+
+
+# ---------------------------------------------------------------------------- functional view
+def functional(model: Decoder) -> tuple[Any, Callable, Callable]:
+    """Split a decoder into (params, apply_fn, init_cache) for jitted code.
+
+    apply_fn(params, tokens, positions, mask, cache=None, cache_index=None) -> (logits, cache).
+    """
+    graphdef, params = nnx.split(model)
+
+    def apply_fn(params, tokens, positions, mask, cache=None, cache_index=None):
+        return nnx.merge(graphdef, params).forward(tokens, positions, mask, cache, cache_index)
+
+    return params, apply_fn, model.init_cache
+
+
+def causal_lm_decoding(apply_fn: Callable, init_cache: Callable) -> Decoding:
+    """Decoding for a decoder-only model reached through
+
+        apply_fn(params, tokens [B, T], positions [B, T], mask [B, T, S], cache, cache_index)
+            -> (logits [B, T, V], cache)
+        init_cache(batch, length) -> cache
+
+    Prompts are left-padded to a common length P, so every row writes the same cache slot at each
+    step, while RoPE positions are per row (pads are skipped).
+    """
+
+    def prefill(params, prompt, prompt_mask, max_new_tokens):
+        b, p = prompt.shape
+        s = p + max_new_tokens
+        prompt_mask = prompt_mask.astype(bool)
+        key_valid = jnp.zeros((b, s), bool).at[:, :p].set(prompt_mask)  # [B, S]
+        positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)  # [B, P]
+        causal = jnp.arange(s)[None, :] <= jnp.arange(p)[:, None]  # [P, S]
+        mask = causal[None] & key_valid[:, None, :]  # [B, P, S]
+        logits, cache = apply_fn(params, prompt, positions, mask, init_cache(b, s), 0)
+        prompt_len = prompt_mask.sum(axis=1).astype(jnp.int32)  # [B]
+        return logits[:, -1], (cache, key_valid, prompt_len, jnp.int32(p))
+
+    def step(params, tokens, index, state):
+        cache, key_valid, prompt_len, p = state
+        slot = p + index
+        key_valid = key_valid.at[:, slot].set(True)
+        positions = (prompt_len + index)[:, None]  # [B, 1]
+        logits, cache = apply_fn(
+            params, tokens[:, None], positions, key_valid[:, None, :], cache, slot
+        )
+        return logits[:, -1], (cache, key_valid, prompt_len, p)
+
+    return Decoding(prefill, step)
+
+
+def decoder_functions(model: Decoder) -> tuple[Any, LMFunctions]:
+    """(params, LMFunctions) of a decoder-only model: prompt and completion are one sequence."""
+    graphdef, params = nnx.split(model)
+
+    def hidden(p, prompt, prompt_mask, completion, completion_mask):
+        n_prompt, n = prompt.shape[1], completion.shape[1]
+        tokens = jnp.concatenate([prompt, completion], axis=1)  # [B, P+N]
+        valid = jnp.concatenate([prompt_mask, completion_mask], axis=1).astype(bool)
+        x = nnx.merge(graphdef, p).hidden_states(
+            tokens, positions_from_mask(valid), causal_mask(valid)
+        )[0]
+        return x[:, n_prompt - 1 : n_prompt + n - 1]  # [B, N, D]; position t predicts t + 1
+
+    def score(p, *args):
+        # The head on the scored rows only: the prompt's are dropped before it, not after.
+        return nnx.merge(graphdef, p).head(hidden(p, *args))  # [B, N, V]
+
+    def apply_last(p, tokens, positions, mask, cache=None, cache_index=None):
+        # Decoding reads the last position's logits only: the prefill's head on one row, not
+        # on the whole prompt.
+        m = nnx.merge(graphdef, p)
+        x, cache = m.hidden_states(tokens, positions, mask, cache, cache_index)
+        return m.head(x[:, -1:]), cache  # [B, 1, V]
+
+    return params, LMFunctions(
+        score,
+        causal_lm_decoding(apply_last, model.init_cache),
+        model.cfg.vocab_size,
+        hidden=hidden,
+        unembedding=lambda p: nnx.merge(graphdef, p).unembedding(),
+        final_softcap=model.cfg.final_softcap,
+    )

@@ -1,8 +1,9 @@
 """The functional view of any model family: what the trainer, sampler and evaluator call.
 
-A family (decoder-only, encoder-decoder) provides `score` and a `Decoding`; everything above the
-models (the GKD step, the sampler, evaluation) is written against these alone, so a T5 teacher
-and a decoder-only student, or any other pairing with one vocabulary, need no special case.
+A family (decoder-only, encoder-decoder) provides `score` and a `Decoding` (decoder.py's
+`decoder_functions`, t5.py's `t5_functions`); everything above the models (the GKD step, the
+sampler, evaluation) is written against these alone, so a T5 teacher and a decoder-only
+student, or any other pairing with one vocabulary, need no special case.
 """
 
 from __future__ import annotations
@@ -11,10 +12,8 @@ import dataclasses
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 
-from gkd_jax.models.decoder import causal_mask, positions_from_mask
-from gkd_jax.sampling import Decoding, causal_lm_decoding
+from gkd_jax.decoding import Decoding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,33 +36,6 @@ class LMFunctions:
     hidden: Callable | None = None
     unembedding: Callable | None = None
     final_softcap: float | None = None
-
-
-def causal_lm_functions(apply_fn: Callable, init_cache: Callable, vocab_size: int) -> LMFunctions:
-    """LMFunctions of a decoder-only model: prompt and completion are one sequence."""
-
-    def score(params, prompt, prompt_mask, completion, completion_mask):
-        p, n = prompt.shape[1], completion.shape[1]
-        tokens = jnp.concatenate([prompt, completion], axis=1)  # [B, P+N]
-        valid = jnp.concatenate([prompt_mask, completion_mask], axis=1).astype(bool)
-        logits, _ = apply_fn(params, tokens, positions_from_mask(valid), causal_mask(valid))
-        return logits[:, p - 1 : p + n - 1].astype(jnp.float32)  # position t predicts t + 1
-
-    return LMFunctions(score, causal_lm_decoding(apply_fn, init_cache), vocab_size)
-
-
-def causal_lm_hidden(hidden_fn: Callable) -> Callable:
-    """LMFunctions.hidden of a decoder-only model from hidden_fn(params, tokens, positions, mask)
-    -> [B, T, D]: the rows `score` takes logits of."""
-
-    def hidden(params, prompt, prompt_mask, completion, completion_mask):
-        p, n = prompt.shape[1], completion.shape[1]
-        tokens = jnp.concatenate([prompt, completion], axis=1)  # [B, P+N]
-        valid = jnp.concatenate([prompt_mask, completion_mask], axis=1).astype(bool)
-        x = hidden_fn(params, tokens, positions_from_mask(valid), causal_mask(valid))
-        return x[:, p - 1 : p + n - 1]  # [B, N, D]
-
-    return hidden
 
 
 def shared_vocab_logits(logits: jax.Array, vocab_size: int) -> jax.Array:

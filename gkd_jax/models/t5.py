@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gkd_jax.decoding import Decoding
 from gkd_jax.models.decoder import RMSNorm, dense
 from gkd_jax.models.lm import LMFunctions
-from gkd_jax.sampling import Decoding
 from gkd_jax.sharding import constrain_rows
 
 Cache = list[dict[str, jax.Array]]
