@@ -17,8 +17,9 @@ from gkd_jax.data.tasks import TASKS
 from gkd_jax.evaluation import DECODINGS, EARLY_STOPPING
 from gkd_jax.losses import DIVERGENCES, REDUCTIONS
 from gkd_jax.models import COMPUTE_DTYPES
-from gkd_jax.models.hf import SAVE_DTYPES, is_hf_source
+from gkd_jax.models.hf import SAVE_DTYPES
 from gkd_jax.optim import OPTIMIZERS, SCHEDULES
+from gkd_jax.resources import is_hf_source
 from gkd_jax.schedules import LMBDA_SCHEDULES
 from gkd_jax.sharding import mesh_shape
 

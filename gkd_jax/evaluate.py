@@ -31,8 +31,8 @@ from gkd_jax.data.hf_tokenizer import load_hf_tokenizer, stop_ids
 from gkd_jax.data.tasks import get_task
 from gkd_jax.evaluation import describe_decoding, make_eval_decoder, task_scores
 from gkd_jax.models import COMPUTE_DTYPES, functional_lm
-from gkd_jax.models.hf import is_hf_source, load_pretrained, resolve_model_dir
-from gkd_jax.resources import resolve_path
+from gkd_jax.models.hf import load_pretrained
+from gkd_jax.resources import is_hf_source, resolve_model_dir, resolve_path
 from gkd_jax.trainer import check_token_ids, decode_split, make_divergence_fn, mean_divergence
 
 SPLITS = ("eval", "train")

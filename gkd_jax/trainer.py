@@ -36,9 +36,9 @@ from gkd_jax.data.tasks import get_task
 from gkd_jax.evaluation import describe_decoding, make_eval_decoder, task_scores
 from gkd_jax.metrics_log import MetricsLog
 from gkd_jax.models import COMPUTE_DTYPES, DecoderConfig, LMFunctions, build_decoder, functional_lm
-from gkd_jax.models.hf import is_hf_source, load_pretrained, resolve_model_dir, save_pretrained
+from gkd_jax.models.hf import load_pretrained, save_pretrained
 from gkd_jax.models.lm import shared_vocab_logits
-from gkd_jax.resources import resolve_path
+from gkd_jax.resources import is_hf_source, resolve_model_dir, resolve_path
 from gkd_jax.sampling import SamplingConfig, make_sampler
 from gkd_jax.schedules import lmbda_at
 

@@ -8,7 +8,7 @@ import os
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from gkd_jax.models.hf import resolve_model_dir
+from gkd_jax.resources import resolve_model_dir
 
 
 def load_hf_tokenizer(name_or_path: str):

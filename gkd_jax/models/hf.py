@@ -1,8 +1,8 @@
 """Hugging Face checkpoints in and out: `load_pretrained` and `save_pretrained`.
 
 A family module (hf_decoder.py, hf_t5.py) maps one architecture: config.json <-> our config,
-and tensor names/layouts <-> our parameter tree. This file does the rest: finding the directory
-(local, or a hub id through huggingface_hub's cache), reading and writing safetensors, checking
+and tensor names/layouts <-> our parameter tree. This file does the rest: opening the directory
+(resources.resolve_model_dir: local, or a hub id), reading and writing safetensors, checking
 that every parameter arrived with its shape, and writing config.json, generation_config.json and
 the tokenizer so that `transformers.AutoModelFor*.from_pretrained` (or vLLM) reads the result.
 """
@@ -24,9 +24,9 @@ from jax.sharding import Mesh
 from gkd_jax import sharding
 from gkd_jax.models.decoder import Decoder, DecoderConfig
 from gkd_jax.models.safetensors_io import SafetensorsReader, write_safetensors
+from gkd_jax.resources import is_hf_model_dir, resolve_model_dir
 
 FAMILY_MODULES = ("gkd_jax.models.hf_decoder", "gkd_jax.models.hf_t5")
-HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 SAVE_DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16, "float16": np.float16}
 
 
@@ -51,45 +51,6 @@ def _family_of(model: nnx.Module) -> ModuleType:
     if isinstance(model, Decoder):
         return importlib.import_module("gkd_jax.models.hf_decoder")
     return importlib.import_module("gkd_jax.models.hf_t5")
-
-
-def looks_like_hub_id(name: str) -> bool:
-    """ "org/name", not a path: a relative, absolute or home path is never sent to the hub."""
-    return name.count("/") == 1 and not name.startswith((".", "/", "~"))
-
-
-def resolve_model_dir(name_or_path: str) -> str:
-    """A local directory as is; otherwise a hub id ("Qwen/Qwen2-0.5B-Instruct") through
-    huggingface_hub's cache (downloading when online; HF_HUB_OFFLINE=1 uses the cache only)."""
-    path = os.path.abspath(os.path.expanduser(name_or_path))
-    if os.path.isdir(path):
-        return path
-    if not looks_like_hub_id(name_or_path):
-        raise FileNotFoundError(f"no model directory at {path}")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return snapshot_download(name_or_path, allow_patterns=HUB_FILES)
-    except Exception as e:  # offline, unknown id, gated repo: say which and how to fix it
-        raise FileNotFoundError(
-            f"{name_or_path!r} is not a local directory and could not be fetched from the "
-            f"Hugging Face hub ({type(e).__name__}: {e}). Pass a local directory, or log in / go "
-            "online once so the hub cache holds it."
-        ) from e
-
-
-def is_hf_model_dir(path: str) -> bool:
-    return os.path.exists(os.path.join(path, "config.json"))
-
-
-def is_hf_source(checkpoint_spec: str) -> bool:
-    """A Hugging Face directory (config.json) or a hub id, rather than our own checkpoint."""
-    if not checkpoint_spec or checkpoint_spec.startswith("builtin:"):
-        return False
-    path = os.path.abspath(os.path.expanduser(checkpoint_spec))
-    if os.path.isdir(path):
-        return is_hf_model_dir(path)
-    return looks_like_hub_id(checkpoint_spec)
 
 
 def read_hf_config(path: str) -> dict[str, Any]:
