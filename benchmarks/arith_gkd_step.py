@@ -53,7 +53,7 @@ def main():
     tok = build_char_tokenizer(os.path.join("/tmp", "gkd_bench_tok"))
     ex = arith.make_examples("train", args.batch, 0)
     data = pipeline.encode(tok, [e.prompt for e in ex], [e.target for e in ex],
-                           max_prompt_len=48, max_target_len=config.max_new_tokens)  # fmt: skip
+                           max_prompt_len=48, max_completion_len=config.max_new_tokens)  # fmt: skip
     s_params, student_fns = functional_lm(student)
     t_params, teacher_fns = functional_lm(teacher)
     sampler = make_sampler(student_fns.decoding, SamplingConfig(

@@ -106,7 +106,7 @@ def main() -> None:
         train_split.prompt_ids,
         train_split.completion_ids,
         max_prompt_len=config.data.max_prompt_len,
-        max_target_len=config.max_new_tokens,
+        max_completion_len=config.max_new_tokens,
         pad_id=tokenizer.pad_token_id,
     )
     dtype = COMPUTE_DTYPES[config.dtype]
@@ -133,7 +133,7 @@ def main() -> None:
         t0, c0 = time.perf_counter(), time.process_time()
         completion, completion_mask, _ = trainer.gkd_completions(
             config, step, samplers, state["params"], teacher_params, base_key,
-            batch["prompt"], batch["prompt_mask"], batch["target"], batch["target_mask"],
+            batch["prompt"], batch["prompt_mask"], batch["completion"], batch["completion_mask"],
         )  # fmt: skip
         jax.block_until_ready(completion_mask)
         t1 = time.perf_counter()

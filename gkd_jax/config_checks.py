@@ -11,7 +11,7 @@ import ml_collections
 from gkd_jax.beam_search import LENGTH_PENALTIES
 from gkd_jax.comparison import check_comparisons
 from gkd_jax.data import paper_tasks
-from gkd_jax.data.chat import PROMPT_OVERFLOW
+from gkd_jax.data.records import PROMPT_OVERFLOW
 from gkd_jax.data.sources import SOURCES
 from gkd_jax.data.tasks import TASKS
 from gkd_jax.evaluation import DECODINGS, EARLY_STOPPING

@@ -165,7 +165,7 @@ def evaluate_checkpoint(
         data_split.prompt_ids[:n],
         data_split.completion_ids[:n],
         max_prompt_len=config.data.max_prompt_len,
-        max_target_len=config.max_new_tokens,
+        max_completion_len=config.max_new_tokens,
         pad_id=tokenizer.pad_token_id,
     )
     try:

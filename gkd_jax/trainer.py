@@ -356,7 +356,7 @@ def shared_vocab_size(config, tokenizer, student, teacher) -> int:
 def check_token_ids(data: dict[str, np.ndarray], vocab: int, name: str) -> None:
     """Every token id must index the (shared) vocabulary: an id past a model's embedding table
     would be silently clamped by the gather, not rejected."""
-    for key in ("prompt", "target"):
+    for key in ("prompt", "completion"):
         rows = np.nonzero((data[key] >= vocab).any(axis=1))[0]
         if len(rows):
             raise ValueError(
@@ -437,14 +437,14 @@ def mean_divergence(
     """Mean over rows of `divergence` (make_divergence_fn) on completions tokens/mask [N, T]
     of the prompts in `data`: the student's on-policy divergence from the teacher."""
     per_seq = []
-    data = dict(data, target=tokens, target_mask=mask)
+    data = dict(data, completion=tokens, completion_mask=mask)
     rows = sharding.batch_sharding(mesh)
     mine = distributed.host_rows(batch_size, rows)
     for batch in pipeline.in_order(data, batch_size):
         put = {k: distributed.global_batch(batch[k][mine], rows, batch_size) for k in data}
         d = divergence(
-            params, teacher_params, put["prompt"], put["prompt_mask"], put["target"],
-            put["target_mask"],
+            params, teacher_params, put["prompt"], put["prompt_mask"], put["completion"],
+            put["completion_mask"],
         )  # fmt: skip
         per_seq.append(distributed.to_host(d)[batch["valid"]])
     return float(np.mean(np.concatenate(per_seq)))
@@ -498,7 +498,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     pack = functools.partial(
         pipeline.pack,
         max_prompt_len=config.data.max_prompt_len,
-        max_target_len=config.max_new_tokens,
+        max_completion_len=config.max_new_tokens,
         pad_id=tokenizer.pad_token_id,
     )
     train_data = pack(train_split.prompt_ids, train_split.completion_ids)
@@ -594,7 +594,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 for k, v in next(data_iter).items()
             }
             prompt, prompt_mask = batch["prompt"], batch["prompt_mask"]
-            completion, completion_mask = batch["target"], batch["target_mask"]
+            completion, completion_mask = batch["completion"], batch["completion_mask"]
             on_policy_frac = 0.0
             if config.objective == "gkd":
                 completion, completion_mask, on_policy_frac = gkd_completions(

@@ -11,7 +11,8 @@ import pytest
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from gkd_jax.data.chat import load_examples, read_records
+from gkd_jax.data.chat import load_examples
+from gkd_jax.data.records import read_records
 
 WORDS = [f"w{i}" for i in range(20)]
 

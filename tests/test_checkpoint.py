@@ -51,7 +51,7 @@ def test_shipped_models_load_and_score_as_documented(name, tmp_path):
     tok = build_char_tokenizer(str(tmp_path / "tok"))
     examples = arith.make_examples("test", 256, 0)
     data = encode(tok, [e.prompt for e in examples], [e.target for e in examples],
-                  max_prompt_len=48, max_target_len=48)  # fmt: skip
+                  max_prompt_len=48, max_completion_len=48)  # fmt: skip
     params, apply_fn, init_cache = functional(model)
     cfg = SamplingConfig(48, temperature=0.0, stop_ids=(tok.eos_token_id,), pad_id=0)
     out = make_sampler(causal_lm_decoding(apply_fn, init_cache), cfg)(

@@ -58,7 +58,7 @@ def worker(workdir: str, num_devices: int) -> None:
     data = pipeline.pack(
         [list(rng.integers(3, V, rng.integers(1, 6))) for _ in range(4 * B)],
         [list(rng.integers(3, V, rng.integers(1, 5))) for _ in range(4 * B)],
-        max_prompt_len=6, max_target_len=4, pad_id=0,
+        max_prompt_len=6, max_completion_len=4, pad_id=0,
     )  # fmt: skip
     mine = distributed.host_rows(B, rows)
     batches = pipeline.batches(data, B, config.seed, rows=mine)
@@ -70,7 +70,7 @@ def worker(workdir: str, num_devices: int) -> None:
         batch = {k: distributed.global_batch(v, rows, B) for k, v in local.items()}
         completion, completion_mask, _ = trainer.gkd_completions(
             config, step, samplers, state["params"], t_params, jax.random.key(0),
-            batch["prompt"], batch["prompt_mask"], batch["target"], batch["target_mask"],
+            batch["prompt"], batch["prompt_mask"], batch["completion"], batch["completion_mask"],
         )  # fmt: skip
         batch = dict(batch, completion=completion, completion_mask=completion_mask)
         state, m = train_step(state, t_params, batch)

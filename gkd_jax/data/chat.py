@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
-_SHOWN = 3  # locations shown per reason in summaries and errors
+from gkd_jax.data.records import PROMPT_OVERFLOW, BadRecord, DataReport, read_records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,119 +29,14 @@ class TokenizedExample:
     reference: str  # the completion's text, for evaluation
 
 
-@dataclasses.dataclass
-class DataReport:
-    source: str
-    read: int = 0
-    kept: int = 0
-    problems: dict[str, list[str]] = dataclasses.field(default_factory=dict)
-    truncated_completions: int = 0
-    max_completion_len: int | None = None
-    truncated_prompts: int = 0
-
-    @property
-    def bad(self) -> int:
-        return sum(len(locs) for locs in self.problems.values())
-
-    def problem_lines(self) -> list[str]:
-        lines = []
-        for reason, locs in self.problems.items():
-            more = f"; ... and {len(locs) - _SHOWN} more" if len(locs) > _SHOWN else ""
-            lines.append(f"  {reason}: {len(locs)} at {'; '.join(locs[:_SHOWN])}{more}")
-        return lines
-
-    def headline(self) -> str:
-        trunc = f"{self.truncated_completions} completions truncated"
-        if self.max_completion_len is not None:
-            trunc += f" to max_completion_len={self.max_completion_len}"
-        if self.truncated_prompts:
-            trunc += f", {self.truncated_prompts} prompts cut to their last max_prompt_len tokens"
-        kept = f"kept {self.kept} of {self.read} records"
-        return f"data: {self.source}: {kept} ({self.bad} bad, {trunc})"
-
-    def summary(self) -> str:
-        return "\n".join([self.headline(), *self.problem_lines()])
-
-    __str__ = summary
-
-
-PROMPT_OVERFLOW = ("error", "truncate_left")
-
-
-class _BadRecord(Exception):
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(reason)
-        self.reason, self.detail = reason, detail
-
-
-def _import_datasets(spec: str):
-    try:
-        import datasets
-    except ImportError as e:
-        raise ImportError(
-            f"reading {spec!r} needs the `datasets` package: pip install datasets"
-        ) from e
-    return datasets
-
-
-def read_records(spec: str, *, split: str = "train") -> Iterator[tuple[str, dict | Exception]]:
-    """(location, record) for each record of `spec`; malformed JSON lines yield the error.
-
-    `spec`: a .jsonl / .json file, a `save_to_disk` directory (a DatasetDict picks `split`; a
-    single Dataset is used whole), or "hf:NAME[:CONFIG]" for `datasets.load_dataset`.
-    """
-    if spec.startswith("hf:"):
-        name, _, config = spec[3:].partition(":")
-        ds = _import_datasets(spec).load_dataset(name, config or None, split=split)
-        for i, rec in enumerate(ds):
-            yield f"{spec[3:]}[{split}]#{i}", rec
-    elif os.path.isdir(spec):
-        datasets = _import_datasets(spec)
-        ds = datasets.load_from_disk(spec)
-        prefix = spec
-        if isinstance(ds, datasets.DatasetDict):
-            if split not in ds:
-                raise ValueError(f"{spec}: no split {split!r} (has: {', '.join(ds.keys())})")
-            ds, prefix = ds[split], f"{spec}[{split}]"
-        for i, rec in enumerate(ds):
-            yield f"{prefix}#{i}", rec
-    elif spec.endswith((".jsonl", ".json")):
-        if not os.path.isfile(spec):
-            raise FileNotFoundError(f"data file not found: {spec}")
-        with open(spec, encoding="utf-8") as f:
-            text = f.read()
-        if spec.endswith(".json") and text.lstrip().startswith("["):
-            try:
-                records = json.loads(text)
-            except json.JSONDecodeError as e:
-                yield f"{spec}:{e.lineno}", e
-                return
-            for i, rec in enumerate(records):
-                yield f"{spec}#{i}", rec
-            return
-        # JSON lines (also what HF's json loader accepts in .json files).
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{spec}:{lineno}", json.loads(line)
-            except json.JSONDecodeError as e:
-                yield f"{spec}:{lineno}", e
-    else:
-        raise ValueError(
-            f"unsupported data source {spec!r}: expected a .jsonl/.json file, a directory written "
-            "by datasets' save_to_disk, or hf:NAME[:CONFIG]"
-        )
-
-
 def _check_messages(messages: object, field: str) -> list[dict]:
     if not isinstance(messages, list) or not messages:
-        raise _BadRecord(f"'{field}' is not a non-empty list of messages")
+        raise BadRecord(f"'{field}' is not a non-empty list of messages")
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or "content" not in m:
-            raise _BadRecord("message without role/content", f"{field}[{i}]")
+            raise BadRecord("message without role/content", f"{field}[{i}]")
         if not isinstance(m["content"], str):
-            raise _BadRecord("message content is not a string", f"{field}[{i}]")
+            raise BadRecord("message content is not a string", f"{field}[{i}]")
     return messages
 
 
@@ -158,23 +52,23 @@ def _render_chat(tokenizer, messages: list[dict], stops: set[int]) -> tuple[list
     """(prompt ids, completion ids, reference) of a conversation."""
     last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
     if last is None:
-        raise _BadRecord("no assistant turn")
+        raise BadRecord("no assistant turn")
     if last != len(messages) - 1:
-        raise _BadRecord("turns after the last assistant message")
+        raise BadRecord("turns after the last assistant message")
     if last == 0:
-        raise _BadRecord("empty prompt", "no turns before the assistant turn")
+        raise BadRecord("empty prompt", "no turns before the assistant turn")
     reference = messages[last]["content"]
     if not reference.strip():
-        raise _BadRecord("empty completion")
+        raise BadRecord("empty completion")
     try:
         prompt = tokenizer.apply_chat_template(
             messages[:last], tokenize=False, add_generation_prompt=True
         )
         full = tokenizer.apply_chat_template(messages, tokenize=False)
     except Exception as e:  # a template's raise_exception() or a Jinja error: this record only
-        raise _BadRecord("chat template error", f"{type(e).__name__}: {e}") from e
+        raise BadRecord("chat template error", f"{type(e).__name__}: {e}") from e
     if not full.startswith(prompt):
-        raise _BadRecord(
+        raise BadRecord(
             "chat template: the rendered prompt is not a prefix of the rendered conversation (the "
             "template renders the same turns differently, e.g. adds or strips reasoning)"
         )
@@ -189,18 +83,18 @@ def _render_chat(tokenizer, messages: list[dict], stops: set[int]) -> tuple[list
 
 def _tokenize(tokenizer, rec: object, stops: set[int]) -> tuple[list[int], list[int], str]:
     if isinstance(rec, json.JSONDecodeError):
-        raise _BadRecord("malformed JSON", f"{rec.msg} at column {rec.colno}")
+        raise BadRecord("malformed JSON", f"{rec.msg} at column {rec.colno}")
     if not isinstance(rec, dict):
-        raise _BadRecord("record is not a JSON object", type(rec).__name__)
+        raise BadRecord("record is not a JSON object", type(rec).__name__)
     # Rows of a HF dataset carry every column; a field another format uses is None there.
     has_msgs, has_p, has_c = (rec.get(k) is not None for k in ("messages", "prompt", "completion"))
     if has_msgs and (has_p or has_c):
-        raise _BadRecord("both 'messages' and 'prompt'/'completion' fields")
+        raise BadRecord("both 'messages' and 'prompt'/'completion' fields")
     if not (has_msgs or has_p or has_c):
         fields = ", ".join(map(repr, rec)) or "none"
-        raise _BadRecord(f"unknown fields (need 'messages' or 'prompt'+'completion'; got {fields})")
+        raise BadRecord(f"unknown fields (need 'messages' or 'prompt'+'completion'; got {fields})")
     if has_p != has_c:
-        raise _BadRecord(f"missing field {'completion' if has_p else 'prompt'!r}")
+        raise BadRecord(f"missing field {'completion' if has_p else 'prompt'!r}")
     if has_msgs:
         return _render_chat(tokenizer, _check_messages(rec["messages"], "messages"), stops)
     prompt, completion = rec["prompt"], rec["completion"]
@@ -208,11 +102,11 @@ def _tokenize(tokenizer, rec: object, stops: set[int]) -> tuple[list[int], list[
         messages = _check_messages(prompt, "prompt") + _check_messages(completion, "completion")
         return _render_chat(tokenizer, messages, stops)
     if not (isinstance(prompt, str) and isinstance(completion, str)):
-        raise _BadRecord("'prompt' and 'completion' must both be strings or both message lists")
+        raise BadRecord("'prompt' and 'completion' must both be strings or both message lists")
     if not prompt.strip():
-        raise _BadRecord("empty prompt")
+        raise BadRecord("empty prompt")
     if not completion.strip():
-        raise _BadRecord("empty completion")
+        raise BadRecord("empty completion")
     # Plain text: the tokenizer's own special tokens (BOS, or T5's </s>) frame the prompt.
     p_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
     c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
@@ -231,7 +125,7 @@ def load_examples(
     prompt_overflow: str = "error",
     log: Callable[[str], None] = print,
 ) -> tuple[list[TokenizedExample], DataReport]:
-    """Tokenize every record of `spec` (see `read_records`); report and handle bad records.
+    """Tokenize every record of `spec` (see `records.read_records`); report and handle bad records.
 
     A prompt over `max_prompt_len` is a bad record with `prompt_overflow="error"`; with
     "truncate_left" it keeps its last `max_prompt_len` tokens (the turns nearest the reply),
@@ -254,19 +148,17 @@ def load_examples(
         try:
             p_ids, c_ids, reference = _tokenize(tokenizer, rec, stops)
             if not p_ids:
-                raise _BadRecord("empty prompt", "no tokens")
+                raise BadRecord("empty prompt", "no tokens")
             if len(p_ids) > max_prompt_len and prompt_overflow == "truncate_left":
                 p_ids = p_ids[-max_prompt_len:]
                 report.truncated_prompts += 1
             if len(p_ids) > max_prompt_len:
-                raise _BadRecord(
+                raise BadRecord(
                     f"prompt longer than max_prompt_len={max_prompt_len} tokens",
                     f"got {len(p_ids)}",
                 )
-        except _BadRecord as e:
-            report.problems.setdefault(e.reason, []).append(
-                f"{loc} ({e.detail})" if e.detail else loc
-            )
+        except BadRecord as e:
+            report.add_problem(loc, e.reason, e.detail)
             continue
         if len(c_ids) > max_completion_len:
             c_ids = c_ids[:max_completion_len]

@@ -11,7 +11,7 @@ import re
 
 from gkd_jax import metrics
 from gkd_jax.data import gsm8k_prompt
-from gkd_jax.data.sources import BadRecord, text_fields
+from gkd_jax.data.records import BadRecord, text_fields
 
 _CALCULATOR = re.compile(r"<<[^>]*>>")
 

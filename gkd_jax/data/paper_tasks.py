@@ -1,9 +1,9 @@
 """The paper's three tasks (XSum, WMT14 en->de, GSM8K): records from TFDS, Hugging Face or JSONL
-(`sources`) -> T5-style prompt and target texts (one formatter per task: `xsum`, `wmt`, `gsm8k`,
+(`sources`) -> T5-style prompt and completion texts (one formatter per task: `xsum`, `wmt`, `gsm8k`,
 the same field names for every source) -> token ids.
 
-Prompts get the tokenizer's special tokens (T5 appends </s>); targets end with EOS and are cut
-at `max_new_tokens` (counted). Bad records are reported with their location, as in `chat`.
+Prompts get the tokenizer's special tokens (T5 appends </s>); completions end with EOS and are cut
+at `max_new_tokens` (counted). Bad records are reported with their location (`records`).
 """
 
 from __future__ import annotations
@@ -13,23 +13,17 @@ import dataclasses
 import itertools
 from collections.abc import Callable, Iterable, Sequence
 
-from gkd_jax.data import chat, gsm8k, sources, wmt, xsum
-from gkd_jax.data.sources import BadRecord
+from gkd_jax.data import gsm8k, sources, wmt, xsum
+from gkd_jax.data.records import PROMPT_OVERFLOW as KEEP_LAST_OR_FAIL
+from gkd_jax.data.records import BadRecord, DataReport
+from gkd_jax.data.task_types import Split
 
 _CHUNK = 1024  # records tokenized per call: the fast tokenizer batches them in Rust
 
 # An over-long prompt: a bad record, or keep its last / first max_prompt_len tokens. XSum's T5
 # runs cut the document's end ("truncate_right", a trailing </s> kept: T5 appends EOS after
 # trimming); few-shot GSM8K keeps the question ("truncate_left").
-PROMPT_OVERFLOW = (*chat.PROMPT_OVERFLOW, "truncate_right")
-
-
-@dataclasses.dataclass
-class _Report(chat.DataReport):
-    kept_end: str = "last"  # which end of an over-long prompt survives
-
-    def headline(self) -> str:
-        return super().headline().replace("to their last", f"to their {self.kept_end}")
+PROMPT_OVERFLOW = (*KEEP_LAST_OR_FAIL, "truncate_right")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,13 +94,13 @@ def tokenize_records(
     max_completion_len: int,
     stop_ids: Sequence[int],
     prompt_overflow: str = "error",
-) -> tuple[list[tuple[array.array, array.array, str, str]], chat.DataReport]:
+) -> tuple[list[tuple[array.array, array.array, str, str]], DataReport]:
     """Up to `limit` (prompt ids, completion ids, reference, prompt text), and the report."""
     if prompt_overflow not in PROMPT_OVERFLOW:
         raise ValueError(f"prompt_overflow={prompt_overflow!r}: choose one of {PROMPT_OVERFLOW}")
     stops, eos = set(stop_ids), tokenizer.eos_token_id
-    report = _Report(source=source, max_completion_len=max_completion_len)
-    report.kept_end = "first" if prompt_overflow == "truncate_right" else "last"
+    kept_end = "first" if prompt_overflow == "truncate_right" else "last"
+    report = DataReport(source=source, max_completion_len=max_completion_len, kept_end=kept_end)
     specials = set(tokenizer.all_special_ids)
     examples = []
     recs = iter(recs)
@@ -122,15 +116,13 @@ def tokenize_records(
                     raise BadRecord("malformed JSON", str(rec))
                 formatted.append((loc, *format_record(rec)))
             except BadRecord as e:
-                report.problems.setdefault(e.reason, []).append(
-                    f"{loc} ({e.detail})" if e.detail else loc
-                )
+                report.add_problem(loc, e.reason, e.detail)
         if not formatted:
             continue
-        locs, prompts, targets, refs = zip(*formatted, strict=True)
+        locs, prompts, completions, refs = zip(*formatted, strict=True)
         p_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
-        t_ids = tokenizer(list(targets), add_special_tokens=False)["input_ids"]
-        for loc, prompt, p, t, ref in zip(locs, prompts, p_ids, t_ids, refs, strict=True):
+        c_ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
+        for loc, prompt, p, t, ref in zip(locs, prompts, p_ids, c_ids, refs, strict=True):
             if len(p) > max_prompt_len and prompt_overflow != "error":
                 if prompt_overflow == "truncate_left":
                     p = p[-max_prompt_len:]
@@ -141,7 +133,7 @@ def tokenize_records(
                 report.truncated_prompts += 1
             if len(p) > max_prompt_len:
                 reason = f"prompt longer than max_prompt_len={max_prompt_len} tokens"
-                report.problems.setdefault(reason, []).append(f"{loc} (got {len(p)})")
+                report.add_problem(loc, reason, f"got {len(p)}")
                 continue
             c = t if t and t[-1] in stops else [*t, eos]
             if len(c) > max_completion_len:
@@ -157,8 +149,6 @@ def tokenize_records(
 
 def load(name: str, config, tokenizer, stop_ids: Sequence[int], log=print):
     """(train Split, eval Split) of paper task `name`, per config.data (see `records`)."""
-    from gkd_jax.data.tasks import Split  # tasks imports this module
-
     spec, d = DATASETS[name], config.data
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer {type(tokenizer).__name__} has no eos_token_id")

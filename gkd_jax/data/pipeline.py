@@ -13,56 +13,61 @@ import numpy as np
 
 def pack(
     prompt_ids: Sequence[Sequence[int]],
-    target_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[int]],
     *,
     max_prompt_len: int,
-    max_target_len: int,
+    max_completion_len: int,
     pad_id: int,
 ) -> dict[str, np.ndarray]:
-    """Arrays prompt [N, P] (left pad) and target [N, T] (right pad) with their masks."""
+    """Arrays prompt [N, P] (left pad) and completion [N, C] (right pad) with their masks."""
     too_long = [
         i
-        for i, (p, t) in enumerate(zip(prompt_ids, target_ids, strict=True))
-        if len(p) > max_prompt_len or len(t) > max_target_len or not p or not t
+        for i, (p, c) in enumerate(zip(prompt_ids, completion_ids, strict=True))
+        if len(p) > max_prompt_len or len(c) > max_completion_len or not p or not c
     ]
     if too_long:
         i = too_long[0]
         raise ValueError(
             f"{len(too_long)} of {len(prompt_ids)} examples do not fit max_prompt_len="
-            f"{max_prompt_len} / max_target_len={max_target_len} (target incl. its stop token) "
-            f"or are empty; first is #{i}: prompt {len(prompt_ids[i])} tokens, target "
-            f"{len(target_ids[i])} tokens. Raise the limits in the config."
+            f"{max_prompt_len} / max_completion_len={max_completion_len} (completion incl. its "
+            f"stop token) or are empty; first is #{i}: prompt {len(prompt_ids[i])} tokens, "
+            f"completion {len(completion_ids[i])} tokens. Raise the limits in the config."
         )
     n = len(prompt_ids)
     prompt = np.full((n, max_prompt_len), pad_id, np.int32)
-    target = np.full((n, max_target_len), pad_id, np.int32)
+    completion = np.full((n, max_completion_len), pad_id, np.int32)
     prompt_mask = np.zeros((n, max_prompt_len), bool)
-    target_mask = np.zeros((n, max_target_len), bool)
-    for i, (p, t) in enumerate(zip(prompt_ids, target_ids, strict=True)):
+    completion_mask = np.zeros((n, max_completion_len), bool)
+    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
         prompt[i, max_prompt_len - len(p) :] = p
         prompt_mask[i, max_prompt_len - len(p) :] = True
-        target[i, : len(t)] = t
-        target_mask[i, : len(t)] = True
-    return dict(prompt=prompt, prompt_mask=prompt_mask, target=target, target_mask=target_mask)
+        completion[i, : len(c)] = c
+        completion_mask[i, : len(c)] = True
+    return dict(
+        prompt=prompt,
+        prompt_mask=prompt_mask,
+        completion=completion,
+        completion_mask=completion_mask,
+    )
 
 
 def encode(
     tokenizer,
     prompts: Sequence[str],
-    targets: Sequence[str],
+    completions: Sequence[str],
     *,
     max_prompt_len: int,
-    max_target_len: int,
+    max_completion_len: int,
 ) -> dict[str, np.ndarray]:
-    """Tokenize text pairs (no special tokens added; EOS appended to targets) and `pack` them."""
+    """Tokenize text pairs (no special tokens added; EOS appended to completions) and `pack`."""
     eos = tokenizer.eos_token_id
     p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    t_ids = [[*t, eos] for t in tokenizer(list(targets), add_special_tokens=False)["input_ids"]]
+    c_ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
     return pack(
         p_ids,
-        t_ids,
+        [[*c, eos] for c in c_ids],
         max_prompt_len=max_prompt_len,
-        max_target_len=max_target_len,
+        max_completion_len=max_completion_len,
         pad_id=tokenizer.pad_token_id,
     )
 

@@ -16,7 +16,7 @@ import importlib
 import os
 from collections.abc import Iterator
 
-from gkd_jax.data import chat
+from gkd_jax.data.records import read_records
 
 SOURCES = ("tfds", "hf", "jsonl")
 
@@ -31,35 +31,11 @@ _TFDS_MODULES = {
 }
 
 
-class BadRecord(Exception):
-    """A record the task cannot use: `reason` groups it in the report, `detail` is its own."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(reason)
-        self.reason, self.detail = reason, detail
-
-
-def text_fields(rec: object, *names: str) -> list[str]:
-    """The non-empty string fields `names` of a record, or BadRecord saying what is wrong."""
-    if not isinstance(rec, dict):
-        raise BadRecord("record is not a JSON object", type(rec).__name__)
-    values = []
-    for name in names:
-        if name not in rec or rec[name] is None:
-            raise BadRecord(f"missing field {name!r}", f"has: {', '.join(map(repr, rec))}")
-        if not isinstance(rec[name], str):
-            raise BadRecord(f"field {name!r} is not a string", type(rec[name]).__name__)
-        if not rec[name].strip():
-            raise BadRecord(f"empty field {name!r}")
-        values.append(rec[name])
-    return values
-
-
 def jsonl_records(path: str) -> Records:
     """One JSON object per line of `path` (blank lines skipped), located as "path:LINE"."""
     if not path.endswith((".jsonl", ".json")):
         raise ValueError(f"{path}: expected a .jsonl file (one JSON object per line)")
-    yield from chat.read_records(path)
+    yield from read_records(path)
 
 
 def hf_records(dataset: str, split: str) -> Records:

@@ -1,45 +1,21 @@
-"""Task registry: where a task's examples come from and how its completions are scored."""
+"""Task registry: each task's loader and metric by name (`get_task`); `Task` and `Split` are in
+task_types.py."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from gkd_jax.data import arith, gsm8k, paper_tasks, wmt, xsum
+from gkd_jax.data import arith, chat, gsm8k, paper_tasks, wmt, xsum
+from gkd_jax.data.task_types import Split, Task
 from gkd_jax.metrics import exact_match_accuracy
-
-
-@dataclasses.dataclass
-class Split:
-    """Token ids of one split, ready for `pipeline.pack`."""
-
-    prompt_ids: list[Sequence[int]]  # lists, or int32 array.array (paper tasks: 10x smaller)
-    completion_ids: list[Sequence[int]]  # each ends with a stop token unless truncated
-    references: list  # what the metric compares decoded completions against
-    prompts: list[str]  # prompt texts, for the samples shown in the logs
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-    name: str
-    # (config, tokenizer, stop_ids, log) -> (train Split, eval Split)
-    load: Callable[..., tuple[Split, Split]]
-    metric_name: str
-    # (decoded completions, references) -> score; None: the student's on-policy divergence from
-    # the teacher on its own greedy completions (lower is better), for data without answers.
-    metric: Callable[[list[str], list], float] | None
-    higher_is_better: bool = True
-    # (decoded completions, references) -> more scores to report beside `metric_name`'s
-    # (e.g. xsum's rouge1/rougeL/rougeLsum); not used to pick the best model.
-    extra_metrics: Callable[[list[str], list], dict[str, float]] | None = None
 
 
 def _arith_split(tokenizer, examples: Sequence[arith.Example]) -> Split:
     eos = tokenizer.eos_token_id
     prompts = tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
-    targets = tokenizer([e.target for e in examples], add_special_tokens=False)["input_ids"]
-    completions = [[*t, eos] for t in targets]
+    c_ids = tokenizer([e.target for e in examples], add_special_tokens=False)["input_ids"]
+    completions = [[*c, eos] for c in c_ids]
     return Split(prompts, completions, [e.answer for e in examples], [e.prompt for e in examples])
 
 
@@ -57,8 +33,6 @@ def arith_accuracy(completions: list[str], answers: list) -> float:
 
 def load_chat(config, tokenizer, stop_ids, log=print) -> tuple[Split, Split]:
     """`config.data.train_file` (+ `eval_file`, else its last `eval.num_examples` records)."""
-    from gkd_jax.data import chat
-
     d = config.data
     if not d.train_file:
         raise ValueError("config.data.train_file is empty: the chat task needs a data file")
