@@ -1,10 +1,11 @@
 """The same distillation at other `lmbda` values, run by one command and printed side by side.
 
-`config.compare_lmbdas` (e.g. `(0.0,)` in configs/arith.py) makes `python -m gkd_jax.train` first
-train a copy of the run at each of those `lmbda` values, each in WORKDIR/compare_lmbdaL (its own
-checkpoints, metrics and results.json; a rerun resumes or skips it as any run), then the run
-itself, and print one table: supervised KD (lmbda 0) beside on-policy GKD (lmbda 1), from the same
-teacher, start and compute. The run's results.json gets the comparisons' final scores too.
+`config.compare_lmbdas` (a comma list, e.g. "0" in configs/arith.py) makes `python -m
+gkd_jax.train` train the run, then a copy of it at each of those `lmbda` values, each in
+WORKDIR/compare_lmbdaL (its own checkpoints, metrics and results.json; a rerun resumes it as any
+run; a teacher or start that the run trained in WORKDIR is reused), and print one table:
+supervised KD (lmbda 0) beside on-policy GKD (lmbda 1), from the same teacher, start and
+compute. The run's results.json gets the comparisons' final scores too.
 """
 
 from __future__ import annotations
@@ -30,40 +31,58 @@ def variant_dir(workdir: str, lmbda: float) -> str:
     return os.path.join(workdir, f"compare_lmbda{lmbda:g}")
 
 
-def at_lmbda(config: ml_collections.ConfigDict, lmbda: float) -> ml_collections.ConfigDict:
-    """The run's config with gkd.lmbda set and no comparisons of its own."""
+def at_lmbda(
+    config: ml_collections.ConfigDict, lmbda: float, workdir: str
+) -> ml_collections.ConfigDict:
+    """The run's config with gkd.lmbda set, no comparisons of its own, and the models the run
+    made in `workdir` from their recipes (checkpoint "") as its teacher and start."""
     variant = ml_collections.ConfigDict(config.to_dict())  # an unlocked deep copy
     variant.gkd.lmbda = lmbda
-    variant.compare_lmbdas = ()
+    variant.compare_lmbdas = ""
+    for name in ("teacher", "init"):
+        if not variant[name].checkpoint and variant[name].recipe:
+            variant[name].checkpoint = os.path.join(os.path.abspath(workdir), name, "model")
     variant.lock()
     return variant
 
 
-def check_comparisons(config) -> None:
-    """Before anything trains: the values must be lmbdas, and there must be a distillation."""
-    values = tuple(config.compare_lmbdas)
+def compared_lmbdas(config) -> list[float]:
+    """config.compare_lmbdas ("" or a comma list such as "0,0.5") as numbers, checked before
+    anything trains: each in [0, 1], and only for a distillation run."""
+    spec = config.compare_lmbdas
+    bad = f"config.compare_lmbdas={spec!r} is invalid:"
+    if not isinstance(spec, str):
+        raise ValueError(f"{bad} must be a comma list of lmbdas such as '0,0.5' ('' = none)")
+    try:
+        values = [float(part) for part in spec.split(",") if part.strip()]
+    except ValueError:
+        values = [-1.0]
+    if not all(0.0 <= v <= 1.0 for v in values):
+        raise ValueError(f"{bad} each must be a number in [0, 1], e.g. '0' or '0,0.5'")
     if values and config.objective != "gkd":
         raise ValueError(
-            f"config.compare_lmbdas={values}: comparisons are of distillation runs; "
-            f"config.objective={config.objective!r} (set compare_lmbdas=() or objective='gkd')"
+            f"{bad} comparisons are of distillation runs, and config.objective="
+            f"{config.objective!r} (set compare_lmbdas='' or objective='gkd')"
         )
-    for value in values:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-            raise ValueError(f"config.compare_lmbdas={values}: each must be a number in [0, 1]")
+    return values
+
+
+def check_comparisons(config) -> None:
+    compared_lmbdas(config)
 
 
 def train_with_comparisons(
     config: ml_collections.ConfigDict, workdir: str, train: Callable[..., dict[str, Any]]
 ) -> dict[str, Any]:
-    """`train(config, workdir) -> summary` (trainer.train_and_evaluate) at each compared lmbda,
-    then for the run itself; returns the run's summary with the comparisons' final scores."""
-    check_comparisons(config)
-    compared = {}
-    for lmbda in config.compare_lmbdas:
-        log(f"[compare] training the same run at lmbda={lmbda:g} first")
-        summary = train(at_lmbda(config, float(lmbda)), variant_dir(workdir, float(lmbda)))
-        compared[float(lmbda)] = summary["scores"]["final"]
+    """`train(config, workdir) -> summary` (trainer.train_and_evaluate) for the run itself, then
+    at each compared lmbda; returns the run's summary with the comparisons' final scores."""
+    lmbdas = compared_lmbdas(config)  # a bad value fails before anything trains
     summary = train(config, workdir)
+    compared = {}
+    for lmbda in lmbdas:
+        log(f"[compare] the same run at lmbda={lmbda:g}, in {variant_dir(workdir, lmbda)}")
+        variant = train(at_lmbda(config, lmbda, workdir), variant_dir(workdir, lmbda))
+        compared[lmbda] = variant["scores"]["final"]
     if compared:
         summary["compared"] = {f"{k:g}": v for k, v in compared.items()}
         if distributed.is_main_process():  # it wrote results.json

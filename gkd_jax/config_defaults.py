@@ -16,11 +16,11 @@ ARITH_STUDENT = dict(
 )
 
 
-def arith_options(arg: str) -> dict:
+def arith_options(arg: str, default_n: int | None = None) -> dict:
     """The arith configs' `:arg`, a comma list: `n=N` (a finite training set: the first N
     problems of training seed 0, the paper's regime), `n=unlimited` (a fresh problem for every
     example: data.train_examples as the config sets it, drawn with the run's seed), `smoke`."""
-    opts = {"n": None, "smoke": False}
+    opts = {"n": default_n, "smoke": False}
     for part in [p.strip() for p in arg.split(",") if p.strip()]:
         key, eq, value = part.partition("=")
         if part == "smoke":
@@ -92,10 +92,10 @@ def base_config() -> ml_collections.ConfigDict:
     # > 0: stop after this many steps of this invocation, as on SIGTERM (checkpoint, exit 0);
     # slices a long run into sessions (e.g. Colab), and lets tests interrupt a run exactly.
     c.stop_after_steps = 0
-    # GKD only: first train the same run at each of these lmbda values (in WORKDIR/compare_
-    # lmbdaL, same teacher, start and steps), then print their final scores beside this run's
-    # (gkd_jax/comparison.py); configs/arith.py sets (0.0,): supervised KD beside on-policy.
-    c.compare_lmbdas = ()
+    # GKD only, a comma list of lmbdas ("" = none): after this run, train the same run at each
+    # (in WORKDIR/compare_lmbdaL, same teacher, start and steps) and print their final scores
+    # beside this run's (gkd_jax/comparison.py). configs/arith.py: "0", supervised KD.
+    c.compare_lmbdas = ""
     # Dropout in the student while it trains (T5 only: as Hugging Face's T5 places it); the
     # masks are a function of (seed, step), so a resumed run draws the same ones.
     c.dropout_rate = 0.0

@@ -19,7 +19,7 @@ BAD = {
     "sft_reduction": "mean",
     "max_nonfinite_steps": 0,
     "stop_after_steps": -1,
-    "compare_lmbdas": (1.5,),
+    "compare_lmbdas": "0,1.5",
     "checkpoint.every_steps": -5,
     "checkpoint.keep": 0,
     "data.train_examples": 0,

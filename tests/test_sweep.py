@@ -288,6 +288,7 @@ def test_arith_finite_protocol():
     for run in runs:
         c = configs[run.name]
         assert (c.steps, c.batch_size, c.data.train_seed) == (600, 64, 0)
+        assert c.compare_lmbdas == ""  # one run per workdir
         assert c.seed == run.axes["seed"]
         assert c.teacher.checkpoint.endswith("arith/n2000/teacher") or not c.teacher.checkpoint
         n_d = run.axes.get("n_distill", 2000)

@@ -14,6 +14,7 @@ from sweeps.runs import DIVERGENCES, PAPER_LMBDAS, Run, divergence_run, grid
 
 CONFIG = "configs/arith.py:n=unlimited"  # the shipped models trained on 20,000 problems
 STUDENT = "60k"  # the one shipped SFT student
+NO_COMPARISON = "--config.compare_lmbdas="  # one run per workdir (configs/arith.py compares)
 
 
 def parse_arg(arg: str) -> dict:
@@ -39,7 +40,7 @@ def get_runs(arg: str = "") -> list[Run]:
                 config,
                 point["lmbda"],
                 point["divergence"],
-                extra=(f"--config.seed={point['seed']}",),
+                extra=(NO_COMPARISON, f"--config.seed={point['seed']}"),
                 student=STUDENT,
                 seed=point["seed"],
             )  # fmt: skip
@@ -66,7 +67,7 @@ def baseline_runs(config: str, seed: int) -> list[Run]:
         Run(
             name=f"arith_{method}_student{STUDENT}_seed{seed}",
             config=config,
-            flags=(*f, f"--config.seed={seed}"),
+            flags=(*f, NO_COMPARISON, f"--config.seed={seed}"),
             axes={"method": method, "student": STUDENT, "seed": seed},
         )
         for method, f in flags.items()

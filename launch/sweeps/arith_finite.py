@@ -75,7 +75,10 @@ def gkd_run(name: str, lmbda: float, div: str, seed: int, config: str, *flags: s
 def get_runs(arg: str = "") -> list[Run]:
     opts = parse_arg(arg)
     config = f"configs/arith.py:n={N}" + (",smoke" if opts["smoke"] else "")
-    steps = () if opts["smoke"] else (f"--config.steps={STEPS}", f"--config.batch_size={BATCH}")
+    # One run per workdir: no supervised-KD comparison run inside each (configs/arith.py's).
+    steps = ("--config.compare_lmbdas=",)
+    if not opts["smoke"]:
+        steps += (f"--config.steps={STEPS}", f"--config.batch_size={BATCH}")
     runs = []
     seeds, parts = opts["seeds"], opts["parts"]
     # Run order: the comparison that decides the protocol's question (lmbda 0 vs 1, divergence
