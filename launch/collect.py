@@ -88,6 +88,22 @@ def cell(values: list[float]) -> str:
     return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ± {std:.1f}"
 
 
+def gap(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Difference of the means of a and b, and twice its standard error (sample standard
+    deviations; 0 where an arm has one run)."""
+    var = sum(statistics.variance(x) / len(x) for x in (a, b) if len(x) > 1)
+    return statistics.fmean(a) - statistics.fmean(b), 2 * var**0.5
+
+
+def gap_cell(a: list[float], b: list[float]) -> str:
+    """'+3.1 ± 1.2 *': the README's win criterion, * where the gap exceeds 2 SE."""
+    if not a or not b:
+        return ""
+    d, two_se = gap(a, b)
+    mark = " *" if len(a) > 1 and len(b) > 1 and abs(d) > two_se else ""
+    return f"{d:+.1f} ± {two_se:.1f}{mark}"
+
+
 def shared_cell(values: list[float]) -> str:
     """The teacher's or the SFT start's score, which every run of a student evaluates again:
     one number when they agree (they should: same checkpoint, same held-out set)."""
@@ -165,6 +181,10 @@ def write_table(s: dict[str, Any], path: str) -> str:
         for lmbda in s["lmbdas"]:
             row = [cell(s["gkd"][student, lmbda, d]) for d in s["divergences"]]
             lines.append(f"| {student} | GKD {lmbda_label(lmbda)} | " + " | ".join(row) + " |")
+        if {0.0, 1.0} <= set(s["lmbdas"]):
+            row = [gap_cell(s["gkd"][student, 1.0, d], s["gkd"][student, 0.0, d])
+                   for d in s["divergences"]]  # fmt: skip
+            lines.append(f"| {student} | λ=1 − λ=0 (± 2 SE) | " + " | ".join(row) + " |")
         for method in s["methods"]:
             values = s["baselines"][student, method]
             if values:

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from absl import flags
 from ml_collections import config_flags
@@ -181,6 +182,13 @@ def test_collect_writes_figures_and_a_table_of_the_inputs(tmp_path):
             a, b = 100 * finals[lmbda, div, 0], 100 * finals[lmbda, div, 1]
             mean, std = (a + b) / 2, abs(a - b) / 2
             assert cell_text == f"{mean:.1f} ± {std:.1f}"
+    # The README's win criterion: difference of means, 2 SE from sample variances (n=2 here).
+    for cell_text, div in zip(rows["small", "λ=1 − λ=0 (± 2 SE)"], ("fkl", "jsd0.5", "rkl"),
+                              strict=True):  # fmt: skip
+        on, off = ([100 * finals[lm, div, s] for s in (0, 1)] for lm in (1.0, 0.0))
+        d = sum(on) / 2 - sum(off) / 2
+        two_se = 2 * ((np.var(on, ddof=1) + np.var(off, ddof=1)) / 2) ** 0.5
+        assert cell_text == f"{d:+.1f} ± {two_se:.1f}" + (" *" if abs(d) > two_se else "")
     assert rows["small", "teacher"][0] == "99.0"
     assert rows["small", "student start (SFT)"][0] == "60.0"
     assert rows["small", "SeqKD"][0] == "61.2"
