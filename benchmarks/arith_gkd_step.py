@@ -18,7 +18,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gkd_jax import trainer  # noqa: E402
+from gkd_jax import model_sources, optim  # noqa: E402
+from gkd_jax import step as step_lib  # noqa: E402
 from gkd_jax.config_loading import load_config_file  # noqa: E402
 from gkd_jax.data import arith, pipeline  # noqa: E402
 from gkd_jax.data.char_tokenizer import build_char_tokenizer  # noqa: E402
@@ -46,10 +47,10 @@ def main():
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     config = load_config_file(os.path.join(repo, "configs", "arith.py"))
     dtype = COMPUTE_DTYPES[args.dtype]
-    teacher = trainer.obtain_model(config.teacher, "", "teacher", dtype,
-                                   trainer.model_config(config.teacher.model))  # fmt: skip
-    student = trainer.obtain_model(config.init, "", "init", dtype,
-                                   trainer.model_config(config.model))  # fmt: skip
+    teacher = model_sources.obtain_model(config.teacher, "", "teacher", dtype,
+                                   model_sources.model_config(config.teacher.model))  # fmt: skip
+    student = model_sources.obtain_model(config.init, "", "init", dtype,
+                                   model_sources.model_config(config.model))  # fmt: skip
     tok = build_char_tokenizer(os.path.join("/tmp", "gkd_bench_tok"))
     ex = arith.make_examples("train", args.batch, 0)
     data = pipeline.encode(tok, [e.prompt for e in ex], [e.target for e in ex],
@@ -63,8 +64,8 @@ def main():
         lambda: sampler(s_params, data["prompt"], data["prompt_mask"], key), args.repeats
     )
     out = sampler(s_params, data["prompt"], data["prompt_mask"], key)
-    tx = trainer.make_optimizer(config)
-    step = trainer.make_train_step(config, student_fns, teacher_fns, tx)
+    tx = optim.make_optimizer(config)
+    step = step_lib.make_train_step(config, student_fns, teacher_fns, tx)
     batch = dict(prompt=data["prompt"], prompt_mask=data["prompt_mask"],
                  completion=out.tokens, completion_mask=out.mask)  # fmt: skip
     state = {"params": s_params, "opt_state": tx.init(s_params), "step": np.int32(0)}

@@ -4,8 +4,8 @@ Same workload, flags and JSON line as ../shared/bench/trl_gkd_anchor.py: batch 8
 from prompts.jsonl, `--max-new-tokens` sampled from the student at temperature 1, teacher scoring,
 JSD(beta), AdamW at 1e-4 (TRL's defaults: b2 0.999, no weight decay, grad clip 1, token mean).
 The step is the trainer's own pieces, built from `base_config()` as `train_and_evaluate` builds
-them: `trainer.gkd_completions` (the lmbda draw and `sampling.make_sampler` over the student's
-`LMFunctions.decoding`) and `trainer.make_train_step` (teacher + student forward, JSD, AdamW).
+them: `step.gkd_completions` (the lmbda draw and `sampling.make_sampler` over the student's
+`LMFunctions.decoding`) and `step.make_train_step` (teacher + student forward, JSD, AdamW).
 The first `--warmup` steps (compilation) are not counted; each step is blocked until ready.
 
     python benchmarks/gkd_step.py --models /tmp/bench-models --lmbda 1.0 --steps 6
@@ -30,7 +30,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gkd_jax import trainer  # noqa: E402
+from gkd_jax import model_sources, optim  # noqa: E402
+from gkd_jax import step as step_lib  # noqa: E402
 from gkd_jax.config_checks import validate_config  # noqa: E402
 from gkd_jax.config_defaults import base_config  # noqa: E402
 from gkd_jax.data import pipeline  # noqa: E402
@@ -96,7 +97,7 @@ def main() -> None:
     t_setup = time.perf_counter()
 
     config = bench_config(args)
-    tokenizer, stops = trainer.load_or_build_tokenizer(config, "/tmp/gkd-step-bench")
+    tokenizer, stops = model_sources.load_or_build_tokenizer(config, "/tmp/gkd-step-bench")
     validate_config(config, vocab_size=len(tokenizer))  # what train_and_evaluate checks first
     task = get_task(config.task)
     train_split, _ = task.load(config, tokenizer, stops, log=lambda _: None)
@@ -110,18 +111,18 @@ def main() -> None:
         pad_id=tokenizer.pad_token_id,
     )
     dtype = COMPUTE_DTYPES[config.dtype]
-    student = trainer.obtain_model(config.init, "", "init", dtype)
-    teacher = trainer.obtain_model(config.teacher, "", "teacher", dtype)
-    vocab = trainer.shared_vocab_size(config, tokenizer, student, teacher)
+    student = model_sources.obtain_model(config.init, "", "init", dtype)
+    teacher = model_sources.obtain_model(config.teacher, "", "teacher", dtype)
+    vocab = model_sources.shared_vocab_size(config, tokenizer, student, teacher)
     params, student_fns = functional_lm(student)
     teacher_params, teacher_fns = functional_lm(teacher)
-    sampling = trainer.training_sampling(config, stops, tokenizer.pad_token_id, vocab)
+    sampling = step_lib.training_sampling(config, stops, tokenizer.pad_token_id, vocab)
     samplers = {
         "student": make_sampler(student_fns.decoding, sampling),
         "teacher": make_sampler(teacher_fns.decoding, sampling),
     }
-    tx = trainer.make_optimizer(config)
-    train_step = trainer.make_train_step(config, student_fns, teacher_fns, tx)
+    tx = optim.make_optimizer(config)
+    train_step = step_lib.make_train_step(config, student_fns, teacher_fns, tx)
     state = {"params": params, "opt_state": tx.init(params), "step": np.int32(0)}
     base_key = jax.random.key(config.seed)
     data_iter = pipeline.batches(data, config.batch_size, config.seed)
@@ -131,7 +132,7 @@ def main() -> None:
     for step in range(config.steps):
         batch = {k: jax.device_put(v) for k, v in next(data_iter).items()}
         t0, c0 = time.perf_counter(), time.process_time()
-        completion, completion_mask, _ = trainer.gkd_completions(
+        completion, completion_mask, _ = step_lib.gkd_completions(
             config, step, samplers, state["params"], teacher_params, base_key,
             batch["prompt"], batch["prompt_mask"], batch["completion"], batch["completion_mask"],
         )  # fmt: skip

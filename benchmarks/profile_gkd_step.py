@@ -25,7 +25,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.gkd_step import bench_config  # noqa: E402
-from gkd_jax import losses, trainer  # noqa: E402
+from gkd_jax import losses, model_sources, optim  # noqa: E402
+from gkd_jax import step as step_lib  # noqa: E402
 from gkd_jax.models import functional_lm  # noqa: E402
 from gkd_jax.sampling import SamplingConfig, make_sampler  # noqa: E402
 
@@ -81,8 +82,8 @@ def main() -> None:
     args.max_prompt_len = args.prompt_len
     config = bench_config(args)
     dtype = jnp.float32 if args.dtype == "float32" else jnp.bfloat16
-    student = trainer.obtain_model(config.init, "", "init", dtype)
-    teacher = trainer.obtain_model(config.teacher, "", "teacher", dtype)
+    student = model_sources.obtain_model(config.init, "", "init", dtype)
+    teacher = model_sources.obtain_model(config.teacher, "", "teacher", dtype)
     params, s_fns = functional_lm(student)
     t_params, t_fns = functional_lm(teacher)
     b, p, n = args.batch, args.prompt_len, args.max_new_tokens
@@ -133,8 +134,8 @@ def main() -> None:
         return jax.grad(lambda x: jnp.sum(losses.generalized_jsd(x, t, beta=0.5)))(s)
 
     timed("jsd_fwd_bwd", lambda: loss_grad(s_logits, t_logits), r)
-    tx = trainer.make_optimizer(config)
-    train_step = trainer.make_train_step(config, s_fns, t_fns, tx)
+    tx = optim.make_optimizer(config)
+    train_step = step_lib.make_train_step(config, s_fns, t_fns, tx)
     holder = [{"params": params, "opt_state": tx.init(params), "step": np.int32(0)}]
     batch = dict(prompt=prompt, prompt_mask=prompt_mask, completion=completion,
                  completion_mask=completion_mask)  # fmt: skip

@@ -24,7 +24,7 @@ from gkd_jax.schedules import LMBDA_SCHEDULES
 from gkd_jax.sharding import mesh_shape
 
 OBJECTIVES = ("gkd", "sft")
-# How the GKD loss is computed (trainer.loss_sum_count); the memory-lean forms are generalized
+# How the GKD loss is computed (step.Objective.sum_count); the memory-lean forms are generalized
 # JSDs (loss_forms.py), so they take the divergences that are one.
 LOSS_IMPLS = ("full", "chunked", "fused")
 LOSS_FORM_DIVERGENCES = ("jsd", "fkl", "rkl")

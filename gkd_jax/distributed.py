@@ -105,6 +105,12 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
+def log(msg: str) -> None:
+    """Print `msg` once: every process runs the same program, process 0 says what it does."""
+    if is_main_process():
+        print(msg, flush=True)
+
+
 def barrier(name: str) -> None:
     """Wait until every process got here (e.g. process 0 finished a file the others read)."""
     if jax.process_count() > 1:

@@ -26,22 +26,23 @@ from ml_collections import config_flags
 from gkd_jax import checkpoint, distributed, sharding
 from gkd_jax.config_checks import validate_config
 from gkd_jax.data import pipeline
-from gkd_jax.data.char_tokenizer import build_char_tokenizer, load_tokenizer
-from gkd_jax.data.hf_tokenizer import load_hf_tokenizer, stop_ids
+from gkd_jax.data.task_types import Split
 from gkd_jax.data.tasks import get_task
-from gkd_jax.evaluation import describe_decoding, make_eval_decoder, task_scores
+from gkd_jax.distributed import log
+from gkd_jax.evaluation import (
+    Evaluator,
+    check_token_ids,
+    describe_decoding,
+    make_divergence_fn,
+    make_eval_decoder,
+)
+from gkd_jax.model_sources import char_tokenizer, hf_tokenizer
 from gkd_jax.models import COMPUTE_DTYPES, functional_lm
 from gkd_jax.models.hf import load_pretrained
 from gkd_jax.resources import is_hf_source, resolve_model_dir, resolve_path
-from gkd_jax.trainer import check_token_ids, decode_split, make_divergence_fn, mean_divergence
 
 SPLITS = ("eval", "train")
 MODEL_DIRS = ("model", "best_model")  # where a workdir keeps our checkpoints
-
-
-def log(msg: str) -> None:
-    if distributed.is_main_process():
-        print(msg, flush=True)
 
 
 def locate_checkpoint(spec: str) -> tuple[str, str, str | None]:
@@ -79,20 +80,13 @@ def tokenizer_for(config, kind: str, path: str, workdir: str | None, out: str):
     """(tokenizer, stop ids): config.tokenizer; else the HF checkpoint's own; else the char
     tokenizer of the checkpoint's workdir; else the task's character tokenizer, built in OUT."""
     if config.tokenizer:
-        source = config.tokenizer
-        source = resolve_path(source) if source.startswith("builtin:") else source
-        tokenizer = load_hf_tokenizer(source)
-        dirs = [resolve_model_dir(source)] + ([path] if kind == "hf" else [])
-        return tokenizer, stop_ids(tokenizer, *dirs)
+        return hf_tokenizer(config.tokenizer, *([path] if kind == "hf" else []))
     if kind == "hf" and os.path.exists(os.path.join(path, "tokenizer_config.json")):
-        tokenizer = load_hf_tokenizer(path)
-        return tokenizer, stop_ids(tokenizer, path)
+        return hf_tokenizer(path)
     saved = os.path.join(workdir or "", "tokenizer")
     if workdir and os.path.exists(os.path.join(saved, "tokenizer.json")):
-        tokenizer = load_tokenizer(saved)
-    else:
-        tokenizer = build_char_tokenizer(os.path.join(out, "tokenizer"))
-    return tokenizer, (tokenizer.eos_token_id,)
+        return char_tokenizer(saved)
+    return char_tokenizer(os.path.join(out, "tokenizer"))
 
 
 def load_teacher(config, workdir: str | None, task, dtype):
@@ -160,10 +154,11 @@ def evaluate_checkpoint(
     train_split, eval_split = task.load(config, tokenizer, stops, log=log)
     data_split = eval_split if split == "eval" else train_split
     n = len(data_split.prompt_ids) if num_examples is None else num_examples
-    prompts, references = data_split.prompts[:n], data_split.references[:n]
+    d = data_split
+    chosen = Split(d.prompt_ids[:n], d.completion_ids[:n], d.references[:n], d.prompts[:n])
     data = pipeline.pack(
-        data_split.prompt_ids[:n],
-        data_split.completion_ids[:n],
+        chosen.prompt_ids,
+        chosen.completion_ids,
         max_prompt_len=config.data.max_prompt_len,
         max_completion_len=config.max_new_tokens,
         pad_id=tokenizer.pad_token_id,
@@ -179,11 +174,19 @@ def evaluate_checkpoint(
 
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     params = sharding.put(params, mesh)
+    scored_by_teacher = {}
     if teacher is not None:
-        teacher_params = sharding.put(teacher_params, mesh)
+        scored_by_teacher = dict(
+            teacher_params=sharding.put(teacher_params, mesh),
+            divergence=make_divergence_fn(config, fns, teacher_fns),
+        )
     decoder = make_eval_decoder(
         fns.decoding, config, stop_ids=stops, pad_id=tokenizer.pad_token_id, vocab_size=vocab
     )
+    evaluator = Evaluator(
+        config, task, tokenizer, chosen, data, mesh, decoders={"model": decoder},
+        seed=config.seed, **scored_by_teacher,
+    )  # fmt: skip
     decoding = describe_decoding(config)
     log(f"[evaluate] {n} {config.task} {split} examples, decoding: {decoding}")
     start = time.time()
@@ -191,17 +194,8 @@ def evaluate_checkpoint(
     def progress(done: int, total: int) -> None:
         log(f"[evaluate] {done}/{total} decoded ({time.time() - start:.1f}s)")
 
-    tokens, mask = decode_split(
-        decoder, params, data, config.eval.batch_size, mesh, seed=config.seed, progress=progress
-    )
-    pairs = zip(tokens, mask, strict=True)
-    texts = [tokenizer.decode(t[m], skip_special_tokens=True) for t, m in pairs]
-    scores = task_scores(task, texts, references)
-    if teacher is not None:
-        divergence = make_divergence_fn(config, fns, teacher_fns)
-        scores[task.metric_name] = mean_divergence(
-            divergence, params, teacher_params, data, tokens, mask, config.eval.batch_size, mesh
-        )
+    texts, tokens, mask = evaluator.decode(params, "model", progress=progress)
+    scores = evaluator.scores(params, texts, tokens, mask)
     seconds = time.time() - start
     summary = {
         "checkpoint": path,
@@ -214,7 +208,7 @@ def evaluate_checkpoint(
     }
     if distributed.is_main_process():
         with open(os.path.join(out, "predictions.jsonl"), "w") as f:
-            for p, t, r in zip(prompts, texts, references, strict=True):
+            for p, t, r in zip(chosen.prompts, texts, chosen.references, strict=True):
                 row = {"prompt": p, "prediction": t, "reference": r}
                 f.write(json.dumps(row, default=str) + "\n")
         with open(os.path.join(out, "metrics.json"), "w") as f:

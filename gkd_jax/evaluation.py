@@ -1,16 +1,48 @@
-"""What evaluation shares between the trainer and `python -m gkd_jax.evaluate`: the decoder that
-config.eval.decoding names, and a task's scores of decoded texts."""
+"""Evaluation, as the trainer runs it and `python -m gkd_jax.evaluate` does: decode a split's
+prompts the way config.eval.decoding says, then score the completions.
+
+  make_eval_decoder  the decoder config.eval.decoding names (greedy / beam / sample)
+  decode_split       every row of a packed split through it, batch i sampling with eval_key(i)
+  task_scores        the task's metric (and extra metrics) of the decoded texts
+  mean_divergence    for a task without a metric (chat): the student's divergence from the
+                     teacher on its own completions (make_divergence_fn)
+  Evaluator          all of the above for one split, built once: `evaluator(params)`
+and what the trainer keeps and reports of the scores: keep_if_best (WORKDIR/best_model),
+eval_scalars (TensorBoard tags), results_table; check_token_ids guards the packed data.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gkd_jax import checkpoint, distributed, sharding
 from gkd_jax.beam_search import BeamSearchConfig, make_beam_search
+from gkd_jax.data import pipeline
+from gkd_jax.data.task_types import Split, Task
+from gkd_jax.distributed import log
+from gkd_jax.models import LMFunctions, with_params
 from gkd_jax.sampling import Decoding, SamplingConfig, make_sampler
+from gkd_jax.step import Objective
 
 DECODINGS = ("greedy", "beam", "sample")
 # config.eval.early_stopping -> BeamSearchConfig.early_stopping (transformers' values)
 EARLY_STOPPING = {"never": "never", "heuristic": False, "k_finished": True}
+
+# Evaluation's sampling keys (seed, batch), apart from training's (seed, step): batch i of an
+# evaluation would otherwise draw the noise that step i's on-policy samples drew.
+EVAL_STREAM = 0x6576616C
+
+
+def eval_key(base_key: jax.Array, batch: int) -> jax.Array:
+    """The sampling key of evaluation batch `batch` (sampled evaluation); base_key = key(seed)."""
+    return jax.random.fold_in(jax.random.fold_in(base_key, EVAL_STREAM), batch)
 
 
 def make_eval_decoder(
@@ -55,3 +87,178 @@ def task_scores(task, texts: list[str], references: list) -> dict[str, float]:
     if task.extra_metrics is not None:
         scores |= {k: float(v) for k, v in task.extra_metrics(texts, references).items()}
     return scores
+
+
+def check_token_ids(data: dict[str, np.ndarray], vocab: int, name: str) -> None:
+    """Every token id must index the (shared) vocabulary: an id past a model's embedding table
+    would be silently clamped by the gather, not rejected."""
+    for key in ("prompt", "completion"):
+        rows = np.nonzero((data[key] >= vocab).any(axis=1))[0]
+        if len(rows):
+            raise ValueError(
+                f"{len(rows)} {name} examples hold token ids >= {vocab} (the models' shared "
+                f"vocabulary) in their {key}, first #{rows[0]}: the tokenizer has tokens the "
+                "models have no embedding for"
+            )
+
+
+def decode_split(
+    sampler, params, data, batch_size, mesh, *, seed: int = 0, progress=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Completions of every row by `sampler` (make_eval_decoder: greedy, beam or sampled with
+    key eval_key(key(seed), batch)): tokens [N, T] and mask [N, T] (numpy).
+    `progress(done, total)` is called after each batch."""
+    rows = sharding.batch_sharding(mesh)  # params stay as placed: no gather per evaluation
+    mine = distributed.host_rows(batch_size, rows)  # every host holds the eval data
+    tokens, masks = [], []
+    total = len(data["prompt"])
+    for i, batch in enumerate(pipeline.in_order(data, batch_size)):
+        out = sampler(
+            params,
+            distributed.global_batch(batch["prompt"][mine], rows, batch_size),
+            distributed.global_batch(batch["prompt_mask"][mine], rows, batch_size),
+            eval_key(jax.random.key(seed), i),
+        )
+        if progress is not None:
+            progress(min((i + 1) * batch_size, total), total)
+        out_tokens, out_mask = distributed.to_host((out.tokens, out.mask))  # [B, T] each
+        tokens.append(out_tokens[batch["valid"]])
+        masks.append(out_mask[batch["valid"]])
+    return np.concatenate(tokens), np.concatenate(masks)
+
+
+def make_divergence_fn(config, student: LMFunctions, teacher: LMFunctions):
+    """Jitted per-sequence mean of the training loss (config.gkd's divergence) of given
+    completions: (params, teacher_params, prompt, prompt_mask, completion, completion_mask)
+    -> [B]."""
+    objective = Objective(config, student, teacher)
+
+    @jax.jit
+    def divergence(params, teacher_params, prompt, prompt_mask, completion, completion_mask):
+        batch = dict(
+            prompt=prompt,
+            prompt_mask=prompt_mask,
+            completion=completion,
+            completion_mask=completion_mask,
+        )
+        per_token = objective.token_losses(params, teacher_params, batch)
+        m = completion_mask.astype(jnp.float32)
+        return jnp.sum(per_token * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+
+    return divergence
+
+
+def mean_divergence(
+    divergence, params, teacher_params, data, tokens, mask, batch_size, mesh
+) -> float:
+    """Mean over rows of `divergence` (make_divergence_fn) on completions tokens/mask [N, T]
+    of the prompts in `data`: the student's on-policy divergence from the teacher."""
+    per_seq = []
+    data = dict(data, completion=tokens, completion_mask=mask)
+    rows = sharding.batch_sharding(mesh)
+    mine = distributed.host_rows(batch_size, rows)
+    for batch in pipeline.in_order(data, batch_size):
+        put = {k: distributed.global_batch(batch[k][mine], rows, batch_size) for k in data}
+        d = divergence(
+            params, teacher_params, put["prompt"], put["prompt_mask"], put["completion"],
+            put["completion_mask"],
+        )  # fmt: skip
+        per_seq.append(distributed.to_host(d)[batch["valid"]])
+    return float(np.mean(np.concatenate(per_seq)))
+
+
+class Evaluator:
+    """One split, decoded and scored the same way at every evaluation of a run.
+
+    `decoders`: make_eval_decoder's per model ("student", "teacher", ...), compiled once each;
+    `data`: the split packed (pipeline.pack). A task without a metric is scored by
+    `divergence` (make_divergence_fn) against `teacher_params`. Sampled decoding draws batch i
+    with eval_key(key(seed), i)."""
+
+    def __init__(
+        self,
+        config,
+        task: Task,
+        tokenizer,
+        split: Split,
+        data: dict[str, np.ndarray],
+        mesh,
+        *,
+        decoders: dict[str, Callable],
+        teacher_params=None,
+        divergence: Callable | None = None,
+        seed: int = 0,
+    ):
+        self.config, self.task, self.tokenizer = config, task, tokenizer
+        self.split, self.data, self.mesh = split, data, mesh
+        self.decoders = dict(decoders)
+        self.teacher_params, self.divergence, self.seed = teacher_params, divergence, seed
+
+    def __call__(self, params, who: str = "student") -> dict[str, Any]:
+        """The scores of `who`'s completions, and "samples": the first three (prompt, text)."""
+        texts, tokens, mask = self.decode(params, who)
+        samples = [(p, t) for p, t in zip(self.split.prompts[:3], texts[:3], strict=True)]
+        return {**self.scores(params, texts, tokens, mask), "samples": samples}
+
+    def decode(self, params, who: str = "student", progress=None):
+        """(texts, tokens [N, T], mask [N, T]) of every prompt, decoded by decoders[who]."""
+        tokens, mask = decode_split(
+            self.decoders[who], params, self.data, self.config.eval.batch_size, self.mesh,
+            seed=self.seed, progress=progress,
+        )  # fmt: skip
+        pairs = zip(tokens, mask, strict=True)
+        texts = [self.tokenizer.decode(t[m], skip_special_tokens=True) for t, m in pairs]
+        return texts, tokens, mask
+
+    def scores(self, params, texts, tokens, mask) -> dict[str, float]:
+        """The task's metric (and extra metrics) of `texts`, or (no metric) the divergence of
+        the model with `params` from the teacher on its completions tokens/mask."""
+        scores = task_scores(self.task, texts, self.split.references)
+        if self.divergence is not None:
+            scores[self.task.metric_name] = mean_divergence(
+                self.divergence, params, self.teacher_params, self.data, tokens, mask,
+                self.config.eval.batch_size, self.mesh,
+            )  # fmt: skip
+        return scores
+
+
+# ---------------------------------------------------------------------------- what is kept
+def keep_if_best(student, params, step: int, score: float, task, workdir: str) -> None:
+    """WORKDIR/best_model: the student at its best periodic evaluation so far (the train-state
+    checkpoints rotate to the last few; this one survives them). Its score and step travel in
+    its model_config.json, so a resumed run compares against it."""
+    path = os.path.join(workdir, "best_model")
+    if checkpoint.has_model(path):
+        with open(os.path.join(path, checkpoint.CONFIG_FILE)) as f:
+            best = json.load(f)["best"]
+        sign = 1 if task.higher_is_better else -1
+        if sign * score <= sign * best[task.metric_name]:
+            return
+    checkpoint.save_model(
+        path, with_params(student, params), extra={"best": {"step": step, task.metric_name: score}}
+    )
+    log(f"[eval] best {task.metric_name} so far: {score:.4f} at step {step} -> {path}")
+
+
+def eval_scalars(results: dict[str, dict], metric: str) -> dict[str, float]:
+    """TensorBoard tags: the student's score is eval/METRIC (at step 0 and at the last step),
+    the teacher's eval/teacher_METRIC."""
+    prefix = {"teacher": "teacher_"}
+    return {f"eval/{prefix.get(name, '')}{metric}": r[metric] for name, r in results.items()}
+
+
+def results_table(summary: dict[str, Any], config) -> str:
+    """The run's scores as a Markdown table under a line saying what was evaluated how."""
+    names = {"teacher": "teacher", "start": "student (start)", "final": "student (after)"}
+    if summary["objective"] == "sft":
+        names = {"start": "model (init)", "final": "model (after SFT)"}
+    metric = summary["metric"]
+    lines = [f"| model | {metric} |", "|---|---|"]
+    for key, label in names.items():
+        if key in summary["scores"]:
+            lines.append(f"| {label} | {summary['scores'][key]:.4f} |")
+    head = (
+        f"Evaluation on {config.eval.num_examples} held-out {summary['task']} problems "
+        f"({describe_decoding(config)})"
+    )
+    return head + "\n" + "\n".join(lines)

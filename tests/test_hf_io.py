@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 from safetensors.numpy import load_file, save_file  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 
-from gkd_jax import checkpoint, trainer  # noqa: E402
+from gkd_jax import checkpoint, model_sources, trainer  # noqa: E402
 from gkd_jax.data.hf_tokenizer import (  # noqa: E402
     check_same_vocabulary,
     load_hf_tokenizer,
@@ -228,12 +228,12 @@ def test_padded_teacher_vocabulary_is_cut_to_the_shared_one(tmp_path):
         load_pretrained(config.init.checkpoint),
         load_pretrained(config.teacher.checkpoint),
     )
-    assert trainer.shared_vocab_size(config, tok, student, teacher) == V
+    assert model_sources.shared_vocab_size(config, tok, student, teacher) == V
     loaded = load_hf_tokenizer(str(tmp_path / "s"))  # as the trainer loads it
-    assert trainer.shared_vocab_size(config, loaded, student, teacher) == V
+    assert model_sources.shared_vocab_size(config, loaded, student, teacher) == V
     tiny_tokenizer(tmp_path / "t", vocab=V + 32, word="x")  # now the teacher's differs
     with pytest.raises(ValueError, match="share one vocabulary"):
-        trainer.shared_vocab_size(config, tok, student, teacher)
+        model_sources.shared_vocab_size(config, tok, student, teacher)
 
 
 # ---------------------------------------------------------------- end to end

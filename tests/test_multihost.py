@@ -19,11 +19,11 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gkd_jax import checkpoint, distributed, trainer
+from gkd_jax import checkpoint, distributed, optim, trainer
 from gkd_jax.config_defaults import base_config
 from gkd_jax.data import pipeline
 from gkd_jax.metrics_log import MetricsLog
-from gkd_jax.models import DecoderConfig, build_decoder, functional_lm
+from gkd_jax.models import DecoderConfig, build_decoder, functional_lm, with_params
 from gkd_jax.sampling import SamplingConfig, make_sampler
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,7 +47,7 @@ def worker(workdir: str, num_devices: int) -> None:
 
     mesh = Mesh(np.array(jax.devices()[:num_devices]), ("data",))
     replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    tx = trainer.make_optimizer(config)
+    tx = optim.make_optimizer(config)
     state = {"params": params, "opt_state": tx.init(params), "step": np.zeros((), np.int32)}
     state, t_params = jax.device_put(state, replicated), jax.device_put(t_params, replicated)
     sampling = SamplingConfig(max_new_tokens=4, stop_ids=(1,), pad_id=0, vocab_size=V)
@@ -76,7 +76,7 @@ def worker(workdir: str, num_devices: int) -> None:
         state, m = train_step(state, t_params, batch)
         log.write({"step": step + 1, "loss": float(m["loss"])})
 
-    checkpoint.save_model(os.path.join(workdir, "model"), trainer.rebuild(student, state["params"]))
+    checkpoint.save_model(os.path.join(workdir, "model"), with_params(student, state["params"]))
     me = jax.process_index()
     seen = {"rows": mine.tolist(), "local_shapes": local_shapes, "n": jax.process_count()}
     with open(os.path.join(workdir, f"process{me}.json"), "w") as f:  # for the test: one each

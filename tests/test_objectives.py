@@ -10,6 +10,7 @@ from gkd_jax import losses, trainer
 from gkd_jax.config_defaults import base_config
 from gkd_jax.models import DecoderConfig, build_decoder, functional_lm
 from gkd_jax.sampling import SampleOutput
+from gkd_jax.step import Objective
 
 V = 99
 STUDENT = DecoderConfig(V, 16, 1, 2, 1, 32)
@@ -41,7 +42,7 @@ def test_token_losses_use_the_named_divergence(name, reference):
     params, student = functional_lm(build_decoder(STUDENT, seed=1))
     t_params, teacher = functional_lm(build_decoder(TEACHER, seed=2))
     mb = micro_batch()
-    got = trainer.token_losses(config, student, teacher, params, t_params, mb, V)
+    got = Objective(config, student, teacher).token_losses(params, t_params, mb)
     args = (mb["prompt"], mb["prompt_mask"], mb["completion"], mb["completion_mask"])
     want = reference(student.score(params, *args), teacher.score(t_params, *args))
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gkd_jax import optim, trainer
+from gkd_jax import optim
 from gkd_jax.config_checks import validate_config
 from gkd_jax.config_defaults import base_config
 
@@ -116,7 +116,7 @@ def test_adafactor_from_config_matches_numpy():
     config = optim_config(name="adafactor", schedule="linear", learning_rate=1e-2,
                           warmup_steps=0, grad_clip=0.0)  # fmt: skip
     validate_config(config)
-    got = run_updates(trainer.make_optimizer(config), params, grads_seq)
+    got = run_updates(optim.make_optimizer(config), params, grads_seq)
     want = numpy_adafactor(params, grads_seq, 1e-2)
     for k in params:
         moved = np.abs(want[k] - params[k]).max()

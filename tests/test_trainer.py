@@ -14,10 +14,12 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gkd_jax import checkpoint, losses, sharding, trainer
+from gkd_jax import checkpoint, losses, optim, sharding, trainer
 from gkd_jax.config_defaults import base_config
+from gkd_jax.evaluation import decode_split, eval_key
 from gkd_jax.models import DecoderConfig, build_decoder, functional_lm
 from gkd_jax.sampling import SampleOutput
+from gkd_jax.step import training_key
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V = 23
@@ -131,7 +133,7 @@ def test_gradient_accumulation_equals_one_big_batch(reduction):
 
 def test_teacher_frozen_student_learns_one_compile():
     config = gkd_config(beta=0.0)
-    step, state, t_params = setup_step(config, tx=trainer.make_optimizer(config))
+    step, state, t_params = setup_step(config, tx=optim.make_optimizer(config))
     t_before = jax.tree.map(np.array, t_params)
     batch = jax.tree.map(jnp.asarray, random_batch())
     loss = []
@@ -146,7 +148,7 @@ def test_teacher_frozen_student_learns_one_compile():
 def test_make_optimizer_warmup_then_decay():
     config = gkd_config()
     config.optim.update(learning_rate=1e-2, warmup_steps=5, final_lr_fraction=0.1, grad_clip=1e9)
-    tx = trainer.make_optimizer(config)
+    tx = optim.make_optimizer(config)
     params = {"w": jnp.zeros(())}
     state = tx.init(params)
     lrs = []
@@ -229,9 +231,9 @@ def test_eval_sampling_keys_are_not_training_keys():
     both the default seed and decode_split's)."""
     for seed in (0, 3):
         base = jax.random.key(seed)
-        train = {tuple(np.asarray(jax.random.key_data(trainer.training_key(base, i))))
+        train = {tuple(np.asarray(jax.random.key_data(training_key(base, i))))
                  for i in range(64)}  # fmt: skip
-        evals = {tuple(np.asarray(jax.random.key_data(trainer.eval_key(base, i))))
+        evals = {tuple(np.asarray(jax.random.key_data(eval_key(base, i))))
                  for i in range(64)}  # fmt: skip
         assert len(train) == len(evals) == 64 and not train & evals
     # decode_split samples batch i with eval_key(key(seed), i).
@@ -243,8 +245,8 @@ def test_eval_sampling_keys_are_not_training_keys():
 
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
     data = {k: v for k, v in random_batch(b=20).items() if k.startswith("prompt")}
-    trainer.decode_split(sampler, None, data, 8, mesh, seed=0)
-    want = [trainer.eval_key(jax.random.key(0), i) for i in range(3)]  # 20 rows: 3 batches
+    decode_split(sampler, None, data, 8, mesh, seed=0)
+    want = [eval_key(jax.random.key(0), i) for i in range(3)]  # 20 rows: 3 batches
     np.testing.assert_array_equal(got, [np.asarray(jax.random.key_data(k)) for k in want])
 
 
