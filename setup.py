@@ -61,5 +61,8 @@ setup(
             "tensorflow-datasets>=4.9",  # tests/test_paper_data.py (TFDS mock, no TensorFlow)
         ],  # fmt: skip
         "plots": ["matplotlib>=3.8"],  # launch/collect.py
+        # Weights & Biases beside metrics.jsonl and TensorBoard (config.log.wandb_project);
+        # tests/test_metrics_log.py runs it offline when installed.
+        "wandb": ["wandb>=0.17"],
     },
 )

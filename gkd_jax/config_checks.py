@@ -29,6 +29,7 @@ OBJECTIVES = ("gkd", "sft")
 LOSS_IMPLS = ("full", "chunked", "fused")
 LOSS_FORM_DIVERGENCES = ("jsd", "fkl", "rkl")
 LMBDA_MODES = ("batch", "example")
+WANDB_FORBIDDEN = "/\\#?%:"  # characters a W&B project name cannot hold
 
 
 def _fail(field: str, value, allowed: str):
@@ -109,6 +110,13 @@ def validate_config(config: ml_collections.ConfigDict, *, vocab_size: int | None
     every = config.checkpoint.every_steps
     _integer_at_least("checkpoint.every_steps", every, 0, "(0 = only at the end)")
     _integer_at_least("checkpoint.keep", config.checkpoint.keep, 1)
+    project = config.log.wandb_project
+    if not isinstance(project, str) or any(c in project for c in WANDB_FORBIDDEN):
+        _fail(
+            "log.wandb_project",
+            project,
+            f"must be a W&B project name (none of {WANDB_FORBIDDEN}) or ''",
+        )
     _positive("optim.learning_rate", config.optim.learning_rate)
     if config.objective == "gkd":
         g = config.gkd

@@ -113,6 +113,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.every_steps = 100  # 0: only at the end (and on SIGTERM / stop_after_steps)
     c.checkpoint.keep = 2  # the last K are kept
 
+    # Where metrics go besides WORKDIR/metrics.jsonl and WORKDIR/tensorboard (metrics_log.py).
+    c.log = ml_collections.ConfigDict()
+    # A Weights & Biases project ("" = no W&B), used when the wandb package is installed (pip
+    # install wandb, or .[wandb]); a resumed run continues its W&B run (WORKDIR/wandb_run_id).
+    c.log.wandb_project = ""
+
     c.data = ml_collections.ConfigDict()
     c.data.train_examples = 20_000
     # arith: the seed that draws the training problems; -1 = config.seed. Fixing it keeps one

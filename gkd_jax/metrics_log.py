@@ -1,50 +1,104 @@
-"""Training metrics that survive a crash: WORKDIR/metrics.jsonl (one flushed JSON line per log
-step) and TensorBoard scalars in WORKDIR/tensorboard.
+"""Training metrics behind one interface: `MetricsLog.write(step, scalars)`, with scalars named
+by tag ("train/loss", "eval/accuracy"), goes to every writer the run has:
 
-A run that starts at step k (a resumed one; k = 0 for a fresh one) first drops what an earlier
-run logged after k, so the curves continue without duplicated steps. The TensorBoard events are
-written here directly (TFRecord framing + the few protobuf fields of a scalar Event), which needs
-neither TensorFlow nor a protobuf library: ~50 lines instead of a dependency.
+  metrics.jsonl  WORKDIR/metrics.jsonl, the `train/` scalars: one flushed JSON line per log step,
+                 {"step": s, "loss": ..., ...} (what scripts and launch/collect.py read)
+  TensorBoard    WORKDIR/tensorboard, every scalar by its tag
+  W&B            Weights & Biases, every scalar by its tag, when the `wandb` package is installed
+                 and config.log.wandb_project is set (`pip install wandb`, or `.[wandb]`)
+
+All of them survive a crash and a resume. A run that starts at step k (a resumed one; k = 0 for a
+fresh one) first drops the metrics.jsonl rows an earlier run wrote after k and marks a
+TensorBoard restart at k + 1, so the curves continue without duplicated steps; W&B continues
+the same run (its id is kept in WORKDIR/wandb_run_id). The TensorBoard events are written here
+directly (TFRecord framing + the few protobuf fields of a scalar Event), which needs neither
+TensorFlow nor a protobuf library: ~50 lines instead of a dependency.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import secrets
 import socket
 import struct
 import time
-from typing import Any
+from typing import Any, Protocol
+
+TRAIN = "train/"  # the tag prefix of the scalars metrics.jsonl keeps
+WANDB_RUN_ID = "wandb_run_id"  # WORKDIR/wandb_run_id: the W&B run a resumed run continues
+
+
+class Writer(Protocol):
+    def write(self, step: int, scalars: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class MetricsLog:
-    """Append rows to metrics.jsonl and scalars to a new TensorBoard event file. Each write
-    opens, appends and closes: nothing is buffered, nothing needs closing. With
-    `enabled=False` (all but process 0 of a multi-host run) it writes nothing."""
+    """Every writer of a run behind one `write(step, scalars)`. Each write reaches its files at
+    once (nothing to flush); `close()` ends the W&B run. With `enabled=False` (all but process 0
+    of a multi-host run) it writes nothing."""
 
-    def __init__(self, workdir: str, start_step: int, *, enabled: bool = True):
-        self.enabled = enabled
+    def __init__(
+        self,
+        workdir: str,
+        start_step: int,
+        *,
+        enabled: bool = True,
+        wandb_project: str = "",
+        config: dict[str, Any] | None = None,
+        log=print,
+    ):
+        self.writers: list[Writer] = []
         if not enabled:
             return
         os.makedirs(workdir, exist_ok=True)
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        drop_rows_after(self.path, start_step)
-        self._events = EventWriter(os.path.join(workdir, "tensorboard"))
-        # TensorBoard hides every earlier event at steps >= this one (a restart marker).
-        self._events.restart(start_step + 1)
+        self.writers = [
+            JsonlWriter(os.path.join(workdir, "metrics.jsonl"), start_step),
+            TensorBoardWriter(os.path.join(workdir, "tensorboard"), start_step),
+        ]
+        if wandb_project and importlib.util.find_spec("wandb") is None:
+            log(
+                f"[metrics] config.log.wandb_project={wandb_project!r} but the wandb package is "
+                "not installed (pip install wandb): no W&B run"
+            )
+        elif wandb_project:
+            self.writers.append(WandbWriter(workdir, wandb_project, config))
 
-    def write(self, row: dict[str, Any]) -> None:
-        """One training log row {"step": s, name: value, ...}: a JSON line and `train/` scalars."""
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        values = {f"train/{k}": v for k, v in row.items() if k != "step"}
-        self.scalars(row["step"], values)
+    def write(self, step: int, scalars: dict[str, Any]) -> None:
+        """Scalars {tag: value} at `step`: "train/NAME" ones also make metrics.jsonl's row."""
+        for writer in self.writers:
+            writer.write(step, scalars)
 
-    def scalars(self, step: int, values: dict[str, float]) -> None:
-        if self.enabled:
-            self._events.scalars(step, values)
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.close()
+
+    def __enter__(self) -> MetricsLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------- metrics.jsonl
+class JsonlWriter:
+    """One JSON line per step with `train/` scalars: {"step": s, NAME: value, ...}."""
+
+    def __init__(self, path: str, start_step: int):
+        self.path = path
+        drop_rows_after(path, start_step)
+
+    def write(self, step: int, scalars: dict[str, Any]) -> None:
+        row = {k.removeprefix(TRAIN): v for k, v in scalars.items() if k.startswith(TRAIN)}
+        if row:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"step": step, **row}) + "\n")
+
+    def close(self) -> None:
+        pass
 
 
 def drop_rows_after(path: str, step: int) -> None:
@@ -63,7 +117,52 @@ def drop_rows_after(path: str, step: int) -> None:
     os.replace(tmp, path)
 
 
+# ---------------------------------------------------------------------------- W&B
+class WandbWriter:
+    """A Weights & Biases run of `project`, one per workdir: its id is kept in
+    WORKDIR/wandb_run_id, so that a resumed run continues it (W&B files in WORKDIR/wandb; the
+    WANDB_* variables apply, e.g. WANDB_MODE=offline). W&B cannot drop what an earlier run
+    logged after the resume step: it keeps its first value of a step logged twice."""
+
+    def __init__(self, workdir: str, project: str, config: dict[str, Any] | None = None):
+        import wandb
+
+        id_path = os.path.join(workdir, WANDB_RUN_ID)
+        if os.path.exists(id_path):
+            with open(id_path) as f:
+                run_id = f.read().strip()
+        else:
+            run_id = secrets.token_hex(4)  # a new W&B run id (8 lowercase characters)
+            with open(id_path, "w") as f:
+                f.write(run_id + "\n")
+        name = os.path.basename(os.path.normpath(workdir))
+        self.run = wandb.init(
+            project=project, id=run_id, name=name, resume="allow", dir=workdir, config=config
+        )
+
+    def write(self, step: int, scalars: dict[str, Any]) -> None:
+        self.run.log(dict(scalars), step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
 # ---------------------------------------------------------------------------- TensorBoard
+class TensorBoardWriter:
+    """A new event file per run in `logdir`; its first record marks the restart at
+    start_step + 1 (TensorBoard then hides earlier files' events at steps >= it)."""
+
+    def __init__(self, logdir: str, start_step: int):
+        self._events = EventWriter(logdir)
+        self._events.restart(start_step + 1)
+
+    def write(self, step: int, scalars: dict[str, Any]) -> None:
+        self._events.scalars(step, scalars)
+
+    def close(self) -> None:
+        pass
+
+
 def _crc32c_table() -> list[int]:
     table = []
     for n in range(256):

@@ -118,9 +118,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     run, state, progress = setup(config, workdir)
-    t_start = time.time()
-    state = loop(run, state, progress)
-    return finish(run, state, progress, train_seconds=time.time() - t_start)
+    with run.metrics:  # closed however the run ends: a W&B run is finished
+        t_start = time.time()
+        state = loop(run, state, progress)
+        return finish(run, state, progress, train_seconds=time.time() - t_start)
 
 
 # ---------------------------------------------------------------------------- setup
@@ -186,9 +187,12 @@ def setup(config, workdir: str) -> tuple[Run, Any, Progress]:
         teacher_shardings=teacher_shardings,
     )  # fmt: skip
     # Drops rows a previous run logged after start_step. Process 0 writes for all.
-    metrics = MetricsLog(workdir, start_step, enabled=distributed.is_main_process())
+    metrics = MetricsLog(
+        workdir, start_step, enabled=distributed.is_main_process(),
+        wandb_project=config.log.wandb_project, config=config.to_dict(), log=log,
+    )  # fmt: skip
     if not saved:
-        metrics.scalars(0, eval_scalars(progress.eval, task.metric_name))
+        metrics.write(0, eval_scalars(progress.eval, task.metric_name))
     run = Run(
         config, workdir, task, tokenizer, stops, vocab, rows, student, teacher_params,
         train_data, evaluator, samplers, train_step, ckpts, metrics, start_step,
@@ -340,7 +344,7 @@ def evaluate_student(run: Run, params, done: int) -> None:
     metric = run.task.metric_name
     score = run.evaluator(params)[metric]
     log(f"[eval] step {done}: {metric} {score:.4f}")
-    run.metrics.scalars(done, {f"eval/{metric}": score})
+    run.metrics.write(done, {f"eval/{metric}": score})
     keep_if_best(run.student, params, done, score, run.task, run.workdir)
 
 
@@ -363,16 +367,14 @@ class StepReport:
         now = time.time()
         rate = len(self.on_policy) * config.batch_size / (now - self.t_window)
         elapsed, eta = now - self.t_start, (config.steps - done) * config.batch_size / rate
-        self.run.metrics.write(
-            {
-                "step": done,
-                **m,
-                "skipped_steps": progress.skipped_steps,
-                "out_of_vocab_ids": progress.out_of_vocab_ids,
-                "on_policy": float(np.mean(self.on_policy)),
-                "examples_per_s": rate,
-            }
-        )
+        row = {
+            **m,
+            "skipped_steps": progress.skipped_steps,
+            "out_of_vocab_ids": progress.out_of_vocab_ids,
+            "on_policy": float(np.mean(self.on_policy)),
+            "examples_per_s": rate,
+        }
+        self.run.metrics.write(done, {f"train/{k}": v for k, v in row.items()})
         self.t_window, self.on_policy = now, []
         log(
             f"step {done:5d}/{config.steps} | loss {m['loss']:.4f} | "
@@ -416,7 +418,7 @@ def finish(run: Run, state, progress: Progress, *, train_seconds: float) -> dict
         log(f"[export] Hugging Face model -> {hf_dir}")
     results = progress.eval
     results["final"] = run.evaluator(state["params"])
-    run.metrics.scalars(config.steps, eval_scalars({"final": results["final"]}, task.metric_name))
+    run.metrics.write(config.steps, eval_scalars({"final": results["final"]}, task.metric_name))
     if config.eval.every_steps:
         final_score = results["final"][task.metric_name]
         keep_if_best(student, state["params"], config.steps, final_score, task, workdir)

@@ -22,6 +22,7 @@ BAD = {
     "compare_lmbdas": "0,1.5",
     "checkpoint.every_steps": -5,
     "checkpoint.keep": 0,
+    "log.wandb_project": "team/project",
     "data.train_examples": 0,
     "data.eval_seed": 1.5,
     "data.train_seed": -2,

@@ -74,7 +74,7 @@ def worker(workdir: str, num_devices: int) -> None:
         )  # fmt: skip
         batch = dict(batch, completion=completion, completion_mask=completion_mask)
         state, m = train_step(state, t_params, batch)
-        log.write({"step": step + 1, "loss": float(m["loss"])})
+        log.write(step + 1, {"train/loss": float(m["loss"])})
 
     checkpoint.save_model(os.path.join(workdir, "model"), with_params(student, state["params"]))
     me = jax.process_index()

@@ -268,12 +268,12 @@ def read_events(path):
 def test_metrics_log_resumes_without_duplicates(tmp_path):
     log = MetricsLog(str(tmp_path), 0)
     for s in (2, 4, 6):
-        log.write({"step": s, "loss": 1.0 / s})
-    log.scalars(0, {"eval/accuracy": 0.25})
+        log.write(s, {"train/loss": 1.0 / s})
+    log.write(0, {"eval/accuracy": 0.25})
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"step": 8, "lo')  # a line cut short by a crash
     log = MetricsLog(str(tmp_path), 4)  # resumed from a checkpoint at step 4
-    log.write({"step": 6, "loss": 0.5})
+    log.write(6, {"train/loss": 0.5})
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows == [{"step": 2, "loss": 0.5}, {"step": 4, "loss": 0.25}, {"step": 6, "loss": 0.5}]
     first, second = sorted(glob.glob(str(tmp_path / "tensorboard" / "*tfevents*")))
