@@ -103,13 +103,7 @@ def main() -> None:
     train_split, _ = task.load(config, tokenizer, stops, log=lambda _: None)
     if not args.max_prompt_len:
         config.data.max_prompt_len = max(len(p) for p in train_split.prompt_ids)
-    data = pipeline.pack(
-        train_split.prompt_ids,
-        train_split.completion_ids,
-        max_prompt_len=config.data.max_prompt_len,
-        max_completion_len=config.max_new_tokens,
-        pad_id=tokenizer.pad_token_id,
-    )
+    data = pipeline.pack_split(train_split, config, tokenizer.pad_token_id)
     dtype = COMPUTE_DTYPES[config.dtype]
     student = model_sources.obtain_model(config.init, "", "init", dtype)
     teacher = model_sources.obtain_model(config.teacher, "", "teacher", dtype)

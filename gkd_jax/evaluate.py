@@ -156,13 +156,7 @@ def evaluate_checkpoint(
     n = len(data_split.prompt_ids) if num_examples is None else num_examples
     d = data_split
     chosen = Split(d.prompt_ids[:n], d.completion_ids[:n], d.references[:n], d.prompts[:n])
-    data = pipeline.pack(
-        chosen.prompt_ids,
-        chosen.completion_ids,
-        max_prompt_len=config.data.max_prompt_len,
-        max_completion_len=config.max_new_tokens,
-        pad_id=tokenizer.pad_token_id,
-    )
+    data = pipeline.pack_split(chosen, config, tokenizer.pad_token_id)
     try:
         check_token_ids(data, vocab, split)
     except ValueError as e:

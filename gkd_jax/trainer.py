@@ -204,14 +204,8 @@ def load_data(config, task: Task, tokenizer, stops, vocab: int):
     """(train data, eval Split, eval data): the task's splits, packed to fixed shapes so that
     each jitted function compiles once, every token id inside the shared vocabulary."""
     train_split, eval_split = task.load(config, tokenizer, stops, log=log)
-    pack = functools.partial(
-        pipeline.pack,
-        max_prompt_len=config.data.max_prompt_len,
-        max_completion_len=config.max_new_tokens,
-        pad_id=tokenizer.pad_token_id,
-    )
-    train_data = pack(train_split.prompt_ids, train_split.completion_ids)
-    eval_data = pack(eval_split.prompt_ids, eval_split.completion_ids)
+    train_data = pipeline.pack_split(train_split, config, tokenizer.pad_token_id)
+    eval_data = pipeline.pack_split(eval_split, config, tokenizer.pad_token_id)
     check_token_ids(train_data, vocab, "training")
     check_token_ids(eval_data, vocab, "evaluation")
     return train_data, eval_split, eval_data

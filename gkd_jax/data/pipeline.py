@@ -51,6 +51,18 @@ def pack(
     )
 
 
+def pack_split(split, config, pad_id: int) -> dict[str, np.ndarray]:
+    """`pack` a task's Split (data/task_types.py) to a run's fixed shapes: prompts of
+    config.data.max_prompt_len tokens, completions of config.max_new_tokens."""
+    return pack(
+        split.prompt_ids,
+        split.completion_ids,
+        max_prompt_len=config.data.max_prompt_len,
+        max_completion_len=config.max_new_tokens,
+        pad_id=pad_id,
+    )
+
+
 def encode(
     tokenizer,
     prompts: Sequence[str],
