@@ -108,6 +108,18 @@ def load_teacher(config, workdir: str | None, task, dtype):
     )
 
 
+def teacher_scoring(config, workdir: str | None, task, dtype, fns) -> tuple[dict[str, Any], int]:
+    """(Evaluator keywords, shared vocabulary): for a task without a metric, scored by the
+    model's divergence from the teacher on its own completions, the teacher's parameters and
+    that divergence; ({}, the model's vocabulary) for any other."""
+    if task.metric is not None:
+        return {}, fns.vocab_size
+    teacher_params, teacher_fns = functional_lm(load_teacher(config, workdir, task, dtype))
+    divergence = make_divergence_fn(config, fns, teacher_fns)
+    scoring = dict(teacher_params=teacher_params, divergence=divergence)
+    return scoring, min(fns.vocab_size, teacher_fns.vocab_size)
+
+
 def default_out(workdir: str | None, split: str) -> str:
     return os.path.join(workdir or os.getcwd(), f"eval_{split}")
 
@@ -131,13 +143,7 @@ def evaluate_checkpoint(
     kind, path, workdir = locate_checkpoint(spec)
     out = os.path.abspath(out or default_out(workdir, split))
     os.makedirs(out, exist_ok=True)
-    config = config.copy_and_resolve_references()  # the caller's stays as it was
-    if split == "eval":
-        # Tasks load both splits; data.train_examples caps the training one (arith generates,
-        # paper tasks tokenize that many), which evaluating the eval split does not need.
-        config.data.train_examples = 1
-        if num_examples is not None:
-            config.eval.num_examples = num_examples  # the task loads (or generates) that many
+    config = config_for_split(config, split, num_examples)
     task = get_task(config.task)
     tokenizer, stops = tokenizer_for(config, kind, path, workdir, out)
     validate_config(config, vocab_size=len(tokenizer))
@@ -145,18 +151,10 @@ def evaluate_checkpoint(
     model = load_model(kind, path, spec, dtype)
     params, fns = functional_lm(model)
     log(f"[evaluate] {type(model).__name__} from {path} ({fns.vocab_size} logits)")
-    teacher = None
-    if task.metric is None:  # scored by its divergence from the teacher on its completions
-        teacher = load_teacher(config, workdir, task, dtype)
-        teacher_params, teacher_fns = functional_lm(teacher)
-    vocab = fns.vocab_size if teacher is None else min(fns.vocab_size, teacher_fns.vocab_size)
+    scoring, vocab = teacher_scoring(config, workdir, task, dtype, fns)
 
-    train_split, eval_split = task.load(config, tokenizer, stops, log=log)
-    data_split = eval_split if split == "eval" else train_split
-    n = len(data_split.prompt_ids) if num_examples is None else num_examples
-    d = data_split
-    chosen = Split(d.prompt_ids[:n], d.completion_ids[:n], d.references[:n], d.prompts[:n])
-    data = pipeline.pack_split(chosen, config, tokenizer.pad_token_id)
+    chosen, data = load_split(config, task, tokenizer, stops, split, num_examples)
+    n = num_examples if num_examples is not None else len(chosen.prompts)
     try:
         check_token_ids(data, vocab, split)
     except ValueError as e:
@@ -168,18 +166,14 @@ def evaluate_checkpoint(
 
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     params = sharding.put(params, mesh)
-    scored_by_teacher = {}
-    if teacher is not None:
-        scored_by_teacher = dict(
-            teacher_params=sharding.put(teacher_params, mesh),
-            divergence=make_divergence_fn(config, fns, teacher_fns),
-        )
+    if scoring:
+        scoring["teacher_params"] = sharding.put(scoring["teacher_params"], mesh)
     decoder = make_eval_decoder(
         fns.decoding, config, stop_ids=stops, pad_id=tokenizer.pad_token_id, vocab_size=vocab
     )
     evaluator = Evaluator(
         config, task, tokenizer, chosen, data, mesh, decoders={"model": decoder},
-        seed=config.seed, **scored_by_teacher,
+        seed=config.seed, **scoring,
     )  # fmt: skip
     decoding = describe_decoding(config)
     log(f"[evaluate] {n} {config.task} {split} examples, decoding: {decoding}")
@@ -201,15 +195,42 @@ def evaluate_checkpoint(
         "metrics": scores,
     }
     if distributed.is_main_process():
-        with open(os.path.join(out, "predictions.jsonl"), "w") as f:
-            for p, t, r in zip(chosen.prompts, texts, chosen.references, strict=True):
-                row = {"prompt": p, "prediction": t, "reference": r}
-                f.write(json.dumps(row, default=str) + "\n")
-        with open(os.path.join(out, "metrics.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        write_outputs(out, chosen, texts, summary)
     log(markdown_table(summary))
     log(f"[evaluate] -> {out}/predictions.jsonl, {out}/metrics.json")
     return summary
+
+
+def config_for_split(config, split: str, num_examples: int | None):
+    """A copy of `config` (the caller's stays as it is) that loads no more data than needed."""
+    config = config.copy_and_resolve_references()
+    if split == "eval":
+        # Tasks load both splits; data.train_examples caps the training one (arith generates,
+        # paper tasks tokenize that many), which evaluating the eval split does not need.
+        config.data.train_examples = 1
+        if num_examples is not None:
+            config.eval.num_examples = num_examples  # the task loads (or generates) that many
+    return config
+
+
+def load_split(config, task, tokenizer, stops, split: str, num_examples: int | None):
+    """(Split, packed data) of the first `num_examples` (all: None) examples of `split`."""
+    train_split, eval_split = task.load(config, tokenizer, stops, log=log)
+    d = eval_split if split == "eval" else train_split
+    n = len(d.prompt_ids) if num_examples is None else num_examples
+    chosen = Split(d.prompt_ids[:n], d.completion_ids[:n], d.references[:n], d.prompts[:n])
+    return chosen, pipeline.pack_split(chosen, config, tokenizer.pad_token_id)
+
+
+def write_outputs(out: str, split: Split, texts: list[str], summary: dict[str, Any]) -> None:
+    """OUT/predictions.jsonl (one {"prompt", "prediction", "reference"} per example) and
+    OUT/metrics.json (`summary`)."""
+    with open(os.path.join(out, "predictions.jsonl"), "w") as f:
+        for p, t, r in zip(split.prompts, texts, split.references, strict=True):
+            row = {"prompt": p, "prediction": t, "reference": r}
+            f.write(json.dumps(row, default=str) + "\n")
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump(summary, f, indent=2)
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
