@@ -80,21 +80,17 @@ def train_with_comparisons(
     summary = train(config, workdir)
     compared = {}
     for lmbda in lmbdas:
-        log(f"[compare] the same run at lmbda={lmbda:g}, in {variant_dir(workdir, lmbda)}")
-        variant = train(at_lmbda(config, lmbda, workdir), variant_dir(workdir, lmbda))
+        where = variant_dir(workdir, lmbda)
+        distributed.log(f"[compare] the same run at lmbda={lmbda:g}, in {where}")
+        variant = train(at_lmbda(config, lmbda, workdir), where)
         compared[lmbda] = variant["scores"]["final"]
     if compared:
         summary["compared"] = {f"{k:g}": v for k, v in compared.items()}
         if distributed.is_main_process():  # it wrote results.json
             with open(os.path.join(workdir, "results.json"), "w") as f:
                 json.dump(summary, f, indent=2)
-        log(comparison_table(summary, compared, float(config.gkd.lmbda)))
+        distributed.log(comparison_table(summary, compared, float(config.gkd.lmbda)))
     return summary
-
-
-def log(msg: str) -> None:
-    if distributed.is_main_process():
-        print(msg, flush=True)
 
 
 def comparison_table(summary: dict[str, Any], compared: dict[float, float], lmbda: float) -> str:
