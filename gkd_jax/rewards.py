@@ -101,12 +101,7 @@ def exact_answer(
     NaN or not an integer (an integer string like "80" counts as 80).
     """
     _check_batch(prompts, completions, references, "exact_answer")
-    out = []
-    for completion, reference in zip(completions, references, strict=True):
-        gold = _as_int(reference)
-        answer = arith.extract_answer(_text(completion))
-        out.append(1.0 if gold is not None and answer is not None and answer == gold else 0.0)
-    return _result(out)
+    return _answers_match(completions, references, _as_int, arith.extract_answer)
 
 
 def gsm8k_answer(
@@ -121,10 +116,19 @@ def gsm8k_answer(
     number (an empty completion included) or the reference is None/NaN.
     """
     _check_batch(prompts, completions, references, "gsm8k_answer")
+
+    def gold(reference):
+        return None if _missing(reference) else metrics.gsm8k_answer(str(reference))
+
+    return _answers_match(completions, references, gold, gsm8k_data.gsm8k_prediction)
+
+
+def _answers_match(completions, references, gold_of, answer_of) -> np.ndarray:
+    """1.0 where the completion's answer (`answer_of(text)`) equals the reference's
+    (`gold_of(reference)`), 0.0 where they differ or either is None."""
     out = []
     for completion, reference in zip(completions, references, strict=True):
-        gold = None if _missing(reference) else metrics.gsm8k_answer(str(reference))
-        answer = gsm8k_data.gsm8k_prediction(_text(completion))
+        gold, answer = gold_of(reference), answer_of(_text(completion))
         out.append(1.0 if gold is not None and answer is not None and answer == gold else 0.0)
     return _result(out)
 
