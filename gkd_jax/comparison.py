@@ -67,10 +67,6 @@ def compared_lmbdas(config) -> list[float]:
     return values
 
 
-def check_comparisons(config) -> None:
-    compared_lmbdas(config)
-
-
 def train_with_comparisons(
     config: ml_collections.ConfigDict, workdir: str, train: Callable[..., dict[str, Any]]
 ) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import jax
 import ml_collections
 
 from gkd_jax.beam_search import LENGTH_PENALTIES
-from gkd_jax.comparison import check_comparisons
+from gkd_jax.comparison import compared_lmbdas
 from gkd_jax.data import paper_tasks
 from gkd_jax.data.records import PROMPT_OVERFLOW
 from gkd_jax.data.sources import SOURCES
@@ -86,7 +86,7 @@ def validate_config(config: ml_collections.ConfigDict, *, vocab_size: int | None
     """Raise ValueError for the first bad value; `vocab_size` is the tokenizer's, when known."""
     _one_of("task", config.task, sorted(TASKS))
     _one_of("objective", config.objective, OBJECTIVES)
-    check_comparisons(config)
+    compared_lmbdas(config)  # a comma list of lmbdas, GKD only
     _one_of("dtype", config.dtype, sorted(COMPUTE_DTYPES))
     if config.max_new_tokens < 1:
         _fail("max_new_tokens", config.max_new_tokens, "must be >= 1")

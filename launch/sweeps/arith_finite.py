@@ -76,9 +76,9 @@ def get_runs(arg: str = "") -> list[Run]:
     opts = parse_arg(arg)
     config = f"configs/arith.py:n={N}" + (",smoke" if opts["smoke"] else "")
     # One run per workdir: no supervised-KD comparison run inside each (configs/arith.py's).
-    steps = ("--config.compare_lmbdas=",)
+    common = ("--config.compare_lmbdas=",)
     if not opts["smoke"]:
-        steps += (f"--config.steps={STEPS}", f"--config.batch_size={BATCH}")
+        common += (f"--config.steps={STEPS}", f"--config.batch_size={BATCH}")
     runs = []
     seeds, parts = opts["seeds"], opts["parts"]
     # Run order: the comparison that decides the protocol's question (lmbda 0 vs 1, divergence
@@ -87,12 +87,12 @@ def get_runs(arg: str = "") -> list[Run]:
     if "grid" in parts:
         for p in grid(div=list(DIVERGENCES), lmbda=PAPER_LMBDAS, seed=seeds):
             name = f"lmbda{fmt_lmbda(p['lmbda'])}_{p['div']}_"
-            run = gkd_run(name, p["lmbda"], p["div"], p["seed"], config, *steps)
+            run = gkd_run(name, p["lmbda"], p["div"], p["seed"], config, *common)
             (mixed if p["lmbda"] == 0.5 else runs).append(run)
     if "nsweep" in parts:
         for p in grid(n=NSWEEP, lmbda=(0.0, 1.0), seed=seeds):
             name = f"d{p['n']}_lmbda{fmt_lmbda(p['lmbda'])}_jsd0.5_"
-            flags = (*steps, f"--config.data.train_examples={p['n']}")
+            flags = (*common, f"--config.data.train_examples={p['n']}")
             runs.append(gkd_run(name, p["lmbda"], "jsd0.5", p["seed"], config, *flags,
                                 n_distill=p["n"]))  # fmt: skip
     runs += mixed
@@ -103,7 +103,7 @@ def get_runs(arg: str = "") -> list[Run]:
                     Run(
                         name=f"{PREFIX}_{method}_seed{seed}",
                         config=config,
-                        flags=(*steps, *flags, f"--config.seed={seed}"),
+                        flags=(*common, *flags, f"--config.seed={seed}"),
                         axes={"method": method, "student": f"60k, N={N}", "seed": seed},
                     )
                 )
@@ -111,12 +111,12 @@ def get_runs(arg: str = "") -> list[Run]:
         for seed in seeds:
             for lmbda in (0.0, 1.0):
                 name = f"tT0.1_lmbda{fmt_lmbda(lmbda)}_jsd0.5_"
-                runs.append(gkd_run(name, lmbda, "jsd0.5", seed, config, *steps,
+                runs.append(gkd_run(name, lmbda, "jsd0.5", seed, config, *common,
                                     "--config.gkd.teacher_temperature=0.1",
                                     teacher_temperature=0.1))  # fmt: skip
             for temp in (0.5, 1.5):
                 name = f"sT{temp:g}_lmbda1_jsd0.5_"
-                runs.append(gkd_run(name, 1.0, "jsd0.5", seed, config, *steps,
+                runs.append(gkd_run(name, 1.0, "jsd0.5", seed, config, *common,
                                     f"--config.sampling.temperature={temp:g}",
                                     sampling_temperature=temp))  # fmt: skip
     return runs
