@@ -70,8 +70,9 @@ def test_bad_comparisons_fail_before_training(tmp_path, objective, values, match
 def test_models_the_run_trained_are_the_comparisons_models(tmp_path):
     """A teacher / start made from its recipe in WORKDIR is reused, not trained again."""
     c = base_config()
-    c.teacher.checkpoint, c.teacher.recipe = "", "configs/arith_teacher.py"
-    c.init.checkpoint, c.init.recipe = "builtin:arith/student_sft", "configs/arith_student.py"
+    c.teacher.checkpoint, c.teacher.recipe = "", "configs/arith_sft.py:role=teacher"
+    c.init.checkpoint = "builtin:arith/student_sft"
+    c.init.recipe = "configs/arith_sft.py:role=student"
     variant = comparison.at_lmbda(c, 0.0, str(tmp_path))
     assert variant.teacher.checkpoint == str(tmp_path / "teacher" / "model")
     assert variant.init.checkpoint == "builtin:arith/student_sft"
