@@ -13,12 +13,12 @@ CPU with `,smoke`):
     python make_tiny_hf_models.py --out /tmp/bench-models
     python -m gkd_jax.train --config=configs/chat.py:/tmp/bench-models,smoke --workdir=/tmp/chat
 
-`:DIR` (or `:models=DIR`) reads DIR/student, DIR/teacher and DIR/prompts.jsonl; any field can be set by flag too:
---config.init.checkpoint (the student), --config.teacher.checkpoint, --config.tokenizer,
---config.data.train_file (JSONL, a `datasets.save_to_disk` dir, or hf:NAME). Data are TRL's
-formats: {"messages": [...]} rendered with the tokenizer's chat template (the prompt is every
-turn before the last assistant turn), or {"prompt", "completion"}. The distilled student is
-written to WORKDIR/hf_model in Hugging Face format. Evaluation reports the student's JSD(beta)
+`:DIR` (or `:models=DIR`) reads DIR/student, DIR/teacher and DIR/prompts.jsonl; any field can be
+set by flag too: --config.init.checkpoint (the student), --config.teacher.checkpoint,
+--config.tokenizer, --config.data.train_file (JSONL, a `datasets.save_to_disk` dir, or hf:NAME).
+Data are TRL's formats: {"messages": [...]} rendered with the tokenizer's chat template (the prompt
+is every turn before the last assistant turn), or {"prompt", "completion"}. The distilled student
+is written to WORKDIR/hf_model in Hugging Face format. Evaluation reports the student's JSD(beta)
 from the teacher on its own greedy replies to held-out prompts (lower is better).
 
 Knobs default to TRL's GKDConfig: lmbda 0.5, beta 0.5, sampling temperature 0.9, 128 new tokens.
