@@ -40,9 +40,9 @@ def test_the_run_then_its_comparisons(tmp_path, capsys):
         "0.5": 0.625,
     }
     out = capsys.readouterr().out
-    assert "| student after supervised KD (λ=0) | 0.5000 |" in out
-    assert "| student after mixed (λ=0.5) | 0.6250 |" in out
-    assert "| student after on-policy GKD (λ=1) | 0.7500 |" in out
+    assert "| student after GKD λ=0 (supervised KD) | 0.5000 |" in out
+    assert "| student after GKD λ=0.5 | 0.6250 |" in out
+    assert "| student after GKD λ=1 (on-policy) | 0.7500 |" in out
     assert c.gkd.lmbda == 1.0 and c.compare_lmbdas == "0, 0.5"  # the run's own config
 
 
@@ -99,6 +99,6 @@ def test_real_runs_side_by_side(tmp_path, capsys):
     assert [r["on_policy"] for r in kd_rows if "on_policy" in r] == [0.0, 0.0]
     rows = [line for line in capsys.readouterr().out.splitlines() if "| student after" in line]
     assert rows == [
-        f"| student after supervised KD (λ=0) | {kd['scores']['final']:.4f} |",
-        f"| student after on-policy GKD (λ=1) | {summary['scores']['final']:.4f} |",
+        f"| student after GKD λ=0 (supervised KD) | {kd['scores']['final']:.4f} |",
+        f"| student after GKD λ=1 (on-policy) | {summary['scores']['final']:.4f} |",
     ]
