@@ -75,7 +75,7 @@ def median(xs: list[float]) -> float:
     return round(statistics.median(xs), 4) if xs else 0.0
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="bench-models")
     ap.add_argument("--lmbda", type=float, default=1.0)
@@ -94,8 +94,12 @@ def main() -> None:
     ap.add_argument("--loss-impl", default="full", help="config.gkd.loss_impl (full/chunked/fused)")
     args = ap.parse_args()
     args.models = os.path.abspath(os.path.expanduser(args.models))
-    t_setup = time.perf_counter()
+    return args
 
+
+def setup(args: argparse.Namespace):
+    """What the trainer's setup builds, for the benchmark's config: (config, samplers, train
+    step, train state, teacher params, batch iterator)."""
     config = bench_config(args)
     tokenizer, stops = model_sources.load_or_build_tokenizer(config, "/tmp/gkd-step-bench")
     validate_config(config, vocab_size=len(tokenizer))  # what train_and_evaluate checks first
@@ -118,10 +122,14 @@ def main() -> None:
     tx = optim.make_optimizer(config)
     train_step = step_lib.make_train_step(config, student_fns, teacher_fns, tx)
     state = {"params": params, "opt_state": tx.init(params), "step": np.int32(0)}
-    base_key = jax.random.key(config.seed)
     data_iter = pipeline.batches(data, config.batch_size, config.seed)
-    setup_s = time.perf_counter() - t_setup
+    return config, samplers, train_step, state, teacher_params, data_iter
 
+
+def time_steps(config, samplers, train_step, state, teacher_params, data_iter):
+    """config.steps GKD steps, each timed: (step_s, cpu_s, sample_s, update_s, sampled tokens per
+    example) lists, and the last step's metrics."""
+    base_key = jax.random.key(config.seed)
     step_s, cpu_s, sample_s, update_s, sampled = [], [], [], [], []
     for step in range(config.steps):
         batch = {k: jax.device_put(v) for k, v in next(data_iter).items()}
@@ -149,7 +157,15 @@ def main() -> None:
         sample_s.append(t1 - t0)
         update_s.append(t2 - t1)
         sampled.append(float(np.asarray(completion_mask).sum(1).mean()))
+    return (step_s, cpu_s, sample_s, update_s, sampled), m
 
+
+def main() -> None:
+    args = parse_args()
+    t_setup = time.perf_counter()
+    config, *built = setup(args)
+    setup_s = time.perf_counter() - t_setup
+    (step_s, cpu_s, sample_s, update_s, sampled), m = time_steps(config, *built)
     w = args.warmup
     med = statistics.median(step_s[w:])
     print(

@@ -64,7 +64,7 @@ def matmul_params(params) -> tuple[int, int]:
     return layers, head
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="bench-models")
     ap.add_argument("--batch", type=int, default=8)
@@ -77,9 +77,14 @@ def main() -> None:
     args = ap.parse_args()
     args.models = os.path.abspath(os.path.expanduser(args.models))
     args.lmbda, args.beta, args.steps, args.warmup = 1.0, 0.5, 1, 0
+    args.max_prompt_len = args.prompt_len
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     global ONLY
     ONLY = set(args.only.split(",")) if args.only else None
-    args.max_prompt_len = args.prompt_len
     config = bench_config(args)
     dtype = jnp.float32 if args.dtype == "float32" else jnp.bfloat16
     student = model_sources.obtain_model(config.init, "", "init", dtype)

@@ -8,14 +8,14 @@ epochs), as the paper distills GSM8K on the set its models were fine-tuned on. T
 on-policy (lmbda 1), then supervised KD (lmbda 0) from the same start for the same steps in
 WORKDIR/compare_lmbda0, and prints both (~3-4 min on a 2-core CPU; --config.compare_lmbdas=
 skips the comparison). The models ship in the package (`builtin:arith/n2000/...`, made by
-configs/arith_teacher.py:n=2000 and configs/arith_student.py:n=2000); to make them in the workdir
+configs/arith_sft.py:role=teacher,n=2000 and :role=student,n=2000); to make them in the workdir
 first (~30 min more): --config.teacher.checkpoint= --config.init.checkpoint=
 
 `:arg` (a comma list):
   n=N          the training set: the first N problems of training seed 0, on which the teacher
                and the SFT student were fine-tuned and which distillation reuses epoch after
                epoch (default 2000). Models: `builtin:arith/nN/...` where shipped, else trained
-               in the workdir first by `arith_teacher.py:n=N` / `arith_student.py:n=N`.
+               in the workdir first by `arith_sft.py:role=teacher,n=N` / `:role=student,n=N`.
   n=unlimited  the models trained on 20,000 problems (`builtin:arith/{teacher,student_sft}`);
                distillation on 20,000 problems drawn with the run's seed, every target nearly
                new (README "Results on arith with unlimited data").
@@ -28,10 +28,10 @@ Knobs as in the paper / TRL: --config.gkd.lmbda (student data fraction), --confi
 
 import os
 
+from gkd_jax.config_arg import Option, flag, parse_arg, positive_int_or_unlimited
 from gkd_jax.config_defaults import (
     ARITH_STUDENT,
     ARITH_TEACHER,
-    arith_options,
     base_config,
     finite_training_set,
     model_source,
@@ -41,23 +41,28 @@ from gkd_jax.resources import resolve_path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_N = 2000  # README "Results on arith: the paper's data regime"
+OPTIONS = {
+    "n": Option(positive_int_or_unlimited, DEFAULT_N, values="N|unlimited"),
+    "smoke": flag(),
+}
 
 
-def shipped_or_recipe(name: str, n: int | None, recipe: str) -> tuple[str, str]:
+def shipped_or_recipe(name: str, n: int | None, role: str) -> tuple[str, str]:
     """(checkpoint, recipe) of one of the arith models for training set size n."""
-    recipe = os.path.join(HERE, recipe) + (f":n={n}" if n is not None else "")
+    recipe = os.path.join(HERE, "arith_sft.py") + f":role={role}"
+    recipe += f",n={n}" if n is not None else ""
     shipped = f"builtin:arith/{name}" if n is None else f"builtin:arith/n{n}/{name}"
     return (shipped if os.path.isdir(resolve_path(shipped)) else ""), recipe
 
 
 def get_config(arg: str = ""):
-    opts = arith_options(arg, default_n=DEFAULT_N)
+    opts = parse_arg(arg, OPTIONS, what="arith config")
     n = opts["n"]
     c = base_config()
     c.objective = "gkd"
     c.model.update(ARITH_STUDENT)
-    c.teacher = model_source(*shipped_or_recipe("teacher", n, "arith_teacher.py"), **ARITH_TEACHER)
-    c.init = model_source(*shipped_or_recipe("student_sft", n, "arith_student.py"))
+    c.teacher = model_source(*shipped_or_recipe("teacher", n, "teacher"), **ARITH_TEACHER)
+    c.init = model_source(*shipped_or_recipe("student_sft", n, "student"))
     finite_training_set(c, n)
     c.steps = 300
     c.batch_size = 64
@@ -70,7 +75,7 @@ def get_config(arg: str = ""):
     if opts["smoke"]:
         c.compare_lmbdas = ""
         c.teacher.checkpoint = c.init.checkpoint = ""  # made in the workdir by their recipes
-        c.teacher.recipe += ":smoke" if n is None else ",smoke"
-        c.init.recipe += ":smoke" if n is None else ",smoke"
+        c.teacher.recipe += ",smoke"
+        c.init.recipe += ",smoke"
         shrink_for_smoke(c)
     return c

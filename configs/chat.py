@@ -13,12 +13,12 @@ CPU with `,smoke`):
     python make_tiny_hf_models.py --out /tmp/bench-models
     python -m gkd_jax.train --config=configs/chat.py:/tmp/bench-models,smoke --workdir=/tmp/chat
 
-`:DIR` reads DIR/student, DIR/teacher and DIR/prompts.jsonl; any field can be set by flag too:
---config.init.checkpoint (the student), --config.teacher.checkpoint, --config.tokenizer,
---config.data.train_file (JSONL, a `datasets.save_to_disk` dir, or hf:NAME). Data are TRL's
-formats: {"messages": [...]} rendered with the tokenizer's chat template (the prompt is every
-turn before the last assistant turn), or {"prompt", "completion"}. The distilled student is
-written to WORKDIR/hf_model in Hugging Face format. Evaluation reports the student's JSD(beta)
+`:DIR` (or `:models=DIR`) reads DIR/student, DIR/teacher and DIR/prompts.jsonl; any field can be
+set by flag too: --config.init.checkpoint (the student), --config.teacher.checkpoint,
+--config.tokenizer, --config.data.train_file (JSONL, a `datasets.save_to_disk` dir, or hf:NAME).
+Data are TRL's formats: {"messages": [...]} rendered with the tokenizer's chat template (the prompt
+is every turn before the last assistant turn), or {"prompt", "completion"}. The distilled student
+is written to WORKDIR/hf_model in Hugging Face format. Evaluation reports the student's JSD(beta)
 from the teacher on its own greedy replies to held-out prompts (lower is better).
 
 Knobs default to TRL's GKDConfig: lmbda 0.5, beta 0.5, sampling temperature 0.9, 128 new tokens.
@@ -26,7 +26,10 @@ Knobs default to TRL's GKDConfig: lmbda 0.5, beta 0.5, sampling temperature 0.9,
 
 import os
 
+from gkd_jax.config_arg import directory, flag, parse_arg
 from gkd_jax.config_defaults import base_config, model_source, shrink_for_smoke
+
+OPTIONS = {"models": directory(), "smoke": flag()}  # a bare DIR is models=DIR
 
 
 def get_config(arg: str = ""):
@@ -53,16 +56,12 @@ def get_config(arg: str = ""):
     c.optim.weight_decay = 0.0
     c.dtype = "bfloat16"
 
-    parts = [p for p in arg.split(",") if p]
-    smoke = "smoke" in parts
-    for part in parts:
-        if part == "smoke":
-            continue
-        models = os.path.abspath(os.path.expanduser(part))
-        c.init.checkpoint = c.tokenizer = os.path.join(models, "student")
-        c.teacher.checkpoint = os.path.join(models, "teacher")
-        c.data.train_file = os.path.join(models, "prompts.jsonl")
-    if smoke:
+    opts = parse_arg(arg, OPTIONS, what="chat config", positional="models")
+    if opts["models"]:
+        c.init.checkpoint = c.tokenizer = os.path.join(opts["models"], "student")
+        c.teacher.checkpoint = os.path.join(opts["models"], "teacher")
+        c.data.train_file = os.path.join(opts["models"], "prompts.jsonl")
+    if opts["smoke"]:
         shrink_for_smoke(c)
         c.batch_size, c.eval.num_examples, c.eval.batch_size = 8, 16, 16
         c.max_new_tokens, c.data.max_prompt_len = 48, 48

@@ -4,7 +4,8 @@ FLAN-T5 students (google/flan-t5-{small,base,large}) distilled from a FLAN-T5-XL
 answer on the test split (GSM8K has no validation split), 4-shot chain-of-thought prompt
 (gkd_jax/data/gsm8k_prompt.py), greedy decoding.
 
-The recipe, three stages (W = one directory for all runs, as launch/sweeps/gsm8k.py lays it out):
+The recipe, three stages (W = one directory for all runs, as the sweep of launch/sweeps/paper.py
+lays it out):
 
     W=/mnt/gkd/gsm8k
     # 1. SFT the teacher and the student on the task

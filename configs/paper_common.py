@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from gkd_jax import config_arg
 from gkd_jax.config_defaults import base_config
 
 SIZES = ("small", "base", "large", "xl")
@@ -34,6 +35,18 @@ STAGES = ("gkd", "sft_student", "sft_teacher")
 # The accelerator the docstrings' runtimes are estimated for: one H100 SXM, bf16 dense peak.
 H100_FLOPS, H100_BYTES_PER_S, MFU = 989e12, 3.35e12, 0.4
 DECODE_STEP_FLOOR_S = 1e-3  # assumed least time of one batched decoder step (launch latency)
+OPTIONS = {  # the `:arg` above; a bare size is the student
+    "student": config_arg.choice(*SIZES),  # None: small (the teacher's size for sft_teacher)
+    "teacher": config_arg.choice(*SIZES, default="xl"),
+    # checked by divergence(), kept as written (the name the sweeps and figures use)
+    "div": config_arg.Option(lambda v: (divergence(v), v)[1], "jsd0.9", values="fkl|rkl|tv|jsdB"),
+    "lmbda": config_arg.number(1.0),
+    "stage": config_arg.choice(*STAGES, default="gkd", aliases={"sft": "sft_student"}),
+    "runs": config_arg.directory(),
+    "models": config_arg.directory(),
+    "data": config_arg.directory(),
+    "smoke": config_arg.flag(),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,39 +69,7 @@ class Recipe:
 
 
 def parse_arg(arg: str) -> dict:
-    opts = dict(student=None, teacher="xl", div="jsd0.9", lmbda=1.0, stage="gkd",
-                runs="", models="", data="", smoke=False)  # fmt: skip
-    for part in [p.strip() for p in arg.split(",") if p.strip()]:
-        key, eq, value = part.partition("=")
-        if not eq:
-            if part == "smoke":
-                opts["smoke"] = True
-            elif part in SIZES:
-                opts["student"] = part
-            else:
-                raise ValueError(f"config arg part {part!r}: expected smoke, a size or KEY=VALUE")
-        elif key in ("student", "teacher"):
-            if value not in SIZES:
-                raise ValueError(f"config arg {key}={value!r}: must be one of {list(SIZES)}")
-            opts[key] = value
-        elif key == "div":
-            divergence(value)  # fails early on a bad name
-            opts["div"] = value
-        elif key == "lmbda":
-            opts["lmbda"] = float(value)
-        elif key == "stage":
-            value = "sft_student" if value == "sft" else value
-            if value not in STAGES:
-                raise ValueError(f"config arg stage={value!r}: must be one of {[*STAGES, 'sft']}")
-            opts["stage"] = value
-        elif key in ("runs", "models", "data"):
-            opts[key] = os.path.abspath(os.path.expanduser(value))
-        else:
-            raise ValueError(
-                f"config arg part {part!r}: unknown key {key!r} (student, teacher, div, lmbda, "
-                "stage, runs, models, data, smoke); set other fields with --config.FIELD=VALUE"
-            )
-    return opts
+    return config_arg.parse_arg(arg, OPTIONS, what="config", positional="student")
 
 
 def divergence(name: str) -> tuple[str, float | None]:
@@ -102,7 +83,7 @@ def divergence(name: str) -> tuple[str, float | None]:
             beta = -1.0
         if 0.0 < beta < 1.0:
             return "jsd", beta
-    raise ValueError(f"config arg div={name!r}: use fkl, rkl, tv or jsdB with 0 < B < 1")
+    raise ValueError("use fkl, rkl, tv or jsdB with 0 < B < 1")
 
 
 def model_dir(recipe: Recipe, opts: dict, size: str) -> str:

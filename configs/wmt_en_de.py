@@ -3,8 +3,8 @@ A): T5 v1.1 LM-adapted students (google/t5-{small,base,large}-lm-adapt) distille
 teacher (google/t5-xl-lm-adapt), each first fine-tuned on the task. BLEU (sacrebleu, corpus) on
 the validation split, decoded by beam search (4 beams).
 
-The recipe, three stages (W = one directory for all runs, as launch/sweeps/wmt_en_de.py lays
-it out):
+The recipe, three stages (W = one directory for all runs, as the sweep of launch/sweeps/paper.py
+lays it out):
 
     W=/mnt/gkd/wmt_en_de
     # 1. SFT the teacher and the student on the task

@@ -2,7 +2,8 @@
 LM-adapted students (google/t5-{small,base,large}-lm-adapt) distilled from a T5-XL teacher
 (google/t5-xl-lm-adapt), each first fine-tuned on XSum. ROUGE-2 on the validation split.
 
-The recipe, three stages (W = one directory for all runs, as launch/sweeps/xsum.py lays it out):
+The recipe, three stages (W = one directory for all runs, as the sweep of launch/sweeps/paper.py
+lays it out):
 
     W=/mnt/gkd/xsum
     # 1. SFT the teacher and the student on the task

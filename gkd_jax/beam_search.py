@@ -151,6 +151,51 @@ def _reorder_state(state: Any, src: jax.Array, skip: list[bool]) -> Any:
     return jax.tree.unflatten(treedef, [gather(x, s) for x, s in zip(leaves, skip, strict=True)])
 
 
+def _initial_state(b: int, k: int, n: int, pad_id: int, logits: jax.Array, state: Any):
+    """Before the first step: no tokens, no finished hypotheses, every example open. Only beam 0
+    starts alive, so the first step does not pick the same token K times."""
+    alive_scores = jnp.tile(jnp.where(jnp.arange(k) == 0, 0.0, _NEG), (b, 1))  # [B, K]
+    return _BeamState(
+        step=jnp.zeros((), jnp.int32),
+        alive_tokens=jnp.full((b, k, n), pad_id, jnp.int32),
+        alive_scores=alive_scores.astype(jnp.float32),
+        fin_tokens=jnp.full((b, k, n), pad_id, jnp.int32),
+        fin_lengths=jnp.zeros((b, k), jnp.int32),
+        fin_scores=jnp.full((b, k), _NEG, jnp.float32),
+        fin_real=jnp.zeros((b, k), bool),
+        open=jnp.ones((b,), bool),
+        all_stopped=jnp.zeros((), bool),
+        logits=logits,
+        state=state,
+    )
+
+
+def _merge_finished(
+    s: _BeamState,
+    penalized: jax.Array,
+    cand_tokens: jax.Array,
+    finishes: jax.Array,
+    cfg: BeamSearchConfig,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Step 3: the candidates that finish (`finishes` [B, C]: stopped, among the top K; their
+    penalized scores [B, C], tokens [B, C, N]) merged into the K best finished hypotheses of
+    open examples. Returns the new (fin_scores, fin_tokens, fin_lengths, fin_real)."""
+    (b, k), c = s.fin_scores.shape, penalized.shape[1]
+    new = penalized + (~s.open[:, None]).astype(jnp.float32) * _NEG
+    if cfg.early_stopping is True:
+        full = jnp.all(s.fin_real, axis=1, keepdims=True)  # [B, 1]
+        new = new + full.astype(jnp.float32) * _NEG
+    new = new + (~finishes).astype(jnp.float32) * _NEG
+    merged_scores = jnp.concatenate([s.fin_scores, new], axis=1)  # [B, K + C]
+    fin_scores, keep = jax.lax.top_k(merged_scores, k)
+    both = jnp.concatenate([s.fin_tokens, cand_tokens], axis=1)  # [B, K + C, N]
+    fin_tokens = _gather_rows(both, keep)
+    lengths = jnp.concatenate([s.fin_lengths, jnp.full((b, c), s.step + 1, jnp.int32)], axis=1)
+    fin_lengths = jnp.take_along_axis(lengths, keep, axis=1)
+    fin_real = jnp.take_along_axis(jnp.concatenate([s.fin_real, finishes], 1), keep, axis=1)
+    return fin_scores, fin_tokens, fin_lengths, fin_real
+
+
 def beam_search(
     decoding: Decoding,
     params: Any,
@@ -195,21 +240,9 @@ def beam_search(
         alive_tokens = _gather_rows(cand_tokens, pick)  # [B, K, N]
         src = jnp.take_along_axis(cand_beam, pick, axis=1)  # [B, K] parent beams
 
-        # Finished hypotheses: the stopped among the top K candidates, merged into the K best.
-        new = cand_scores / penalties[t]
-        new = new + (~s.open[:, None]).astype(jnp.float32) * _NEG
-        if cfg.early_stopping is True:
-            full = jnp.all(s.fin_real, axis=1, keepdims=True)  # [B, 1]
-            new = new + full.astype(jnp.float32) * _NEG
         finishes = stopped & top_k_mask[None]
-        new = new + (~finishes).astype(jnp.float32) * _NEG
-        merged_scores = jnp.concatenate([s.fin_scores, new], axis=1)  # [B, K + C]
-        fin_scores, keep = jax.lax.top_k(merged_scores, k)
-        both = jnp.concatenate([s.fin_tokens, cand_tokens], axis=1)  # [B, K + C, N]
-        fin_tokens = _gather_rows(both, keep)
-        lengths = jnp.concatenate([s.fin_lengths, jnp.full((b, c), t + 1, jnp.int32)], axis=1)
-        fin_lengths = jnp.take_along_axis(lengths, keep, axis=1)
-        fin_real = jnp.take_along_axis(jnp.concatenate([s.fin_real, finishes], 1), keep, axis=1)
+        fin = _merge_finished(s, cand_scores / penalties[t], cand_tokens, finishes, cfg)
+        fin_scores, fin_tokens, fin_lengths, fin_real = fin
 
         # Can the best alive beam still beat the worst finished one?
         bound = penalties[n - 1] if bound_at_max else penalties[t]
@@ -234,22 +267,7 @@ def beam_search(
             state=state,
         )
 
-    # Only beam 0 starts alive, so the first step does not pick the same token K times.
-    alive_scores = jnp.tile(jnp.where(jnp.arange(k) == 0, 0.0, _NEG), (b, 1))  # [B, K]
-    init = _BeamState(
-        step=jnp.zeros((), jnp.int32),
-        alive_tokens=jnp.full((b, k, n), cfg.pad_id, jnp.int32),
-        alive_scores=alive_scores.astype(jnp.float32),
-        fin_tokens=jnp.full((b, k, n), cfg.pad_id, jnp.int32),
-        fin_lengths=jnp.zeros((b, k), jnp.int32),
-        fin_scores=jnp.full((b, k), _NEG, jnp.float32),
-        fin_real=jnp.zeros((b, k), bool),
-        open=jnp.ones((b,), bool),
-        all_stopped=jnp.zeros((), bool),
-        logits=logits,
-        state=state,
-    )
-    final = jax.lax.while_loop(cond, body, init)
+    final = jax.lax.while_loop(cond, body, _initial_state(b, k, n, cfg.pad_id, logits, state))
     # Finished slots are sorted: slot 0 is the best hypothesis.
     mask = jnp.arange(n)[None, :] < final.fin_lengths[:, :1]  # [B, N]
     tokens = jnp.where(mask, final.fin_tokens[:, 0], cfg.pad_id)

@@ -19,12 +19,15 @@ import ml_collections
 
 from gkd_jax import distributed
 
-LABELS = {0.0: "supervised KD", 1.0: "on-policy GKD"}
+# What lmbda 0 and 1 are called wherever a run is labelled by its lmbda: this comparison's table
+# and launch/collect.py's tables and figures.
+LMBDA_NAMES = {0.0: "supervised KD", 1.0: "on-policy"}
 
 
 def lmbda_label(lmbda: float) -> str:
-    name = LABELS.get(lmbda, "mixed")
-    return f"{name} (λ={lmbda:g})"
+    """'λ=0 (supervised KD)', 'λ=0.5', 'λ=1 (on-policy)'."""
+    name = LMBDA_NAMES.get(lmbda)
+    return f"λ={lmbda:g}" + (f" ({name})" if name else "")
 
 
 def variant_dir(workdir: str, lmbda: float) -> str:
@@ -93,7 +96,7 @@ def comparison_table(summary: dict[str, Any], compared: dict[float, float], lmbd
     metric, scores = summary["metric"], summary["scores"]
     rows = [("teacher", scores.get("teacher")), ("student (start)", scores.get("start"))]
     finals = {**compared, lmbda: scores["final"]}
-    rows += [(f"student after {lmbda_label(k)}", v) for k, v in sorted(finals.items())]
+    rows += [(f"student after GKD {lmbda_label(k)}", v) for k, v in sorted(finals.items())]
     lines = [f"| model | {metric} |", "|---|---|"]
     lines += [f"| {name} | {value:.4f} |" for name, value in rows if value is not None]
     head = f"The same {summary['steps']} steps from the same start, by lmbda:"

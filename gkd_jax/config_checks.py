@@ -67,7 +67,7 @@ def _boolean(field: str, value) -> None:
         _fail(field, value, "must be True or False")
 
 
-def _check_model(prefix: str, m) -> None:
+def check_model_shape(prefix: str, m) -> None:
     """The shape fields of a model built or loaded from our own checkpoints."""
     for field in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads"):
         _integer_at_least(f"{prefix}.{field}", m[field], 1)
@@ -83,33 +83,55 @@ def _check_model(prefix: str, m) -> None:
 
 
 def validate_config(config: ml_collections.ConfigDict, *, vocab_size: int | None = None) -> None:
-    """Raise ValueError for the first bad value; `vocab_size` is the tokenizer's, when known."""
+    """Raise ValueError for the first bad value; `vocab_size` is the tokenizer's, when known.
+    One checker per section of the config, in this order."""
+    devices = jax.device_count()
+    check_run(config, devices)
+    check_checkpoint(config)
+    check_log(config)
+    check_gkd(config)
+    check_sampling(config)
+    check_export(config)
+    check_data(config)
+    check_eval(config, devices)
+    check_optim(config)
+    check_models(config, vocab_size)
+
+
+def check_run(config: ml_collections.ConfigDict, devices: int) -> None:
+    """The top-level fields: task, objective, dtype, steps and batch shape, mesh, seed."""
     _one_of("task", config.task, sorted(TASKS))
     _one_of("objective", config.objective, OBJECTIVES)
     compared_lmbdas(config)  # a comma list of lmbdas, GKD only
     _one_of("dtype", config.dtype, sorted(COMPUTE_DTYPES))
     if config.max_new_tokens < 1:
         _fail("max_new_tokens", config.max_new_tokens, "must be >= 1")
-    for field in ("steps", "batch_size", "grad_accum", "log_every", "data.max_prompt_len"):
+    for field in ("steps", "batch_size", "grad_accum", "log_every"):
         value = _get(config, field)
         if int(value) < 1:
             _fail(field, value, "must be >= 1")
-    devices = jax.device_count()
     if config.batch_size % (config.grad_accum * devices):
         _fail(
             "batch_size",
             config.batch_size,
             f"must be divisible by grad_accum ({config.grad_accum}) x devices ({devices})",
         )
-    if config.eval.batch_size % devices:
-        _fail("eval.batch_size", config.eval.batch_size, f"must be divisible by {devices} devices")
     _one_of("sft_reduction", config.sft_reduction, REDUCTIONS)
     mesh_shape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices)
     _integer_at_least("max_nonfinite_steps", config.max_nonfinite_steps, 1)
     _integer_at_least("stop_after_steps", config.stop_after_steps, 0, "(0 = off)")
+    _integer_at_least("seed", config.seed, 0)
+    if not 0.0 <= config.dropout_rate < 1.0:
+        _fail("dropout_rate", config.dropout_rate, "must be in [0, 1)")
+
+
+def check_checkpoint(config: ml_collections.ConfigDict) -> None:
     every = config.checkpoint.every_steps
     _integer_at_least("checkpoint.every_steps", every, 0, "(0 = only at the end)")
     _integer_at_least("checkpoint.keep", config.checkpoint.keep, 1)
+
+
+def check_log(config: ml_collections.ConfigDict) -> None:
     project = config.log.wandb_project
     if not isinstance(project, str) or any(c in project for c in WANDB_FORBIDDEN):
         _fail(
@@ -117,54 +139,83 @@ def validate_config(config: ml_collections.ConfigDict, *, vocab_size: int | None
             project,
             f"must be a W&B project name (none of {WANDB_FORBIDDEN}) or ''",
         )
-    _positive("optim.learning_rate", config.optim.learning_rate)
-    if config.objective == "gkd":
-        g = config.gkd
-        _in_unit_interval("gkd.lmbda", g.lmbda)
-        _in_unit_interval("gkd.beta", g.beta)
-        _one_of("gkd.divergence", g.divergence, DIVERGENCES)
-        _one_of("gkd.lmbda_schedule", g.lmbda_schedule, LMBDA_SCHEDULES)
-        _one_of("gkd.reduction", g.reduction, REDUCTIONS)
-        _one_of("gkd.lmbda_mode", g.lmbda_mode, LMBDA_MODES)
-        _one_of("gkd.loss_impl", g.loss_impl, LOSS_IMPLS)
-        if g.loss_impl != "full" and g.divergence not in LOSS_FORM_DIVERGENCES:
-            _fail(
-                "gkd.loss_impl",
-                g.loss_impl,
-                f"supports gkd.divergence in {list(LOSS_FORM_DIVERGENCES)} only, not "
-                f"{g.divergence!r}: use loss_impl='full'",
-            )
-        _integer_at_least("gkd.loss_chunk", g.loss_chunk, 0, "(0 = default)")
-        hf = is_hf_source(config.teacher.checkpoint) or is_hf_source(config.init.checkpoint)
-        if not hf and config.teacher.model.vocab_size != config.model.vocab_size:
-            _fail(
-                "teacher.model.vocab_size",
-                config.teacher.model.vocab_size,
-                f"differs from the student's config.model.vocab_size={config.model.vocab_size}:"
-                " teacher and student must share one vocabulary",
-            )
-        _positive("gkd.teacher_temperature", g.teacher_temperature)
-        _positive("gkd.loss_temperature", g.loss_temperature)
-        _positive("sampling.temperature", config.sampling.temperature)
-        if config.sampling.top_k < 0:
-            _fail("sampling.top_k", config.sampling.top_k, "must be >= 0 (0 = off)")
-        if not 0.0 < config.sampling.top_p <= 1.0:
-            _fail("sampling.top_p", config.sampling.top_p, "must be in (0, 1] (1 = off)")
+
+
+def check_gkd(config: ml_collections.ConfigDict) -> None:
+    """config.gkd (GKD runs only, but for gkd.seq_kd) and the teacher's vocabulary."""
+    _boolean("gkd.seq_kd", config.gkd.seq_kd)
+    if config.objective != "gkd":
+        return
+    g = config.gkd
+    _in_unit_interval("gkd.lmbda", g.lmbda)
+    _in_unit_interval("gkd.beta", g.beta)
+    _one_of("gkd.divergence", g.divergence, DIVERGENCES)
+    _one_of("gkd.lmbda_schedule", g.lmbda_schedule, LMBDA_SCHEDULES)
+    _one_of("gkd.reduction", g.reduction, REDUCTIONS)
+    _one_of("gkd.lmbda_mode", g.lmbda_mode, LMBDA_MODES)
+    _one_of("gkd.loss_impl", g.loss_impl, LOSS_IMPLS)
+    if g.loss_impl != "full" and g.divergence not in LOSS_FORM_DIVERGENCES:
+        _fail(
+            "gkd.loss_impl",
+            g.loss_impl,
+            f"supports gkd.divergence in {list(LOSS_FORM_DIVERGENCES)} only, not "
+            f"{g.divergence!r}: use loss_impl='full'",
+        )
+    _integer_at_least("gkd.loss_chunk", g.loss_chunk, 0, "(0 = default)")
+    hf = is_hf_source(config.teacher.checkpoint) or is_hf_source(config.init.checkpoint)
+    if not hf and config.teacher.model.vocab_size != config.model.vocab_size:
+        _fail(
+            "teacher.model.vocab_size",
+            config.teacher.model.vocab_size,
+            f"differs from the student's config.model.vocab_size={config.model.vocab_size}:"
+            " teacher and student must share one vocabulary",
+        )
+    _positive("gkd.teacher_temperature", g.teacher_temperature)
+    _positive("gkd.loss_temperature", g.loss_temperature)
+
+
+def check_sampling(config: ml_collections.ConfigDict) -> None:
+    """config.sampling: top_k an integer always; the rest for GKD runs, which sample."""
+    s = config.sampling
+    if not isinstance(s.top_k, int) or isinstance(s.top_k, bool):
+        _fail("sampling.top_k", s.top_k, "must be an integer >= 0 (0 = off)")
+    if config.objective != "gkd":
+        return
+    _positive("sampling.temperature", s.temperature)
+    if s.top_k < 0:
+        _fail("sampling.top_k", s.top_k, "must be >= 0 (0 = off)")
+    if not 0.0 < s.top_p <= 1.0:
+        _fail("sampling.top_p", s.top_p, "must be in (0, 1] (1 = off)")
+
+
+def check_export(config: ml_collections.ConfigDict) -> None:
     _one_of("export.dtype", config.export.dtype, sorted(SAVE_DTYPES))
-    for field in ("data.strict", "export.hf", "gkd.seq_kd"):
-        _boolean(field, _get(config, field))
+    _boolean("export.hf", config.export.hf)
+
+
+def check_data(config: ml_collections.ConfigDict) -> None:
+    d = config.data
+    if int(d.max_prompt_len) < 1:
+        _fail("data.max_prompt_len", d.max_prompt_len, "must be >= 1")
+    _boolean("data.strict", d.strict)
     paper = config.task in paper_tasks.DATASETS  # these also cut a prompt's end
     overflow = paper_tasks.PROMPT_OVERFLOW if paper else PROMPT_OVERFLOW
-    _one_of("data.prompt_overflow", config.data.prompt_overflow, overflow)
-    _one_of("data.source", config.data.source, ("", *SOURCES))
+    _one_of("data.prompt_overflow", d.prompt_overflow, overflow)
+    _one_of("data.source", d.source, ("", *SOURCES))
     if paper:
         paper_tasks.check_config(config)  # source vs train_file / eval_file
-    for field in ("seed", "data.eval_seed", "optim.warmup_steps", "eval.every_steps"):
-        _integer_at_least(field, _get(config, field), 0)
-    _integer_at_least("data.train_seed", config.data.train_seed, -1, "(-1 = config.seed)")
-    for field in ("data.train_examples", "eval.num_examples", "eval.batch_size"):
-        _integer_at_least(field, _get(config, field), 1)
+    _integer_at_least("data.eval_seed", d.eval_seed, 0)
+    _integer_at_least("data.train_seed", d.train_seed, -1, "(-1 = config.seed)")
+    _integer_at_least("data.train_examples", d.train_examples, 1)
+
+
+def check_eval(config: ml_collections.ConfigDict, devices: int) -> None:
     e = config.eval
+    _integer_at_least("eval.every_steps", e.every_steps, 0)
+    for field in ("num_examples", "batch_size"):
+        _integer_at_least(f"eval.{field}", e[field], 1)
+    if e.batch_size % devices:
+        _fail("eval.batch_size", e.batch_size, f"must be divisible by {devices} devices")
     _one_of("eval.decoding", e.decoding, DECODINGS)
     _integer_at_least("eval.beam_size", e.beam_size, 1)
     lp = e.length_penalty
@@ -173,12 +224,15 @@ def validate_config(config: ml_collections.ConfigDict, *, vocab_size: int | None
     _one_of("eval.length_penalty_form", e.length_penalty_form, LENGTH_PENALTIES)
     _one_of("eval.early_stopping", e.early_stopping, sorted(EARLY_STOPPING))
     _positive("eval.temperature", e.temperature)
-    if not isinstance(config.sampling.top_k, int) or isinstance(config.sampling.top_k, bool):
-        _fail("sampling.top_k", config.sampling.top_k, "must be an integer >= 0 (0 = off)")
+
+
+def check_optim(config: ml_collections.ConfigDict) -> None:
     o = config.optim
-    for field in ("optim.b1", "optim.b2"):
-        if not 0.0 <= _get(config, field) < 1.0:
-            _fail(field, _get(config, field), "must be in [0, 1)")
+    _positive("optim.learning_rate", o.learning_rate)
+    _integer_at_least("optim.warmup_steps", o.warmup_steps, 0)
+    for field in ("b1", "b2"):
+        if not 0.0 <= o[field] < 1.0:
+            _fail(f"optim.{field}", o[field], "must be in [0, 1)")
     _in_unit_interval("optim.final_lr_fraction", o.final_lr_fraction)
     if not o.grad_clip >= 0:
         _fail("optim.grad_clip", o.grad_clip, "must be >= 0 (0 = no clipping)")
@@ -187,15 +241,18 @@ def validate_config(config: ml_collections.ConfigDict, *, vocab_size: int | None
     _integer_at_least("optim.cooldown_steps", o.cooldown_steps, 0, "(0 = no cooldown)")
     if o.cooldown_steps > config.steps:
         _fail("optim.cooldown_steps", o.cooldown_steps, f"must be <= steps ({config.steps})")
-    if not 0.0 <= config.dropout_rate < 1.0:
-        _fail("dropout_rate", config.dropout_rate, "must be in [0, 1)")
     if not o.weight_decay >= 0:
         _fail("optim.weight_decay", o.weight_decay, "must be >= 0")
-    if not is_hf_source(config.init.checkpoint):
-        _check_model("model", config.model)
-    if config.objective == "gkd" and not is_hf_source(config.teacher.checkpoint):
-        _check_model("teacher.model", config.teacher.model)
+
+
+def check_models(config: ml_collections.ConfigDict, vocab_size: int | None) -> None:
+    """The student's and (GKD) the teacher's shapes, unless they come from Hugging Face; the
+    student's vocabulary holds the tokenizer's (`vocab_size`, when known)."""
     student_hf = is_hf_source(config.init.checkpoint)
+    if not student_hf:
+        check_model_shape("model", config.model)
+    if config.objective == "gkd" and not is_hf_source(config.teacher.checkpoint):
+        check_model_shape("teacher.model", config.teacher.model)
     if vocab_size is not None and not student_hf and config.model.vocab_size < vocab_size:
         _fail(
             "model.vocab_size",

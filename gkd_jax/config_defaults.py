@@ -16,24 +16,6 @@ ARITH_STUDENT = dict(
 )
 
 
-def arith_options(arg: str, default_n: int | None = None) -> dict:
-    """The arith configs' `:arg`, a comma list: `n=N` (a finite training set: the first N
-    problems of training seed 0, the paper's regime), `n=unlimited` (a fresh problem for every
-    example: data.train_examples as the config sets it, drawn with the run's seed), `smoke`."""
-    opts = {"n": default_n, "smoke": False}
-    for part in [p.strip() for p in arg.split(",") if p.strip()]:
-        key, eq, value = part.partition("=")
-        if part == "smoke":
-            opts["smoke"] = True
-        elif key == "n" and eq and (value == "unlimited" or value.isdigit() and int(value) > 0):
-            opts["n"] = None if value == "unlimited" else int(value)
-        else:
-            raise ValueError(
-                f"arith config arg part {part!r}: use n=N (N > 0), n=unlimited or smoke"
-            )
-    return opts
-
-
 def finite_training_set(c: ml_collections.ConfigDict, n: int | None) -> None:
     """The first n problems of training seed 0 for every run (teacher, SFT student and every
     distillation seed see the same set; a smaller n is a prefix of a larger one)."""

@@ -32,6 +32,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on a TPU VM or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
+from gkd_jax.comparison import lmbda_label  # noqa: E402
+
 # Scores the trainer reports as fractions but papers print as percentages (ROUGE and BLEU
 # already come as 0-100 from gkd_jax.metrics).
 PERCENT_METRICS = ("accuracy",)
@@ -148,11 +151,6 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def size_order(student: str) -> tuple[int, str]:
     order = ["small", "base", "large", "xl"]
     return (order.index(student), student) if student in order else (len(order), student)
-
-
-def lmbda_label(lmbda: float) -> str:
-    name = {0.0: "supervised KD", 1.0: "on-policy"}.get(lmbda)
-    return f"λ={lmbda:g}" + (f" ({name})" if name else "")
 
 
 def write_table(s: dict[str, Any], path: str) -> str:

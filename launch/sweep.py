@@ -1,4 +1,4 @@
-"""Run a sweep (a definition in launch/sweeps/) locally, or print its commands for a fan-out.
+"""Run a sweep (one of launch/sweeps/registry.py) locally, or print its commands for a fan-out.
 
     python launch/sweep.py --sweep=arith --root=/tmp/arith-sweep [--dry_run] [--only=REGEX] \
         [--parallel=1] [--config.steps=150 ...]
@@ -12,7 +12,6 @@ run's axes (lmbda, divergence, student, seed, ...) for launch/collect.py.
 """
 
 import argparse
-import importlib
 import json
 import os
 import re
@@ -23,24 +22,20 @@ from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-sys.path.insert(0, HERE)  # so definitions import `sweeps.runs`
+# Definitions import `sweeps.runs`, and gkd_jax (their `:arg` parser) from this repository, the
+# one the runs train with.
+sys.path[:0] = [HERE, REPO]
 
+from sweeps.registry import SWEEPS  # noqa: E402
 from sweeps.runs import Run  # noqa: E402
-
-HELPERS = ("__init__", "runs", "paper")  # modules of launch/sweeps/ that are not sweeps
 
 
 def load_sweep(spec: str) -> list[Run]:
-    """`name[:arg]` -> the runs of launch/sweeps/name.py."""
+    """`name[:arg]` -> the runs of sweep `name` (launch/sweeps/registry.py)."""
     name, _, arg = spec.partition(":")
-    path = os.path.join(HERE, "sweeps", f"{name}.py")
-    if not re.fullmatch(r"[a-z0-9_]+", name) or name in HELPERS or not os.path.exists(path):
-        known = sorted(
-            f[:-3] for f in os.listdir(os.path.join(HERE, "sweeps"))
-            if f.endswith(".py") and f[:-3] not in HELPERS
-        )  # fmt: skip
-        raise SystemExit(f"--sweep={spec}: no launch/sweeps/{name}.py; known sweeps: {known}")
-    runs = importlib.import_module(f"sweeps.{name}").get_runs(arg)
+    if name not in SWEEPS:
+        raise SystemExit(f"--sweep={spec}: no sweep {name!r}; known sweeps: {sorted(SWEEPS)}")
+    runs = SWEEPS[name](arg)
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise SystemExit(f"--sweep={spec}: run names repeat, so their workdirs would collide")
@@ -73,7 +68,7 @@ def run_one(run: Run, root: str, python: str) -> tuple[str, int, float]:
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sweep", required=True, help="name[:arg] of a file in launch/sweeps/")
+    ap.add_argument("--sweep", required=True, help="name[:arg] of launch/sweeps/registry.py")
     ap.add_argument("--root", required=True, help="one workdir per run is made under it")
     ap.add_argument("--only", default=None, help="regex: run only the runs whose name matches")
     ap.add_argument("--parallel", type=int, default=1, help="runs at once (local processes)")

@@ -6,9 +6,10 @@
 #       -- --only='small' --config.steps=40000
 #   DRY_RUN=1 launch/tpu_sweep.sh arith /tmp/arith-sweep vm-a vm-b   # print, run nothing
 #
-# SWEEP is a launch/sweeps/ definition (name[:arg]); ROOT is the directory the runs write to ON
-# THE VMs (a persistent disk or a gcsfuse mount shared by them, so collect.py sees every run);
-# flags after `--` go to launch/sweep.py (--only=REGEX, --config.X=V overrides). Each run is
+# SWEEP is a sweep of launch/sweeps/registry.py (name[:arg]); ROOT is the directory the runs
+# write to ON THE VMs (a persistent disk or a gcsfuse mount shared by them, so collect.py sees
+# every run); flags after `--` go to launch/sweep.py (--only=REGEX, --config.X=V overrides).
+# Each run is
 #   gcloud compute tpus tpu-vm ssh VM --worker=all --command="cd REPO_DIR && python -m ..."
 # so every host of a multi-host slice starts the same program (JAX's multi-host model). The
 # repository must be checked out and installed at REPO_DIR on every worker first, e.g.

@@ -40,9 +40,9 @@ def test_the_run_then_its_comparisons(tmp_path, capsys):
         "0.5": 0.625,
     }
     out = capsys.readouterr().out
-    assert "| student after supervised KD (λ=0) | 0.5000 |" in out
-    assert "| student after mixed (λ=0.5) | 0.6250 |" in out
-    assert "| student after on-policy GKD (λ=1) | 0.7500 |" in out
+    assert "| student after GKD λ=0 (supervised KD) | 0.5000 |" in out
+    assert "| student after GKD λ=0.5 | 0.6250 |" in out
+    assert "| student after GKD λ=1 (on-policy) | 0.7500 |" in out
     assert c.gkd.lmbda == 1.0 and c.compare_lmbdas == "0, 0.5"  # the run's own config
 
 
@@ -70,8 +70,9 @@ def test_bad_comparisons_fail_before_training(tmp_path, objective, values, match
 def test_models_the_run_trained_are_the_comparisons_models(tmp_path):
     """A teacher / start made from its recipe in WORKDIR is reused, not trained again."""
     c = base_config()
-    c.teacher.checkpoint, c.teacher.recipe = "", "configs/arith_teacher.py"
-    c.init.checkpoint, c.init.recipe = "builtin:arith/student_sft", "configs/arith_student.py"
+    c.teacher.checkpoint, c.teacher.recipe = "", "configs/arith_sft.py:role=teacher"
+    c.init.checkpoint = "builtin:arith/student_sft"
+    c.init.recipe = "configs/arith_sft.py:role=student"
     variant = comparison.at_lmbda(c, 0.0, str(tmp_path))
     assert variant.teacher.checkpoint == str(tmp_path / "teacher" / "model")
     assert variant.init.checkpoint == "builtin:arith/student_sft"
@@ -98,6 +99,6 @@ def test_real_runs_side_by_side(tmp_path, capsys):
     assert [r["on_policy"] for r in kd_rows if "on_policy" in r] == [0.0, 0.0]
     rows = [line for line in capsys.readouterr().out.splitlines() if "| student after" in line]
     assert rows == [
-        f"| student after supervised KD (λ=0) | {kd['scores']['final']:.4f} |",
-        f"| student after on-policy GKD (λ=1) | {summary['scores']['final']:.4f} |",
+        f"| student after GKD λ=0 (supervised KD) | {kd['scores']['final']:.4f} |",
+        f"| student after GKD λ=1 (on-policy) | {summary['scores']['final']:.4f} |",
     ]

@@ -242,7 +242,7 @@ def test_trainer_evaluation_follows_eval_decoding(tmp_path, monkeypatch):
         raise Built  # the wiring is what this test checks: stop before compiling
 
     monkeypatch.setattr(trainer, "make_eval_decoder", record)
-    config = load_config_file(os.path.join(ROOT, "configs", "arith_student.py"))
+    config = load_config_file(os.path.join(ROOT, "configs", "arith_sft.py:role=student"))
     config.data.train_examples, config.eval.num_examples = 64, 16
     config.eval.decoding, config.eval.beam_size = "beam", 3
     with pytest.raises(Built):
@@ -254,7 +254,7 @@ def test_trainer_evaluation_follows_eval_decoding(tmp_path, monkeypatch):
 def test_trainer_and_cli_beam_scores_agree(tmp_path):
     """One SFT step from the shipped student, evaluated with beam search by the trainer and then
     by the CLI on WORKDIR/model: the same decoder on the same split gives the same accuracy."""
-    config = load_config_file(os.path.join(ROOT, "configs", "arith_student.py"))
+    config = load_config_file(os.path.join(ROOT, "configs", "arith_sft.py:role=student"))
     config.init.checkpoint = STUDENT
     config.steps, config.batch_size, config.data.train_examples = 1, 16, 64
     config.eval.num_examples, config.eval.batch_size = 32, 16

@@ -308,7 +308,7 @@ def test_sft_learns_the_exact_target_tokens(tmp_path):
     """Alignment check: SFT memorises a few examples, and greedy decoding reproduces them."""
     from gkd_jax.config_loading import load_config_file
 
-    config = load_config_file(os.path.join(REPO, "configs", "arith_student.py:smoke"))
+    config = load_config_file(os.path.join(REPO, "configs", "arith_sft.py:role=student,smoke"))
     config.unlock()
     config.data.train_examples = config.eval.num_examples = config.batch_size = 8
     config.eval.batch_size = 8

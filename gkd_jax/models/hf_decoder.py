@@ -237,9 +237,8 @@ def config_from_hf(hf: dict) -> DecoderConfig:
     return DecoderConfig(**fields)
 
 
-def config_to_hf(cfg: DecoderConfig) -> dict:
-    """A complete config.json dict for `cfg`: transformers' AutoConfig / AutoModelForCausalLM
-    build the same model from it. Token ids (bos/eos/pad) are left None for the caller to set."""
+def _check_exportable(cfg: DecoderConfig) -> None:
+    """ValueError unless cfg.model_type's config.json can express every field of cfg."""
     t = cfg.model_type
     if t not in MODEL_TYPES:
         raise ValueError(f"DecoderConfig.model_type={t!r} has no HF export (one of {MODEL_TYPES})")
@@ -257,6 +256,9 @@ def config_to_hf(cfg: DecoderConfig) -> dict:
     if t == "mistral" and cfg.sliding_layers is not None:
         raise ValueError("model_type='mistral' slides every layer or none (sliding_layers=None)")
 
+
+def _rope_to_hf(cfg: DecoderConfig) -> dict[str, Any]:
+    """transformers 5's rope_parameters for cfg (the inverse of _rope_from_hf)."""
     rope_params: dict[str, Any] = {"rope_type": cfg.rope_type, "rope_theta": cfg.rope_theta}
     if cfg.rope_type != "default":
         rope_params["factor"] = cfg.rope_factor
@@ -266,6 +268,15 @@ def config_to_hf(cfg: DecoderConfig) -> dict:
             high_freq_factor=cfg.rope_high_freq_factor,
             original_max_position_embeddings=cfg.rope_original_max_positions,
         )
+    return rope_params
+
+
+def config_to_hf(cfg: DecoderConfig) -> dict:
+    """A complete config.json dict for `cfg`: transformers' AutoConfig / AutoModelForCausalLM
+    build the same model from it. Token ids (bos/eos/pad) are left None for the caller to set."""
+    _check_exportable(cfg)
+    t = cfg.model_type
+    rope_params = _rope_to_hf(cfg)
     layer_types = [_LAYER_TYPES[cfg.slides(i)] for i in range(cfg.num_layers)]
     d: dict[str, Any] = dict(
         model_type=t,

@@ -12,25 +12,16 @@ seconds-long CPU config, for tests).
 
 from sweeps.runs import DIVERGENCES, PAPER_LMBDAS, Run, divergence_run, grid
 
+from gkd_jax.config_arg import flag, parse_arg, plus_list
+
 CONFIG = "configs/arith.py:n=unlimited"  # the shipped models trained on 20,000 problems
 STUDENT = "60k"  # the one shipped SFT student
 NO_COMPARISON = "--config.compare_lmbdas="  # one run per workdir (configs/arith.py compares)
-
-
-def parse_arg(arg: str) -> dict:
-    opts = {"seeds": (0,), "baselines": False, "smoke": False}
-    for part in [p for p in arg.split(",") if p]:
-        if part.startswith("seeds="):
-            opts["seeds"] = tuple(int(s) for s in part.removeprefix("seeds=").split("+"))
-        elif part in ("baselines", "smoke"):
-            opts[part] = True
-        else:
-            raise ValueError(f"arith sweep arg {part!r}: use seeds=0+1+..., baselines or smoke")
-    return opts
+OPTIONS = {"seeds": plus_list(int, default=(0,)), "baselines": flag(), "smoke": flag()}
 
 
 def get_runs(arg: str = "") -> list[Run]:
-    opts = parse_arg(arg)
+    opts = parse_arg(arg, OPTIONS, what="arith sweep")
     config = CONFIG + (",smoke" if opts["smoke"] else "")
     runs = []
     for point in grid(lmbda=PAPER_LMBDAS, divergence=list(DIVERGENCES), seed=opts["seeds"]):

@@ -26,12 +26,19 @@ config, for tests).
 
 from sweeps.runs import DIVERGENCES, PAPER_LMBDAS, Run, fmt_lmbda, grid
 
+from gkd_jax.config_arg import flag, parse_arg, plus_list
+
 N = 2000
 STEPS = 600  # x 64 = 38,400 examples: 19 epochs of the 2,000 problems
 BATCH = 64
 UNLIMITED = STEPS * BATCH
 NSWEEP = (250, 500, 1000, 8000, UNLIMITED)  # 154, 77, 38, 5 epochs; 1 pass
 PARTS = ("grid", "nsweep", "baselines", "temps")  # the order they run in
+OPTIONS = {
+    "seeds": plus_list(int, default=(0,)),
+    "parts": plus_list(default=PARTS, allowed=PARTS),
+    "smoke": flag(),
+}
 PREFIX = f"arith_n{N}"
 # Flags on top of `div` for each baseline (supervised KD is lmbda=0 of the grid; "sft" trains
 # on the dataset's targets alone, from the same SFT student, for the same steps).
@@ -41,24 +48,6 @@ BASELINES: dict[str, tuple[str, ...]] = {
     "imitkd": ("--config.gkd.lmbda_schedule=imitkd", *DIVERGENCES["fkl"]),
     "fdistill": ("--config.gkd.lmbda=0.5", "--config.gkd.divergence=tv"),
 }
-
-
-def parse_arg(arg: str) -> dict:
-    opts = {"seeds": (0,), "parts": PARTS, "smoke": False}
-    for part in [p for p in arg.split(",") if p]:
-        key, _, value = part.partition("=")
-        if key == "seeds":
-            opts["seeds"] = tuple(int(s) for s in value.split("+"))
-        elif key == "parts" and set(value.split("+")) <= set(PARTS):
-            opts["parts"] = tuple(value.split("+"))
-        elif part == "smoke":
-            opts["smoke"] = True
-        else:
-            raise ValueError(
-                f"arith_finite sweep arg {part!r}: use seeds=0+1+..., parts={'+'.join(PARTS)} "
-                "(any of them) or smoke"
-            )
-    return opts
 
 
 def gkd_run(name: str, lmbda: float, div: str, seed: int, config: str, *flags: str, **axes) -> Run:
@@ -73,7 +62,7 @@ def gkd_run(name: str, lmbda: float, div: str, seed: int, config: str, *flags: s
 
 
 def get_runs(arg: str = "") -> list[Run]:
-    opts = parse_arg(arg)
+    opts = parse_arg(arg, OPTIONS, what="arith_finite sweep")
     config = f"configs/arith.py:n={N}" + (",smoke" if opts["smoke"] else "")
     # One run per workdir: no supervised-KD comparison run inside each (configs/arith.py's).
     common = ("--config.compare_lmbdas=",)

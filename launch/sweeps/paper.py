@@ -1,10 +1,17 @@
-"""The paper's grid for one of its tasks (configs/xsum.py, configs/wmt_en_de.py, configs/gsm8k.py):
-lmbda {0, 0.5, 1} x {fkl, jsd0.1, jsd0.5, jsd0.9, rkl} x student {small, base, large}, plus its
-baselines, in two stages run one after the other:
+"""The paper's grid for one of its tasks (TASKS: xsum, wmt_en_de and gsm8k are each a sweep of
+that name, running configs/TASK.py): lmbda {0, 0.5, 1} x {fkl, jsd0.1, jsd0.5, jsd0.9, rkl} x
+student {small, base, large}, plus its baselines, in two stages run one after the other:
 
     stage=sft  the supervised fine-tuning every GKD run starts from: one per student size, and
                the T5-XL teacher (the SFT runs are also the paper's "SFT" baseline)
     stage=gkd  (default) the 45 grid runs, SeqKD, ImitKD and f-distill per student size
+
+    python launch/sweep.py --sweep=xsum:stage=sft --root=/mnt/gkd/xsum  # SFT: 3 students, teacher
+    python launch/sweep.py --sweep=xsum --root=/mnt/gkd/xsum  # GKD: 45 grid + 9 baselines
+    launch/tpu_sweep.sh xsum /mnt/gkd/xsum vm-0 vm-1 vm-2 -- --only=_small_  # fanned out
+    python launch/collect.py --root=/mnt/gkd/xsum --out=docs/figures --name=xsum
+
+and the same with wmt_en_de or gsm8k in place of xsum.
 
 Each run is `CONFIG:student=SIZE,div=DIV,lmbda=L[,stage=...][,REST]`, the interface the paper
 configs take; parts of the sweep arg that the sweep does not use itself (e.g. `models=DIR`,
@@ -18,7 +25,21 @@ SFT stage runs once, not once per grid point; checkpoints=config leaves both to 
 
 from sweeps.runs import DIVERGENCES, PAPER_LMBDAS, PAPER_SIZES, Run, fmt_lmbda, grid
 
+from gkd_jax.config_arg import choice, parse_known_arg, plus_list
+
+# The paper's tasks, each its own sweep (launch/sweeps/registry.py): the config it runs.
+TASKS = {
+    "xsum": "configs/xsum.py",  # ROUGE-2; T5 v1.1 LM-adapted students, T5-XL teacher
+    "wmt_en_de": "configs/wmt_en_de.py",  # BLEU, beam search; T5 v1.1 LM-adapted, T5-XL
+    "gsm8k": "configs/gsm8k.py",  # accuracy, 4-shot chain of thought; FLAN-T5, FLAN-T5-XL
+}
 TEACHER = "xl"
+OPTIONS = {
+    "stage": choice("sft", "gkd", default="gkd"),
+    "sizes": plus_list(default=PAPER_SIZES, allowed=PAPER_SIZES),
+    "seeds": plus_list(int, default=(0,)),
+    "checkpoints": choice("root", "config", default="root"),
+}
 # The trainer flags for each baseline on top of `div=..,lmbda=..` (supervised KD is lmbda=0 of
 # the grid): SeqKD trains on teacher samples, ImitKD on lmbda 0.5 with forward KL, f-distill is
 # total variation at lmbda 0.5 (the paper's appendix).
@@ -30,27 +51,8 @@ BASELINES: dict[str, tuple[str, float, tuple[str, ...]]] = {
 
 
 def parse_arg(arg: str) -> tuple[dict, str]:
-    opts = {"stage": "gkd", "sizes": PAPER_SIZES, "seeds": (0,), "checkpoints": "root"}
-    rest = []
-    for part in [p for p in arg.split(",") if p]:
-        key, _, value = part.partition("=")
-        if key == "stage":
-            if value not in ("sft", "gkd"):
-                raise ValueError(f"sweep arg stage={value!r}: use stage=sft or stage=gkd")
-            opts["stage"] = value
-        elif key == "sizes":
-            opts["sizes"] = tuple(value.split("+"))
-            bad = set(opts["sizes"]) - set(PAPER_SIZES)
-            if bad:
-                raise ValueError(f"sweep arg sizes: {sorted(bad)} not in {PAPER_SIZES}")
-        elif key == "checkpoints":
-            if value not in ("root", "config"):
-                raise ValueError(f"sweep arg checkpoints={value!r}: use root or config")
-            opts["checkpoints"] = value
-        elif key == "seeds":
-            opts["seeds"] = tuple(int(s) for s in value.split("+"))
-        else:
-            rest.append(part)
+    """(the sweep's own options, the rest of the arg for every run's config)."""
+    opts, rest = parse_known_arg(arg, OPTIONS, what="sweep")
     return opts, ",".join(rest)
 
 

@@ -1,8 +1,9 @@
 """What a sweep is made of: runs (a name, a config file with its `:arg`, `--config.X=V` flags)
 and the paper's axes (lmbda x divergence x student size x seed) as plain data.
 
-A sweep definition is a module in this folder with `get_runs(arg: str) -> list[Run]` and a
-docstring giving the exact command; launch/sweep.py runs it, launch/collect.py reads its results.
+A sweep is a function `get_runs(arg: str) -> list[Run]` named in registry.py, in a module of
+this folder whose docstring gives the exact command; launch/sweep.py runs it, launch/collect.py
+reads its results.
 """
 
 import dataclasses

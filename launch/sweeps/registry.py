@@ -1,0 +1,20 @@
+"""Every sweep by the name `--sweep=NAME[:arg]` takes: NAME -> get_runs(arg) -> list[Run].
+
+    arith          arith.py: the lmbda x divergence grid on arith with unlimited data
+    arith_finite   arith_finite.py: the paper's data regime on arith (the README's protocol)
+    xsum, wmt_en_de, gsm8k   paper.py: the paper's grid on that task (configs/TASK.py)
+
+A new sweep is a function from its `:arg` to its runs (launch/sweeps/runs.py), added here.
+"""
+
+import functools
+from collections.abc import Callable
+
+from sweeps import arith, arith_finite, paper
+from sweeps.runs import Run
+
+SWEEPS: dict[str, Callable[[str], list[Run]]] = {
+    "arith": arith.get_runs,
+    "arith_finite": arith_finite.get_runs,
+    **{task: functools.partial(paper.paper_runs, task, cfg) for task, cfg in paper.TASKS.items()},
+}

@@ -1,0 +1,73 @@
+"""The package's import graph, read from the source (nothing is imported): imports go one way
+(no circle, lazy imports inside functions included), the data modules never reach the models,
+and no module outgrows one sitting (~650 lines)."""
+
+import ast
+import pathlib
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "gkd_jax"
+MAX_LINES = 650
+
+
+def module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def imported(name: str, path: pathlib.Path) -> set[str]:
+    """The gkd_jax modules `name` imports anywhere in its file: `from gkd_jax.x import y` is
+    gkd_jax.x.y when that is a module, else gkd_jax.x."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the package, up level - 1
+                up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(up + ([base] if base else []))
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                found.add(sub if sub in MODULES else base)
+    return {m for m in found if m in MODULES and m != name}
+
+
+GRAPH = {name: imported(name, path) for name, path in MODULES.items()}
+
+
+def reaches(start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for m in GRAPH[todo.pop()]:
+            if m not in seen:
+                seen.add(m)
+                todo.append(m)
+    return seen
+
+
+def test_the_graph_is_read():
+    assert len(MODULES) > 30
+    assert "gkd_jax.step" in GRAPH["gkd_jax.trainer"]
+    assert "gkd_jax.data.task_types" in GRAPH["gkd_jax.data.tasks"]
+
+
+def test_no_import_circle():
+    circles = sorted(name for name in GRAPH if name in reaches(name))
+    assert circles == [], f"modules that import themselves through others: {circles}"
+
+
+@pytest.mark.parametrize("name", sorted(m for m in MODULES if m.startswith("gkd_jax.data")))
+def test_data_never_imports_models(name):
+    models = sorted(m for m in reaches(name) if m.startswith("gkd_jax.models"))
+    assert models == [], f"{name} reaches {models}"
+
+
+def test_no_module_over_650_lines():
+    long = {n: len(p.read_text().splitlines()) for n, p in MODULES.items()}
+    assert {n: k for n, k in long.items() if k > MAX_LINES} == {}
