@@ -28,7 +28,7 @@ wrap=""
 env_threads=()
 if [ "$THREADS" = 1 ]; then
   env_threads=(OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-    "XLA_FLAGS=--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+    "XLA_FLAGS=--xla_cpu_multi_thread_eigen=false")
 fi
 
 run() {  # name python script args...
