@@ -221,6 +221,13 @@ def check_rl(config: ml_collections.ConfigDict) -> None:
         _fail("rl.clip_ratio", r.clip_ratio, "must be in [0, 1) (0 = no clipping)")
     _in_unit_interval("rl.gamma", r.gamma)
     _one_of("rl.kl_to_start", r.kl_to_start, KL_TO_START)
+    if not isinstance(r.reward, str):
+        _fail("rl.reward", r.reward, "must be a reward name or 'module:attribute' ('' = none)")
+    if r.reward:  # resolved now, so a typo fails before anything compiles
+        try:
+            get_reward(r.reward)
+        except ValueError as e:
+            _fail("rl.reward", r.reward, str(e))
     if alpha < 1 and config.objective != "gkd":
         _fail("rl.alpha", alpha, "needs objective='gkd' (a teacher); set rl.alpha=1 for SFT")
     if not policy_gradient(config):
@@ -241,10 +248,6 @@ def check_rl(config: ml_collections.ConfigDict) -> None:
                 "must name a reward when rl.alpha < 1, e.g. "
                 "'exact_answer' (rewards.REWARDS) or 'my_pkg.rewards:fn'",
             )
-        try:
-            get_reward(r.reward)
-        except ValueError as e:
-            _fail("rl.reward", r.reward, str(e))
         if r.baseline == "loo" and r.num_samples < 2:
             _fail(
                 "rl.num_samples",
@@ -265,13 +268,14 @@ def check_rl(config: ml_collections.ConfigDict) -> None:
             f"must be 1 with lmbda_schedule='constant' {why}: the "
             "score-function estimator needs the student's own samples",
         )
-    if s.temperature != 1.0 or s.top_k != 0 or s.top_p != 1.0:
-        _fail(
-            "sampling",
-            (s.temperature, s.top_k, s.top_p),
-            f"(temperature, top_k, top_p) must "
-            f"be (1.0, 0, 1.0) {why}: samples must come from the student's own distribution",
-        )
+    for field, plain in (("temperature", 1.0), ("top_k", 0), ("top_p", 1.0)):
+        if s[field] != plain:
+            _fail(
+                f"sampling.{field}",
+                s[field],
+                f"must be {plain} {why}: the samples must come from the student's own "
+                "distribution, whose log-probabilities the estimator differentiates",
+            )
     if g.loss_impl != "full":
         _fail("gkd.loss_impl", g.loss_impl, f"must be 'full' {why}")
     if config.dropout_rate != 0:
