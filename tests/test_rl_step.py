@@ -302,6 +302,7 @@ RELATIONAL = {
         "must be 1",
     ),
     "kl_to_start_on_gkd": (dict(rl=dict(alpha=1.0, kl_to_start="on")), "rl.kl_to_start", "'auto'"),
+    "comparisons": (dict(compare_lmbdas="0"), "compare_lmbdas", "compare_lmbdas=''"),
     "reward_import_path": (dict(rl=dict(reward="no_such_pkg:fn")), "rl.reward", "PYTHONPATH"),
 }
 
