@@ -20,6 +20,8 @@ from gkd_jax.models import COMPUTE_DTYPES
 from gkd_jax.models.hf import SAVE_DTYPES
 from gkd_jax.optim import OPTIMIZERS, SCHEDULES
 from gkd_jax.resources import is_hf_source
+from gkd_jax.rewards import get_reward
+from gkd_jax.rl import BASELINES, KL_TO_START, SAMPLED_DIVERGENCES, policy_gradient
 from gkd_jax.schedules import LMBDA_SCHEDULES
 from gkd_jax.sharding import mesh_shape
 
@@ -91,6 +93,7 @@ def validate_config(config: ml_collections.ConfigDict, *, vocab_size: int | None
     check_log(config)
     check_gkd(config)
     check_sampling(config)
+    check_rl(config)
     check_export(config)
     check_data(config)
     check_eval(config, devices)
@@ -149,7 +152,7 @@ def check_gkd(config: ml_collections.ConfigDict) -> None:
     g = config.gkd
     _in_unit_interval("gkd.lmbda", g.lmbda)
     _in_unit_interval("gkd.beta", g.beta)
-    _one_of("gkd.divergence", g.divergence, DIVERGENCES)
+    _one_of("gkd.divergence", g.divergence, (*DIVERGENCES, *SAMPLED_DIVERGENCES))
     _one_of("gkd.lmbda_schedule", g.lmbda_schedule, LMBDA_SCHEDULES)
     _one_of("gkd.reduction", g.reduction, REDUCTIONS)
     _one_of("gkd.lmbda_mode", g.lmbda_mode, LMBDA_MODES)
@@ -258,4 +261,93 @@ def check_models(config: ml_collections.ConfigDict, vocab_size: int | None) -> N
             "model.vocab_size",
             config.model.vocab_size,
             f"is smaller than the tokenizer's vocabulary ({vocab_size})",
+        )
+
+
+def check_rl(config: ml_collections.ConfigDict) -> None:
+    """config.rl and what the policy-gradient step (rl_step.py) needs of the rest: exact
+    samples of the current student, scored in full."""
+    r = config.rl
+    alpha = r.alpha
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 <= alpha <= 1:
+        _fail("rl.alpha", alpha, "must be in [0, 1] (1 = pure GKD, 0 = pure RL)")
+    _integer_at_least("rl.num_samples", r.num_samples, 1)
+    _one_of("rl.baseline", r.baseline, BASELINES)
+    _boolean("rl.normalize_advantages", r.normalize_advantages)
+    if not 0.0 <= r.clip_ratio < 1.0:
+        _fail("rl.clip_ratio", r.clip_ratio, "must be in [0, 1) (0 = no clipping)")
+    _in_unit_interval("rl.gamma", r.gamma)
+    _one_of("rl.kl_to_start", r.kl_to_start, KL_TO_START)
+    if not isinstance(r.reward, str):
+        _fail("rl.reward", r.reward, "must be a reward name or 'module:attribute' ('' = none)")
+    if r.reward:  # resolved now, so a typo fails before anything compiles
+        try:
+            get_reward(r.reward)
+        except ValueError as e:
+            _fail("rl.reward", r.reward, str(e))
+    if alpha < 1 and config.objective != "gkd":
+        _fail("rl.alpha", alpha, "needs objective='gkd' (a teacher); set rl.alpha=1 for SFT")
+    if not policy_gradient(config):
+        if r.kl_to_start == "on":
+            _fail(
+                "rl.kl_to_start",
+                r.kl_to_start,
+                "is reported by the policy-gradient step only (rl.alpha < 1 or "
+                "gkd.divergence='sampled_rkl'); use 'auto' or 'off'",
+            )
+        return
+    why = "(policy gradient: rl.alpha < 1 or gkd.divergence='sampled_rkl')"
+    if alpha < 1:
+        if not r.reward:
+            _fail(
+                "rl.reward",
+                r.reward,
+                "must name a reward when rl.alpha < 1, e.g. "
+                "'exact_answer' (rewards.REWARDS) or 'my_pkg.rewards:fn'",
+            )
+        if r.baseline == "loo" and r.num_samples < 2:
+            _fail(
+                "rl.num_samples",
+                r.num_samples,
+                "must be >= 2 for rl.baseline='loo' (or use rl.baseline='batch')",
+            )
+    if config.batch_size % r.num_samples:
+        _fail(
+            "batch_size",
+            config.batch_size,
+            f"must be divisible by rl.num_samples ({r.num_samples}) {why}",
+        )
+    if config.compare_lmbdas:  # the comparisons re-run this config at other lmbdas
+        _fail(
+            "compare_lmbdas",
+            config.compare_lmbdas,
+            f"compares lmbdas of GKD runs, and this run is not one {why}: set "
+            "compare_lmbdas='' (e.g. --config.compare_lmbdas= with configs/arith.py)",
+        )
+    g, s = config.gkd, config.sampling
+    if g.lmbda != 1.0 or g.lmbda_schedule != "constant":
+        _fail(
+            "gkd.lmbda",
+            g.lmbda,
+            f"must be 1 with lmbda_schedule='constant' {why}: the "
+            "score-function estimator needs the student's own samples",
+        )
+    for field, plain in (("temperature", 1.0), ("top_k", 0), ("top_p", 1.0)):
+        if s[field] != plain:
+            _fail(
+                f"sampling.{field}",
+                s[field],
+                f"must be {plain} {why}: the samples must come from the student's own "
+                "distribution, whose log-probabilities the estimator differentiates",
+            )
+    if g.loss_impl != "full":
+        _fail("gkd.loss_impl", g.loss_impl, f"must be 'full' {why}")
+    if config.dropout_rate != 0:
+        _fail("dropout_rate", config.dropout_rate, f"must be 0 {why}")
+    if g.divergence in SAMPLED_DIVERGENCES and g.loss_temperature != 1.0:
+        _fail(
+            "gkd.loss_temperature",
+            g.loss_temperature,
+            "must be 1 with gkd.divergence='sampled_rkl' (the policy is the student at "
+            "temperature 1; gkd.teacher_temperature still sharpens the teacher)",
         )

@@ -151,7 +151,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.gkd.lmbda_mode = "batch"  # "batch": one draw per batch (paper); "example": one per row
     c.gkd.beta = 0.5  # 0 = forward KL(p_T||p_S), 1 = reverse KL(p_S||p_T), else JSD(beta)
     # "jsd" (generalized JSD with beta), or the paper's baselines by name: "fkl", "rkl", "tv"
-    # (total variation, f-distill); beta is used by "jsd" only.
+    # (total variation, f-distill); beta is used by "jsd" only. "sampled_rkl": reverse KL by
+    # policy gradient on the student's own tokens, per-token advantage -(log p_S(y_t) -
+    # log p_T(y_t)) (rl.py; discounted by rl.gamma, combinable with rl.alpha's rewards).
     c.gkd.divergence = "jsd"
     # lmbda over training: "constant" (the paper's GKD), "imitkd" (0.5: the paper's ImitKD
     # baseline, with divergence "fkl"), "linear" / "exponential" (ImitKD's own rising mixes).
@@ -166,6 +168,28 @@ def base_config() -> ml_collections.ConfigDict:
     # vocabulary-parallel. chunked/fused: divergences jsd/fkl/rkl.
     c.gkd.loss_impl = "full"
     c.gkd.loss_chunk = 0  # positions per chunk per device; 0 = loss_forms.default_chunk
+
+    # RL + GKD (gkd_jax/rl.py, rl_step.py): minimize (1 - alpha) * (-E[reward]) + alpha * the GKD
+    # divergence, on the student's own samples; the reward term by REINFORCE. alpha < 1 (or
+    # gkd.divergence "sampled_rkl") trains by policy gradient; alpha = 1 is the GKD step as is.
+    c.rl = ml_collections.ConfigDict()
+    c.rl.alpha = 1.0  # weight of the divergence; 1 = pure GKD, 0 = pure RL
+    # A name in rewards.REWARDS ("exact_answer", "gsm8k_answer", "rouge2", "bleu",
+    # "length_penalty") or an import path "module:attribute"; needed when alpha < 1.
+    c.rl.reward = ""
+    # Samples per prompt (rows i*k .. i*k+k-1 share a prompt): batch_size counts samples, so a
+    # step sees batch_size / num_samples prompts. Policy-gradient runs only.
+    c.rl.num_samples = 4
+    c.rl.baseline = "loo"  # "loo" (mean of the prompt's other samples), "batch" (mean), "none"
+    c.rl.normalize_advantages = False  # divide the advantages by their batch std
+    # PPO clip epsilon of the ratio p_now / p_sampling for stale samples (0 = off). Samples are
+    # drawn from the parameters being updated, so the ratio is 1 and this is a no-op here.
+    c.rl.clip_ratio = 0.0
+    # "sampled_rkl": discount of later tokens' k_s in token t's advantage (0 = own token only).
+    c.rl.gamma = 0.0
+    # Report KL(p_S || the starting student) per step (one more student forward, a frozen copy
+    # of the start): "auto" = on for policy-gradient runs, "on", "off".
+    c.rl.kl_to_start = "auto"
 
     c.sampling = ml_collections.ConfigDict()  # on-policy (and seq_kd) sampling only
     c.sampling.temperature = 1.0

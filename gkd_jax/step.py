@@ -26,6 +26,7 @@ from jax.sharding import Mesh
 
 from gkd_jax import loss_forms, losses, sharding
 from gkd_jax.models.lm import LMFunctions, shared_vocab_logits
+from gkd_jax.rl import SAMPLED_DIVERGENCES
 from gkd_jax.sampling import SamplingConfig
 from gkd_jax.schedules import lmbda_at
 
@@ -171,16 +172,22 @@ class Objective:
 
     def token_losses(self, params, teacher_params, batch, dropout_key=None):
         """The loss of each completion token [B, N] (masked-out positions included)."""
-        config, vocab = self.config, self.vocab
+        config = self.config
         args = score_args(batch)
         s_logits = self.student.score(params, *args, **self._dropout_kw(dropout_key))  # [B, N, V]
         if config.objective == "sft":
             logp = jax.nn.log_softmax(s_logits.astype(jnp.float32), axis=-1)
             return -jnp.take_along_axis(logp, batch["completion"][..., None], axis=-1)[..., 0]
         t_logits = jax.lax.stop_gradient(self.teacher.score(teacher_params, *args))
-        g = config.gkd
-        beta = g.beta if g.divergence == "jsd" else None
-        divergence = losses.get_divergence(g.divergence, beta=beta)
+        return self.divergence(s_logits, t_logits)
+
+    def divergence(self, s_logits, t_logits):
+        """config.gkd's divergence per position [B, N] from both models' logits [B, N, V*]:
+        "sampled_rkl" (trained by policy gradient, rl_step.py) gives its expectation, "rkl"."""
+        g, vocab = self.config.gkd, self.vocab
+        name = "rkl" if g.divergence in SAMPLED_DIVERGENCES else g.divergence
+        beta = g.beta if name == "jsd" else None
+        divergence = losses.get_divergence(name, beta=beta)
         return divergence(
             shared_vocab_logits(s_logits, vocab),
             shared_vocab_logits(t_logits, vocab) / g.teacher_temperature,
@@ -226,6 +233,32 @@ class Objective:
 
 
 # ---------------------------------------------------------------------------- 3. the update
+def update(tx, state, grads, loss, batch, vocab: int):
+    """(new state, metrics): one optimizer step with the step's gradient and loss, skipped
+    (params and optimizer state kept) when either is not finite."""
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    # A non-finite loss or gradient would poison the parameters and Adam's moments for
+    # good: such a step keeps both as they were (the step count still advances, so the
+    # next step draws new data and samples); the loop counts these and gives up after
+    # config.max_nonfinite_steps in a row.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep_if_bad = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
+    params = keep_if_bad(params, state["params"])
+    opt_state = keep_if_bad(opt_state, state["opt_state"])
+    completion = batch["completion"]
+    outside = (completion < 0) | (completion >= vocab)  # no logit to score: a sampler bug
+    metrics = {
+        "loss": loss,
+        "grad_norm": grad_norm,
+        "loss_tokens": jnp.sum(batch["completion_mask"]),
+        "nonfinite": 1.0 - finite.astype(jnp.float32),
+        "out_of_vocab": jnp.sum(outside & batch["completion_mask"].astype(bool)),
+    }
+    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+
 def make_train_step(
     config,
     student: LMFunctions,
@@ -270,27 +303,8 @@ def make_train_step(
         grads, total, count = jax.lax.fori_loop(0, accum, micro, (zeros, 0.0, 0.0))
         # (sum, count) pairs make accumulation exact: the mean's gradient is sum-grad / count.
         grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1.0), grads)
-        loss, grad_norm = losses.mean_from_sum_count(total, count), optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        # A non-finite loss or gradient would poison the parameters and Adam's moments for
-        # good: such a step keeps both as they were (the step count still advances, so the
-        # next step draws new data and samples); the loop counts these and gives up after
-        # config.max_nonfinite_steps in a row.
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        keep_if_bad = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
-        params = keep_if_bad(params, state["params"])
-        opt_state = keep_if_bad(opt_state, state["opt_state"])
-        completion = batch["completion"]
-        outside = (completion < 0) | (completion >= vocab)  # no logit to score: a sampler bug
-        metrics = {
-            "loss": loss,
-            "grad_norm": grad_norm,
-            "loss_tokens": jnp.sum(batch["completion_mask"]),
-            "nonfinite": 1.0 - finite.astype(jnp.float32),
-            "out_of_vocab": jnp.sum(outside & batch["completion_mask"].astype(bool)),
-        }
-        return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+        loss = losses.mean_from_sum_count(total, count)
+        return update(tx, state, grads, loss, batch, vocab)
 
     if mesh is None:
         return jax.jit(step, donate_argnums=(0,))

@@ -23,11 +23,12 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
 
-from gkd_jax import checkpoint, distributed, preemption, sharding
+from gkd_jax import checkpoint, distributed, preemption, rl, sharding
 from gkd_jax.config_checks import validate_config
 from gkd_jax.data import pipeline
 from gkd_jax.data.task_types import Task
@@ -53,6 +54,8 @@ from gkd_jax.model_sources import (
 from gkd_jax.models import COMPUTE_DTYPES, build_decoder, functional_lm, with_params
 from gkd_jax.models.hf import save_pretrained
 from gkd_jax.optim import make_optimizer
+from gkd_jax.reward_scoring import INDEX, RewardScorer, repeat_prompts
+from gkd_jax.rl_step import make_rl_train_step
 from gkd_jax.sampling import make_sampler
 from gkd_jax.step import (
     check_loss_impl,
@@ -87,10 +90,15 @@ class Run:
     train_data: dict[str, np.ndarray]  # packed (pipeline.pack)
     evaluator: Evaluator
     samplers: dict[str, Callable]  # on-policy / SeqKD sampling, by model
-    train_step: Callable  # step.make_train_step
+    train_step: Callable  # step.make_train_step, or rl_step.make_rl_train_step
     ckpts: checkpoint.TrainCheckpoints
     metrics: MetricsLog
     start_step: int  # > 0: resumed from the checkpoint at this step
+    # Policy-gradient runs (rl.policy_gradient): the rewards of the samples (None when
+    # rl.alpha = 1), and the step's arguments after the batch (the frozen start, for
+    # rl.kl_to_start).
+    rewards: RewardScorer | None = None
+    step_extra: tuple = ()
 
 
 @dataclasses.dataclass
@@ -136,7 +144,17 @@ def setup(config, workdir: str) -> tuple[Run, Any, Progress]:
     if task.metric is None and teacher is None:
         raise ValueError(f"task {task.name!r} is scored against a teacher: use objective='gkd'")
 
-    train_data, eval_split, eval_data = load_data(config, task, tokenizer, stops, vocab)
+    train_split, train_data, eval_split, eval_data = load_data(
+        config, task, tokenizer, stops, vocab
+    )
+    policy_gradient = rl.policy_gradient(config)
+    rewards = None
+    if policy_gradient:  # each batch row says which training example it is: its reference
+        train_data[INDEX] = np.arange(len(train_split.references))
+        if config.rl.alpha < 1:
+            rewards = RewardScorer(
+                config.rl.reward, tokenizer, train_split.prompts, train_split.references
+            )
 
     params, student_fns = functional_lm(student)
     teacher_params, teacher_fns, teacher_shardings = None, None, None
@@ -165,7 +183,12 @@ def setup(config, workdir: str) -> tuple[Run, Any, Progress]:
     # Train state: fresh, or the latest checkpoint in WORKDIR/checkpoints (a resumed run). The
     # optimizer state is created in its shardings, next to the parameters already placed.
     tx = make_optimizer(config)
+    step_extra = ()
+    if rl.kl_to_start(config):  # a frozen copy of the start, the step's reference
+        step_extra = (jax.tree.map(jnp.copy, params),)  # params may be donated with the state
     state, state_shardings = sharding.init_train_state(params, tx, mesh)
+    if step_extra:
+        step_extra = (jax.device_put(step_extra[0], state_shardings["params"]),)
     ckpts = checkpoint.TrainCheckpoints(
         os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep
     )
@@ -182,7 +205,8 @@ def setup(config, workdir: str) -> tuple[Run, Any, Progress]:
         sampling = training_sampling(config, stops, tokenizer.pad_token_id, vocab)
         samplers["student"] = make_sampler(student_fns.decoding, sampling, rows=rows)
         samplers["teacher"] = make_sampler(teacher_fns.decoding, sampling, rows=rows)
-    train_step = make_train_step(
+    make_step = make_rl_train_step if policy_gradient else make_train_step
+    train_step = make_step(
         config, student_fns, teacher_fns, tx, mesh=mesh, state_shardings=state_shardings,
         teacher_shardings=teacher_shardings,
     )  # fmt: skip
@@ -195,20 +219,22 @@ def setup(config, workdir: str) -> tuple[Run, Any, Progress]:
         metrics.write(0, eval_scalars(progress.eval, task.metric_name))
     run = Run(
         config, workdir, task, tokenizer, stops, vocab, rows, student, teacher_params,
-        train_data, evaluator, samplers, train_step, ckpts, metrics, start_step,
+        train_data, evaluator, samplers, train_step, ckpts, metrics, start_step, rewards,
+        step_extra,
     )  # fmt: skip
     return run, state, progress
 
 
 def load_data(config, task: Task, tokenizer, stops, vocab: int):
-    """(train data, eval Split, eval data): the task's splits, packed to fixed shapes so that
-    each jitted function compiles once, every token id inside the shared vocabulary."""
+    """(train Split, train data, eval Split, eval data): the task's splits, packed to fixed
+    shapes so that each jitted function compiles once, every token id inside the shared
+    vocabulary."""
     train_split, eval_split = task.load(config, tokenizer, stops, log=log)
     train_data = pipeline.pack_split(train_split, config, tokenizer.pad_token_id)
     eval_data = pipeline.pack_split(eval_split, config, tokenizer.pad_token_id)
     check_token_ids(train_data, vocab, "training")
     check_token_ids(eval_data, vocab, "evaluation")
-    return train_data, eval_split, eval_data
+    return train_split, train_data, eval_split, eval_data
 
 
 def first_evaluations(
@@ -259,17 +285,26 @@ def loop(run: Run, state, progress: Progress):
     config = run.config
     # Each host gathers only the rows its devices hold; the global arrays are built from them.
     mine = distributed.host_rows(config.batch_size, run.rows)
-    data = pipeline.batches(
-        run.train_data, config.batch_size, config.seed, start=run.start_step, rows=mine
-    )
+    samples = config.rl.num_samples if INDEX in run.train_data else 1  # policy gradient
+    if samples == 1:
+        data = pipeline.batches(
+            run.train_data, config.batch_size, config.seed, start=run.start_step, rows=mine
+        )
+    else:  # batch_size / k prompts, each k times; this host's rows of that
+        prompts = pipeline.batches(
+            run.train_data, config.batch_size // samples, config.seed, start=run.start_step
+        )
+        data = ({k: v[mine] for k, v in repeat_prompts(b, samples).items()} for b in prompts)
     base_key = jax.random.key(config.seed)
     report = StepReport(run)
     # Saves are asynchronous; leaving this block waits for the one in flight.
     with run.ckpts, preemption.sigterm_flag() as sigterm:
         for step in range(run.start_step, config.steps):
+            local = next(data)
+            index = local.pop(INDEX, None)  # policy gradient: the rows' training examples
             batch = {
                 k: distributed.global_batch(v, run.rows, config.batch_size)
-                for k, v in next(data).items()
+                for k, v in local.items()
             }
             on_policy = 0.0
             if config.objective == "gkd":
@@ -278,8 +313,16 @@ def loop(run: Run, state, progress: Progress):
                     *score_args(batch),
                 )  # fmt: skip
                 batch = dict(batch, completion=completion, completion_mask=completion_mask)
+            if run.rewards is not None:  # outside jit: rewards are Python functions of text
+                tokens, mask = distributed.to_host((completion, completion_mask))
+                local_rewards = run.rewards(index, tokens[mine], mask[mine])
+                batch["rewards"] = distributed.global_batch(
+                    local_rewards, run.rows, config.batch_size
+                )
             # The step is compiled for rows over data x fsdp: a no-op for rows placed so.
-            state, m = run.train_step(state, run.teacher_params, jax.device_put(batch, run.rows))
+            state, m = run.train_step(
+                state, run.teacher_params, jax.device_put(batch, run.rows), *run.step_extra
+            )
             done = step + 1
             count_step(run, progress, done, m)
             report.add(on_policy)
@@ -372,7 +415,9 @@ class StepReport:
         self.t_window, self.on_policy = now, []
         log(
             f"step {done:5d}/{config.steps} | loss {m['loss']:.4f} | "
-            f"grad {m['grad_norm']:.3f} | {rate:7.1f} ex/s | "
+            f"grad {m['grad_norm']:.3f} | "
+            + (f"reward {m['reward']:.3f} | " if "reward" in m else "")
+            + f"{rate:7.1f} ex/s | "
             f"elapsed {fmt_time(elapsed)} | ETA {fmt_time(eta)}"
         )
 

@@ -91,6 +91,14 @@ BAD = {
     "teacher.model.rms_norm_eps": -1.0,
     "teacher.model.tie_embeddings": None,
     "teacher.model.qkv_bias": "no",
+    "rl.alpha": 1.5,
+    "rl.reward": "no_such_reward",
+    "rl.num_samples": 0,
+    "rl.baseline": "mean",
+    "rl.normalize_advantages": "yes",
+    "rl.clip_ratio": 1.0,
+    "rl.gamma": 1.5,
+    "rl.kl_to_start": "always",
 }
 # Free-form strings, checked where they are used (a missing file or model names itself there).
 FREE = {
