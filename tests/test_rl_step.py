@@ -257,3 +257,51 @@ def test_arith_rl_run_resumes_bit_for_bit(straight_rl_run, tmp_path):
     for a, b in zip(final_params(tmp_path), final_params(straight_rl_run), strict=True):
         np.testing.assert_array_equal(a, b)
     assert metric_rows(tmp_path) == metric_rows(straight_rl_run)
+
+
+# ---------------------------------------------------------------------------- config checks
+RELATIONAL = {
+    "reward_missing": (dict(rl=dict(reward="")), "rl.reward", "must name a reward"),
+    "loo_one_sample": (dict(rl=dict(num_samples=1)), "rl.num_samples", "rl.baseline='batch'"),
+    "indivisible": (dict(batch_size=24, rl=dict(num_samples=16)), "batch_size", "num_samples"),
+    "off_policy": (dict(gkd=dict(lmbda=0.5)), "gkd.lmbda", "must be 1"),
+    "imitkd": (dict(gkd=dict(lmbda_schedule="imitkd")), "gkd.lmbda", "constant"),
+    "temperature": (dict(sampling=dict(temperature=0.7)), "sampling.temperature", "be 1.0"),
+    "top_k": (dict(sampling=dict(top_k=5)), "sampling.top_k", "be 0"),
+    "top_p": (dict(sampling=dict(top_p=0.9)), "sampling.top_p", "be 1.0"),
+    "loss_impl": (dict(gkd=dict(loss_impl="fused")), "gkd.loss_impl", "must be 'full'"),
+    "dropout": (dict(dropout_rate=0.1), "dropout_rate", "must be 0"),
+    "sft": (dict(objective="sft"), "rl.alpha", "set rl.alpha=1"),
+    "srkl_loss_temperature": (
+        dict(rl=dict(alpha=1.0), gkd=dict(divergence="sampled_rkl", loss_temperature=2.0)),
+        "gkd.loss_temperature",
+        "must be 1",
+    ),
+    "kl_to_start_on_gkd": (dict(rl=dict(alpha=1.0, kl_to_start="on")), "rl.kl_to_start", "'auto'"),
+    "reward_import_path": (dict(rl=dict(reward="no_such_pkg:fn")), "rl.reward", "PYTHONPATH"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RELATIONAL))
+def test_policy_gradient_config_checks_name_the_field_and_the_fix(case):
+    """What the policy-gradient step needs of the rest of the config (alpha 0.5 as the base)."""
+    fields, field, fix = RELATIONAL[case]
+    config = base_config()
+    config.rl.update(alpha=0.5, reward="exact_answer")
+    for key, value in fields.items():
+        if isinstance(value, dict):
+            config[key].update(value)
+        else:
+            config[key] = value
+    with pytest.raises(ValueError, match=f"config.{field}=") as err:
+        validate_config(config)
+    assert fix in str(err.value)
+
+
+def test_policy_gradient_configs_that_pass():
+    config = base_config()
+    config.rl.update(alpha=0.0, reward="exact_answer", baseline="none", num_samples=1)
+    validate_config(config)
+    config = base_config()
+    config.gkd.divergence, config.gkd.teacher_temperature = "sampled_rkl", 0.5
+    validate_config(config)  # no reward needed at alpha 1
