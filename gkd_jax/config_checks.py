@@ -327,6 +327,7 @@ def check_sparse_teacher(config: ml_collections.ConfigDict) -> None:
         )
     if not cache:
         return
+    manifest = read_manifest(cache)  # names the directory and the command that makes it
     if not k:
         _fail(
             "gkd.teacher_top_k",
@@ -351,7 +352,6 @@ def check_sparse_teacher(config: ml_collections.ConfigDict) -> None:
             config.compare_lmbdas,
             f"must be '' {why} (the compared runs would sample); run them with the live teacher",
         )
-    manifest = read_manifest(cache)  # names the directory and the command that makes it
     if manifest["k"] != k:
         _fail(
             "gkd.teacher_top_k",
