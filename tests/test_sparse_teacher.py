@@ -4,10 +4,14 @@ float64 numpy reference written from the definition (K < V): values, gradients, 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from finite_differences import central_differences
 
-from gkd_jax import losses
+from gkd_jax import losses, sharding, step
+from gkd_jax.config_defaults import base_config
+from gkd_jax.models import DecoderConfig, build_decoder, functional_lm
+from gkd_jax.rl_step import make_rl_train_step
 from gkd_jax.sparse_teacher import (
     TAIL_FLOOR,
     bytes_per_token,
@@ -15,6 +19,7 @@ from gkd_jax.sparse_teacher import (
     sparse_divergence,
     top_k_log_probs,
 )
+from gkd_jax.step import TEACHER_KEYS, Objective
 
 V = 13
 CASES = [("fkl", None), ("rkl", None), ("jsd", 0.3), ("jsd", 0.5), ("tv", None)]
@@ -257,3 +262,142 @@ def test_bad_shapes_and_k():
         sparse_divergence("fkl", zs, jnp.zeros((2, 3), jnp.int32), jnp.zeros((2, 4)))
     with pytest.raises(ValueError, match="unknown divergence"):
         sparse_divergence("kl", zs, jnp.zeros((2, 3), jnp.int32), jnp.zeros((2, 3)))
+
+
+# ---------------------------------------------------------------- the train steps
+VS = 32  # divides over tensor=2
+STUDENT = DecoderConfig(VS, 16, 1, 4, 2, 32)
+TEACHER = DecoderConfig(VS, 32, 2, 4, 2, 64)
+
+
+def step_models():
+    params, s_fns = functional_lm(build_decoder(STUDENT, seed=1))
+    t_params, t_fns = functional_lm(build_decoder(TEACHER, seed=2))
+    return params, s_fns, t_params, t_fns
+
+
+def random_batch(seed=0, b=16, p=6, n=5):
+    rng = np.random.default_rng(seed)
+    prompt_mask = np.arange(p)[None] >= (p - rng.integers(1, p + 1, b))[:, None]
+    completion_mask = np.arange(n)[None] < rng.integers(1, n + 1, b)[:, None]
+    return dict(
+        prompt=np.where(prompt_mask, rng.integers(3, VS, (b, p)), 0).astype(np.int32),
+        prompt_mask=prompt_mask,
+        completion=np.where(completion_mask, rng.integers(3, VS, (b, n)), 0).astype(np.int32),
+        completion_mask=completion_mask,
+    )
+
+
+def with_summary(config, batch, t_fns, t_params):
+    """The batch with its teacher summary, as a cache holds it (step.TEACHER_KEYS)."""
+    objective = Objective(config, t_fns, t_fns)
+    args = [batch[k] for k in ("prompt", "prompt_mask", "completion", "completion_mask")]
+    summary = jax.jit(lambda p: objective.teacher_top_k(t_fns.score(p, *args)))(t_params)
+    return batch | dict(zip(TEACHER_KEYS, jax.device_get(summary), strict=True))
+
+
+def fresh_state(params, tx):
+    params = jax.tree.map(jnp.array, params)  # a copy: the step donates its state
+    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+
+def gkd_config(**gkd):
+    config = base_config()
+    config.gkd.update(beta=0.3, teacher_temperature=0.8, loss_temperature=1.2)
+    config.gkd.update(gkd)
+    return config
+
+
+def run_steps(config, batches, *, mesh=None, cached=False, rl=False):
+    """Params and metrics after one step per batch; the live teacher unless `cached`."""
+    params, s_fns, t_params, t_fns = step_models()
+    tx = optax.adam(1e-2)
+    if cached:
+        batches = [with_summary(config, b, t_fns, t_params) for b in batches]
+        t_fns = t_params = None
+    make = make_rl_train_step if rl else step.make_train_step
+    if mesh is None:
+        state, train_step = fresh_state(params, tx), make(config, s_fns, t_fns, tx)
+    else:
+        state, shardings = sharding.init_train_state(jax.tree.map(jnp.array, params), tx, mesh)
+        t_shardings = None
+        if t_params is not None:
+            t_shardings = sharding.tree_shardings(t_params, mesh)
+            t_params = jax.device_put(t_params, t_shardings)
+        train_step = make(
+            config, s_fns, t_fns, tx, mesh=mesh, state_shardings=shardings,
+            teacher_shardings=t_shardings,
+        )  # fmt: skip
+        batches = [jax.device_put(b, sharding.batch_sharding(mesh)) for b in batches]
+    metrics = []
+    for batch in batches:
+        state, m = train_step(state, t_params, batch)
+        metrics.append(jax.device_get(m))
+    return jax.device_get(state["params"]), metrics, train_step
+
+
+def assert_close_runs(a, b, rtol=1e-5, atol=1e-6):
+    for x, y in zip(jax.tree.leaves(a[0]), jax.tree.leaves(b[0]), strict=True):
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+    for ma, mb in zip(a[1], b[1], strict=True):
+        np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "gkd",
+    [dict(divergence="jsd"), dict(divergence="fkl", reduction="token"), dict(divergence="tv")],
+)
+def test_step_at_k_equal_v_is_the_full_step(gkd):
+    batches = [random_batch(s) for s in range(2)]
+    full = run_steps(gkd_config(**gkd), batches)
+    assert_close_runs(run_steps(gkd_config(teacher_top_k=VS, **gkd), batches), full)
+
+
+def test_step_from_a_cached_batch_is_the_live_sparse_step():
+    config = gkd_config(teacher_top_k=5, divergence="rkl")
+    config.grad_accum = 2
+    batches = [random_batch(s) for s in range(2)]
+    live, cached = run_steps(config, batches), run_steps(config, batches, cached=True)
+    # The teacher scored 8 rows at a time (a micro-batch) vs 16: float32 rounding apart.
+    assert_close_runs(cached, live)
+    full = run_steps(gkd_config(divergence="rkl"), batches)
+    assert live[1][0]["loss"] < full[1][0]["loss"]  # coarse-grained: a lower bound
+
+
+def test_sparse_steps_on_the_2x2x2_mesh_equal_one_device_and_compile_once():
+    """data x fsdp x tensor = 2 x 2 x 2, two micro-batches: the live sparse step and the cached
+    one (no teacher at all) give what one device gives, compiled once over three steps."""
+    config = gkd_config(teacher_top_k=6)
+    config.grad_accum = 2
+    batches = [random_batch(s) for s in range(3)]
+    one = run_steps(config, batches, mesh=sharding.make_mesh(devices=jax.devices()[:1]))
+    mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+    for cached in (False, True):
+        params, metrics, train_step = run_steps(config, batches, mesh=mesh, cached=cached)
+        assert_close_runs((params, metrics), one, rtol=1e-4, atol=1e-5)
+        assert train_step._cache_size() == 1
+
+
+def test_rl_step_takes_the_live_teachers_top_k():
+    """rl.alpha = 0.5 with a JSD term: at K = V the rl step is unchanged; at K < V its
+    divergence metric is the sparse divergence of the samples."""
+    config = gkd_config(divergence="jsd")
+    config.rl.update(alpha=0.5, reward="exact_answer", num_samples=2, kl_to_start="off")
+    rng = np.random.default_rng(0)
+    batches = [random_batch(s) | dict(rewards=rng.normal(size=16).astype(np.float32))
+               for s in range(2)]  # fmt: skip
+    full = run_steps(config, batches, rl=True)
+    config_v = gkd_config(divergence="jsd", teacher_top_k=VS)
+    config_v.rl.update(config.rl)
+    assert_close_runs(run_steps(config_v, batches, rl=True), full)
+    config_k = gkd_config(divergence="jsd", teacher_top_k=4)
+    config_k.rl.update(config.rl)
+    _, metrics, _ = run_steps(config_k, batches[:1], rl=True)
+    params, s_fns, t_params, t_fns = step_models()
+    b = batches[0]
+    args = [b[k] for k in ("prompt", "prompt_mask", "completion", "completion_mask")]
+    ids, logp, tail = top_k_log_probs(t_fns.score(t_params, *args) / 0.8, 4, temperature=1.2)
+    per = sparse_divergence("jsd", s_fns.score(params, *args), ids, logp, tail, beta=0.3,
+                            temperature=1.2)  # fmt: skip
+    expected = losses.masked_mean(per, jnp.asarray(b["completion_mask"]), "sequence")
+    np.testing.assert_allclose(metrics[0]["divergence"], expected, rtol=1e-5)
