@@ -158,10 +158,11 @@ def build_cache(
         )
     manifest["complete"] = True
     store.write_manifest(out, manifest)
-    size = manifest["completion_tokens"] * manifest["bytes_per_token"]
+    size = n * length * manifest["bytes_per_token"]  # every position, padding included
     log(
-        f"[teacher_cache] {out}: {n} examples, K={k}, {manifest['bytes_per_token']} B per token "
-        f"({logp_dtype} log-probs), {size / 2**20:.1f} MiB of completion tokens"
+        f"[teacher_cache] {out}: {n} examples x {length} positions, K={k}, "
+        f"{manifest['bytes_per_token']} B per position ({logp_dtype} log-probs): "
+        f"{size / 2**20:.1f} MiB"
     )
     return manifest
 

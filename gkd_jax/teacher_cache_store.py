@@ -49,8 +49,13 @@ LOGP_DTYPES = ("float32", "bfloat16")
 def cache_key(config: ml_collections.ConfigDict) -> dict:
     """The config fields that decide the teacher's log-probabilities on given data."""
     g = config.gkd
+    teacher = config.teacher.to_dict()
+    if teacher["checkpoint"]:  # the recipe only makes a missing WORKDIR/teacher model
+        teacher.pop("recipe", None)
+    else:  # by file name: the same recipe from another checkout is the same teacher
+        teacher["recipe"] = os.path.basename(teacher["recipe"])
     return {
-        "teacher": config.teacher.to_dict(),
+        "teacher": teacher,
         "dtype": config.dtype,
         "teacher_temperature": float(g.teacher_temperature),
         "loss_temperature": float(g.loss_temperature),

@@ -216,3 +216,15 @@ def test_cached_batches_carry_the_teacher_rows(cache_dir):
             for p, c in zip(batch["prompt"], batch["completion"], strict=True)]  # fmt: skip
     np.testing.assert_array_equal(batch["teacher_ids"], expected["teacher_ids"][rows])
     assert jnp.asarray(batch["teacher_logp"]).shape == (16, 48, K)
+
+
+def test_live_top_k_on_policy_run(tmp_path):
+    """teacher_top_k with lmbda 1: the student's samples scored by the live teacher's top-8,
+    on the 8-device mesh; the evaluation's teacher row is there (the teacher is live)."""
+    config = arith_config(lmbda=1.0)
+    config.steps = 2
+    trainer.train_and_evaluate(config, str(tmp_path))
+    rows = metric_rows(tmp_path)
+    assert [r["on_policy"] for r in rows] == [1.0, 1.0]
+    assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in rows)
+    assert "teacher" in json.loads((tmp_path / "results.json").read_text())["scores"]
