@@ -262,6 +262,13 @@ def check_rl(config: ml_collections.ConfigDict) -> None:
             config.batch_size,
             f"must be divisible by rl.num_samples ({r.num_samples}) {why}",
         )
+    if config.compare_lmbdas:  # the comparisons re-run this config at other lmbdas
+        _fail(
+            "compare_lmbdas",
+            config.compare_lmbdas,
+            f"compares lmbdas of GKD runs, and this run is not one {why}: set "
+            "compare_lmbdas='' (e.g. --config.compare_lmbdas= with configs/arith.py)",
+        )
     g, s = config.gkd, config.sampling
     if g.lmbda != 1.0 or g.lmbda_schedule != "constant":
         _fail(

@@ -9,7 +9,7 @@ checks: gkd.lmbda = 1, plain temperature-1 sampling), drawn in the loop by step.
 A batch holds step.py's four arrays and
   "rewards"      [B] float32, rl.alpha < 1 only: config.rl.reward of each decoded completion,
                  computed by the trainer outside jit between sampling and this step
-                 (trainer.RewardScorer); rows i*k .. i*k + k-1 are one prompt's
+                 (reward_scoring.RewardScorer); rows i*k .. i*k + k-1 are one prompt's
                  k = rl.num_samples samples;
   "sample_logp"  [B, N] float32, optional: each token's log-probability under the policy that
                  sampled it, for PPO clipping of stale samples (rl.py). Absent (the trainer's

@@ -224,6 +224,32 @@ def test_entry_point_two_processes(tmp_path):
     assert "| student (after) |" not in resumed[1] and "process 1/2" in resumed[1]
 
 
+@pytest.mark.slow
+def test_rl_run_two_processes_like_one(tmp_path):
+    """The policy-gradient loop (rl.alpha 0.5, exact-answer reward, 4 samples a prompt) on two
+    processes x 2 devices, against one process x 4: each host scores the rewards of its own
+    rows, and the run is the same (metrics and parameters). A few minutes."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    cmd = [
+        sys.executable, "-m", "gkd_jax.train", "--config=configs/arith.py:smoke",
+        "--config.teacher.checkpoint=builtin:arith/teacher",
+        "--config.init.checkpoint=builtin:arith/student_sft",
+        "--config.steps=3", "--config.log_every=1", "--config.export.hf=False",
+        "--config.eval.num_examples=8", "--config.eval.batch_size=8",
+        "--config.rl.alpha=0.5", "--config.rl.reward=exact_answer",
+    ]  # fmt: skip
+    procs = launch([*cmd, f"--workdir={one}"], processes=1, devices=4)
+    procs += launch([*cmd, f"--workdir={two}"], processes=2, devices=2)
+    wait_all(procs)
+    ref, got = jsonl(one / "metrics.jsonl"), jsonl(two / "metrics.jsonl")
+    assert [r["step"] for r in got] == [r["step"] for r in ref]
+    for key in ("loss", "reward", "reward_positive", "divergence", "kl_to_start"):
+        rows = [(r[key], q[key]) for r, q in zip(ref, got, strict=True) if key in r]
+        assert len(rows) == 3
+        np.testing.assert_allclose(*zip(*rows, strict=True), atol=1e-6)
+    assert_same_params(one / "model", two / "model")
+
+
 # ---------------------------------------------------------------------------- in-process
 @pytest.fixture
 def fresh(monkeypatch):

@@ -7,12 +7,16 @@ test passes or fails the same way every run; each also checks that its tolerance
 to catch the bias it is there to catch (a 1/k-sized one).
 """
 
+import sys
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from gkd_jax import losses, rl
+from gkd_jax.reward_scoring import RewardScorer, repeat_prompts
 
 TOL_SE = 5.0  # a correct estimator is off by more than 5 SE with probability ~6e-7 per component
 K = 6  # arms / vocabulary
@@ -171,3 +175,39 @@ def test_fresh_samples_give_reinforce_and_stale_ones_are_clipped():
     assert float(rl.policy_gradient_loss(logp, adv, mask, old, 0.2)[1]) == 1.0
     # Unclipped, the stale token gets its full importance weight.
     np.testing.assert_allclose(grad_of(old, 0.0)[0, 0], np.exp(0.5) * reinforce[0, 0], rtol=1e-5)
+
+
+# ---------------------------------------------------------------- the host side
+class Letters:
+    """A stand-in tokenizer: id i is the letter chr(96 + i); 0 is padding (skipped)."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(96 + int(i)) for i in ids if int(i))
+
+
+def test_reward_scorer_pairs_each_sample_with_its_example(monkeypatch):
+    seen = {}
+
+    def reward(prompts, completions, references):
+        seen.update(prompts=prompts, completions=completions, references=references)
+        return np.asarray([float(c == r) for c, r in zip(completions, references, strict=True)])
+
+    module = types.SimpleNamespace(match=reward)  # a reward given by import path
+    monkeypatch.setitem(sys.modules, "rl_test_rewards", module)
+    scorer = RewardScorer("rl_test_rewards:match", Letters(), ["p0", "p1", "p2"], ["ab", "c", "d"])
+    batch = repeat_prompts({"index": np.asarray([2, 0])}, 2)
+    np.testing.assert_array_equal(batch["index"], [2, 2, 0, 0])
+    tokens = np.asarray([[4, 1, 0], [4, 0, 0], [1, 2, 9], [1, 2, 0]])
+    mask = np.asarray([[1, 1, 0], [1, 0, 0], [1, 1, 0], [1, 1, 1]], bool)
+    np.testing.assert_array_equal(scorer(batch["index"], tokens, mask), [0, 1, 1, 1])
+    assert seen["prompts"] == ["p2", "p2", "p0", "p0"]
+    assert seen["completions"] == ["da", "d", "ab", "ab"]  # masked-out and padding ids dropped
+    assert seen["references"] == ["d", "d", "ab", "ab"]
+    module.match = lambda p, c, r: np.full(len(c), np.nan)
+    scorer = RewardScorer("rl_test_rewards:match", Letters(), ["p"], ["r"])
+    with pytest.raises(ValueError, match="non-finite"):
+        scorer(np.asarray([0]), tokens[:1], mask[:1])
+    module.match = lambda p, c, r: np.zeros(2)
+    scorer = RewardScorer("rl_test_rewards:match", Letters(), ["p"], ["r"])
+    with pytest.raises(ValueError, match="one float per completion"):
+        scorer(np.asarray([0]), tokens[:1], mask[:1])

@@ -167,6 +167,30 @@ def test_step_gradient_is_the_objectives(case):
     assert float(m["clipped_tokens"]) == 0.0 and float(m["nonfinite"]) == 0.0
 
 
+def test_sample_logp_of_these_parameters_changes_nothing_and_stale_ones_are_clipped():
+    """batch["sample_logp"]: the sampling policy's log-probabilities. Equal to the current
+    student's (what the trainer's fresh samples have), the step is plain REINFORCE; shifted
+    (a stale sampler), PPO's clip binds on the tokens whose ratio left [1 - eps, 1 + eps]."""
+    config = rl_config(clip_ratio=0.2)
+    params, s_fns, t_params, t_fns = models()
+    batch = random_batch()
+    args = [batch[k] for k in ("prompt", "prompt_mask", "completion", "completion_mask")]
+    logp = rl.token_log_probs(s_fns.score(params, *args), batch["completion"])  # [B, N]
+    tx = optax.sgd(1.0)
+    train_step = make_rl_train_step(config, s_fns, t_fns, tx)
+    fresh, m0 = train_step(fresh_state(params, tx), t_params, batch)
+    same, m1 = train_step(fresh_state(params, tx), t_params, dict(batch, sample_logp=logp))
+    for a, b in zip(jax.tree.leaves(fresh["params"]), jax.tree.leaves(same["params"]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert float(m0["clipped_tokens"]) == float(m1["clipped_tokens"]) == 0.0
+    shift = np.where(np.arange(logp.shape[1]) % 2, 0.5, -0.5)  # ratios e^-0.5, e^0.5
+    stale, m2 = train_step(fresh_state(params, tx), t_params, dict(batch, sample_logp=logp + shift))
+    assert float(m2["clipped_tokens"]) > 0
+    pairs = zip(jax.tree.leaves(fresh["params"]), jax.tree.leaves(stale["params"]), strict=True)
+    assert max(float(np.abs(a - b).max()) for a, b in pairs) > 1e-4
+    assert train_step._cache_size() == 2  # with and without sample_logp
+
+
 # ---------------------------------------------------------------------------- sharded
 def run_sharded(mesh, config, batches):
     params, s_fns, t_params, t_fns = models()
@@ -278,6 +302,7 @@ RELATIONAL = {
         "must be 1",
     ),
     "kl_to_start_on_gkd": (dict(rl=dict(alpha=1.0, kl_to_start="on")), "rl.kl_to_start", "'auto'"),
+    "comparisons": (dict(compare_lmbdas="0"), "compare_lmbdas", "compare_lmbdas=''"),
     "reward_import_path": (dict(rl=dict(reward="no_such_pkg:fn")), "rl.reward", "PYTHONPATH"),
 }
 
