@@ -108,7 +108,7 @@ def test_k_below_v_matches_the_float64_reference(name, beta, k):
 def test_coarse_graining_never_exceeds_the_full_divergence(name, beta):
     zs, zt = logits(4), logits(5)
     full = np.asarray(losses.divergence(name, zs, zt, beta=beta))
-    values = [np.asarray(sparse(name, beta, zs, zt, k)) for k in range(1, V + 1)]
+    values = [np.asarray(sparse(name, beta, zs, zt, k)) for k in (1, 2, 5, 9, V - 1, V)]
     for v in values:
         assert np.all(v <= full + 1e-6)
     np.testing.assert_allclose(values[-1], full, rtol=2e-6, atol=2e-7)
