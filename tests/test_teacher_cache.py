@@ -4,6 +4,8 @@ live teacher at the same K, and a cache made for something else is refused by na
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -228,3 +230,26 @@ def test_live_top_k_on_policy_run(tmp_path):
     assert [r["on_policy"] for r in rows] == [1.0, 1.0]
     assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in rows)
     assert "teacher" in json.loads((tmp_path / "results.json").read_text())["scores"]
+
+
+def test_command_line_bfloat16_cache_trains_on_the_mesh(tmp_path):
+    """`python -m gkd_jax.teacher_cache` as the README runs it (bfloat16 log-probs, a partial
+    last shard), then two supervised-KD steps from it on the 8-device mesh."""
+    out = tmp_path / "cache"
+    command = [
+        sys.executable, "-m", "gkd_jax.teacher_cache",
+        f"--config={os.path.join(REPO, 'configs', 'arith.py')}", f"--out={out}",
+        f"--config.gkd.teacher_top_k={K}", "--config.data.train_examples=40",
+        "--dtype=bfloat16", "--shard_size=16", "--batch_size=8",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "shard 3/3: 40/40 examples" in done.stdout
+    manifest = json.loads((out / store.MANIFEST).read_text())
+    assert manifest["logp_dtype"] == "bfloat16" and manifest["bytes_per_token"] == K * 6 + 4
+    assert manifest["num_examples"] == 40 and manifest["complete"]
+    config = arith_config(teacher_cache=str(out))
+    config.data.train_examples, config.steps = 40, 2
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    rows = metric_rows(tmp_path / "run")
+    assert len(rows) == 2 and all(np.isfinite(r["loss"]) for r in rows)
