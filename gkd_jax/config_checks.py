@@ -24,6 +24,7 @@ from gkd_jax.rewards import get_reward
 from gkd_jax.rl import BASELINES, KL_TO_START, SAMPLED_DIVERGENCES, policy_gradient
 from gkd_jax.schedules import LMBDA_SCHEDULES
 from gkd_jax.sharding import mesh_shape
+from gkd_jax.teacher_cache_store import read_manifest
 
 OBJECTIVES = ("gkd", "sft")
 # How the GKD loss is computed (step.Objective.sum_count); the memory-lean forms are generalized
@@ -94,6 +95,7 @@ def validate_config(config: ml_collections.ConfigDict, *, vocab_size: int | None
     check_gkd(config)
     check_sampling(config)
     check_rl(config)
+    check_sparse_teacher(config)
     check_export(config)
     check_data(config)
     check_eval(config, devices)
@@ -350,4 +352,74 @@ def check_rl(config: ml_collections.ConfigDict) -> None:
             g.loss_temperature,
             "must be 1 with gkd.divergence='sampled_rkl' (the policy is the student at "
             "temperature 1; gkd.teacher_temperature still sharpens the teacher)",
+        )
+
+
+def check_sparse_teacher(config: ml_collections.ConfigDict) -> None:
+    """gkd.teacher_top_k and gkd.teacher_cache (sparse_teacher.py, teacher_cache.py): a K the
+    vocabulary holds, the full loss form, and a cache only where no teacher is needed."""
+    g = config.gkd
+    k, cache = g.teacher_top_k, g.teacher_cache
+    _integer_at_least("gkd.teacher_top_k", k, 0, "(0 = the full teacher)")
+    if not isinstance(cache, str):
+        _fail("gkd.teacher_cache", cache, "must be a teacher cache directory or '' (none)")
+    if not k and not cache:
+        return
+    if config.objective != "gkd":
+        field, value = ("gkd.teacher_top_k", k) if k else ("gkd.teacher_cache", cache)
+        _fail(field, value, "needs objective='gkd' (a teacher); set it to 0 / '' for SFT")
+    if not is_hf_source(config.init.checkpoint) and k > config.model.vocab_size:
+        _fail(
+            "gkd.teacher_top_k",
+            k,
+            f"exceeds the vocabulary (model.vocab_size={config.model.vocab_size}): use K <= "
+            f"{config.model.vocab_size}, or 0 for the full teacher",
+        )
+    if g.loss_impl != "full":
+        _fail(
+            "gkd.loss_impl",
+            g.loss_impl,
+            "must be 'full' with gkd.teacher_top_k > 0 (the sparse loss holds no [B, N, V] "
+            "teacher logits: nothing for the chunked/fused forms to save)",
+        )
+    if g.divergence in SAMPLED_DIVERGENCES:
+        _fail(
+            "gkd.divergence",
+            g.divergence,
+            "needs the teacher's log-probability of every sampled token, which a top-K teacher "
+            "lacks: use divergence 'rkl' with gkd.teacher_top_k, or teacher_top_k=0",
+        )
+    if not cache:
+        return
+    manifest = read_manifest(cache)  # names the directory and the command that makes it
+    if not k:
+        _fail(
+            "gkd.teacher_top_k",
+            k,
+            f"must be the cache's K with gkd.teacher_cache={cache!r} (its manifest.json says)",
+        )
+    why = "with gkd.teacher_cache: the cache holds the teacher on the dataset's targets only"
+    if g.lmbda != 0 or g.lmbda_schedule != "constant":
+        _fail(
+            "gkd.lmbda",
+            g.lmbda,
+            f"must be 0 with lmbda_schedule='constant' {why} (on-policy samples need the live "
+            "teacher: set gkd.teacher_cache='')",
+        )
+    if g.seq_kd:
+        _fail("gkd.seq_kd", g.seq_kd, f"must be False {why} (SeqKD samples the live teacher)")
+    if policy_gradient(config):
+        _fail("rl.alpha", config.rl.alpha, f"must be 1 {why} (policy gradient samples)")
+    if config.compare_lmbdas:
+        _fail(
+            "compare_lmbdas",
+            config.compare_lmbdas,
+            f"must be '' {why} (the compared runs would sample); run them with the live teacher",
+        )
+    if manifest["k"] != k:
+        _fail(
+            "gkd.teacher_top_k",
+            k,
+            f"differs from the cache's K={manifest['k']} ({cache}): set "
+            f"gkd.teacher_top_k={manifest['k']}, or rebuild the cache with K={k}",
         )

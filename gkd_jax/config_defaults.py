@@ -168,6 +168,15 @@ def base_config() -> ml_collections.ConfigDict:
     # vocabulary-parallel. chunked/fused: divergences jsd/fkl/rkl.
     c.gkd.loss_impl = "full"
     c.gkd.loss_chunk = 0  # positions per chunk per device; 0 = loss_forms.default_chunk
+    # Sparse teacher (gkd_jax/sparse_teacher.py): K > 0 scores the loss from the teacher's top-K
+    # log-probs per position + one tail bin, the student collapsed onto the same K + 1 bins
+    # (exact at K = vocabulary size; a lower bound below). 0 = the full teacher. loss_impl
+    # "full"; divergences jsd/fkl/rkl/tv. Any lmbda: the live teacher's top-K is taken in the step.
+    c.gkd.teacher_top_k = 0
+    # A teacher cache dir (python -m gkd_jax.teacher_cache, README "Sparse teachers"): the
+    # teacher's top-K on the training targets, read instead of loading the teacher. Supervised
+    # KD only (lmbda 0, no seq_kd), teacher_top_k = the cache's K. "" = the live teacher.
+    c.gkd.teacher_cache = ""
 
     # RL + GKD (gkd_jax/rl.py, rl_step.py): minimize (1 - alpha) * (-E[reward]) + alpha * the GKD
     # divergence, on the student's own samples; the reward term by REINFORCE. alpha < 1 (or

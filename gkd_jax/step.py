@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from gkd_jax import loss_forms, losses, sharding
+from gkd_jax import loss_forms, losses, sharding, sparse_teacher
 from gkd_jax.models.lm import LMFunctions, shared_vocab_logits
 from gkd_jax.rl import SAMPLED_DIVERGENCES
 from gkd_jax.sampling import SamplingConfig
@@ -32,6 +32,10 @@ from gkd_jax.schedules import lmbda_at
 
 # The dropout masks' own stream of (seed, step, micro-batch), apart from the sampling keys.
 DROPOUT_STREAM = 0x64726F70
+# A batch's teacher summary read from a teacher cache (teacher_cache.py; sparse_teacher.py):
+# ids [B, N, K] int32, log-probs [B, N, K] and the log tail mass [B, N]. With them in the batch,
+# Objective scores the sparse loss without running the teacher.
+TEACHER_KEYS = ("teacher_ids", "teacher_logp", "teacher_log_tail")
 
 
 # ---------------------------------------------------------------------------- 1. completions
@@ -132,9 +136,12 @@ class Objective:
     compares the first `vocab` logits of both) and, on a mesh, the models' and loss's placement.
 
     "gkd": config.gkd.divergence between teacher and student per completion token, from [B, N, V]
-    logits ("full") or by a memory-lean form (loss_forms.py: "chunked", "fused"); "sft": the
-    student's cross-entropy on the completions. Batches are dicts of prompt, prompt_mask,
-    completion, completion_mask; a `dropout_key` scores the student in training mode."""
+    logits ("full") or by a memory-lean form (loss_forms.py: "chunked", "fused"), or with
+    gkd.teacher_top_k = K from the teacher's top-K + tail (sparse_teacher.py): taken from the
+    live teacher's logits, or from the batch's TEACHER_KEYS (a teacher cache; no teacher then);
+    "sft": the student's cross-entropy on the completions. Batches are dicts of prompt,
+    prompt_mask, completion, completion_mask; a `dropout_key` scores the student in training
+    mode."""
 
     def __init__(self, config, student: LMFunctions, teacher: LMFunctions | None, *, mesh=None):
         check_loss_impl(config, student, teacher)
@@ -146,6 +153,12 @@ class Objective:
         g = config.gkd
         self.reduction = g.reduction if config.objective == "gkd" else config.sft_reduction
         self.memory_lean = config.objective == "gkd" and g.loss_impl != "full"
+        self.top_k = g.teacher_top_k if config.objective == "gkd" else 0
+        if self.top_k > self.vocab:
+            raise ValueError(
+                f"config.gkd.teacher_top_k={self.top_k} exceeds the shared vocabulary "
+                f"({self.vocab}): use K <= {self.vocab}, or 0 for the full teacher"
+            )
         self.loss_mesh: Mesh | None = None
         if mesh is not None:
             # The models' forward passes pin their activations' rows (sharding.constrain_rows).
@@ -178,12 +191,40 @@ class Objective:
         if config.objective == "sft":
             logp = jax.nn.log_softmax(s_logits.astype(jnp.float32), axis=-1)
             return -jnp.take_along_axis(logp, batch["completion"][..., None], axis=-1)[..., 0]
+        if TEACHER_KEYS[0] in batch:  # the teacher's top-K + tail, cached
+            return self.sparse_divergence(s_logits, tuple(batch[k] for k in TEACHER_KEYS))
         t_logits = jax.lax.stop_gradient(self.teacher.score(teacher_params, *args))
         return self.divergence(s_logits, t_logits)
 
+    def teacher_top_k(self, t_logits):
+        """The teacher's summary (ids [..., K], log-probs [..., K], log tail [...]) of its
+        logits [..., V*] at the loss's temperatures, as the sparse loss and the cache take it."""
+        g = self.config.gkd
+        return sparse_teacher.top_k_log_probs(
+            shared_vocab_logits(t_logits, self.vocab) / g.teacher_temperature,
+            self.top_k,
+            temperature=g.loss_temperature,
+        )
+
+    def sparse_divergence(self, s_logits, summary):
+        """config.gkd's divergence per position [B, N] between the student's logits and a
+        teacher summary (`teacher_top_k`'s, or a cache's), on the K + 1 bins."""
+        g = self.config.gkd
+        name = "rkl" if g.divergence in SAMPLED_DIVERGENCES else g.divergence
+        return sparse_teacher.sparse_divergence(
+            name,
+            shared_vocab_logits(s_logits, self.vocab),
+            *summary,
+            beta=g.beta if name == "jsd" else None,
+            temperature=g.loss_temperature,
+        )
+
     def divergence(self, s_logits, t_logits):
         """config.gkd's divergence per position [B, N] from both models' logits [B, N, V*]:
-        "sampled_rkl" (trained by policy gradient, rl_step.py) gives its expectation, "rkl"."""
+        "sampled_rkl" (trained by policy gradient, rl_step.py) gives its expectation, "rkl".
+        With gkd.teacher_top_k the teacher's logits are cut to their top-K + tail first."""
+        if self.top_k:
+            return self.sparse_divergence(s_logits, self.teacher_top_k(t_logits))
         g, vocab = self.config.gkd, self.vocab
         name = "rkl" if g.divergence in SAMPLED_DIVERGENCES else g.divergence
         beta = g.beta if name == "jsd" else None

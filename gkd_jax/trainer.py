@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from gkd_jax import checkpoint, distributed, preemption, rl, sharding
+from gkd_jax import checkpoint, distributed, preemption, rl, sharding, teacher_cache_store
 from gkd_jax.config_checks import validate_config
 from gkd_jax.data import pipeline
 from gkd_jax.data.task_types import Task
@@ -142,11 +142,15 @@ def setup(config, workdir: str) -> tuple[Run, Any, Progress]:
     student, teacher = load_models(config, workdir, mesh)
     vocab = shared_vocab_size(config, tokenizer, student, teacher)
     if task.metric is None and teacher is None:
-        raise ValueError(f"task {task.name!r} is scored against a teacher: use objective='gkd'")
+        fix = "set gkd.teacher_cache=''" if config.gkd.teacher_cache else "use objective='gkd'"
+        raise ValueError(f"task {task.name!r} is scored against a live teacher: {fix}")
 
     train_split, train_data, eval_split, eval_data = load_data(
         config, task, tokenizer, stops, vocab
     )
+    if config.gkd.teacher_cache:  # the teacher's top-K on these targets, row for row
+        train_data |= teacher_cache_store.read(config.gkd.teacher_cache, config, train_data, vocab)
+        log(f"[teacher] top-{config.gkd.teacher_top_k} from the cache {config.gkd.teacher_cache}")
     policy_gradient = rl.policy_gradient(config)
     rewards = None
     if policy_gradient:  # each batch row says which training example it is: its reference
@@ -255,7 +259,8 @@ def first_evaluations(
 def load_models(config, workdir: str, mesh) -> tuple[nnx.Module, nnx.Module | None]:
     """(student, teacher), loaded straight into their shardings on the mesh (sharding.py). The
     student starts from `init` (an SFT checkpoint) or from scratch; the teacher is None for
-    SFT. A model already trained in WORKDIR/model must have the student's shape."""
+    SFT and with a teacher cache (gkd.teacher_cache). A model already trained in WORKDIR/model
+    must have the student's shape."""
     dtype = COMPUTE_DTYPES[config.dtype]
     init_shape = expected_shape(config.init.checkpoint, config.model)
     out_dir = os.path.join(workdir, "model")
@@ -263,7 +268,7 @@ def load_models(config, workdir: str, mesh) -> tuple[nnx.Module, nnx.Module | No
         checkpoint.check_model_config(out_dir, init_shape)
     obtain = functools.partial(obtain_model, mesh=mesh, train=train_and_evaluate)
     teacher = None
-    if config.objective == "gkd":
+    if config.objective == "gkd" and not config.gkd.teacher_cache:  # cached: never loaded
         # .get: a Hugging Face teacher's source has no `model` fields
         expected = expected_shape(config.teacher.checkpoint, config.teacher.get("model"))
         teacher = obtain(config.teacher, workdir, "teacher", dtype, expected)

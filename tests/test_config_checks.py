@@ -1,6 +1,8 @@
 """Every config field is checked at start-up: a bad value fails naming the field, the value and
 the allowed range. The completeness test fails when a field is added without a check here."""
 
+import json
+
 import pytest
 
 from gkd_jax.config_checks import validate_config
@@ -52,6 +54,8 @@ BAD = {
     "gkd.loss_temperature": -1.0,
     "gkd.loss_impl": "sharded",
     "gkd.loss_chunk": -1,
+    "gkd.teacher_top_k": -1,
+    "gkd.teacher_cache": "/no/such/teacher/cache",
     "mesh.data": 3,  # 3 x 1 x 1 is not the 8 devices
     "mesh.fsdp": 0,
     "mesh.tensor": 1.5,
@@ -138,3 +142,58 @@ def test_bad_value_names_the_field(field):
         return
     with pytest.raises(ValueError, match=f"config.{field}="):
         validate_config(config)
+
+
+def fake_cache(directory, k=8):
+    (directory / "manifest.json").write_text(json.dumps({"format": 1, "k": k}))
+    return str(directory)
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        (dict(gkd=dict(teacher_top_k=100)), r"teacher_top_k=100.*exceeds.*vocab_size=99"),
+        (dict(objective="sft", gkd=dict(teacher_top_k=8)), r"teacher_top_k=8.*objective='gkd'"),
+        (dict(gkd=dict(teacher_top_k=8, loss_impl="fused")), r"loss_impl='fused'.*'full'"),
+        (
+            dict(gkd=dict(teacher_top_k=8, divergence="sampled_rkl")),
+            r"divergence='sampled_rkl'.*use divergence 'rkl'",
+        ),
+        (dict(gkd=dict(teacher_cache=None)), r"teacher_cache=None.*directory"),
+        (dict(gkd=dict(lmbda=0.0, teacher_cache="CACHE")), r"teacher_top_k=0.*cache's K"),
+        (
+            dict(gkd=dict(lmbda=0.0, teacher_top_k=4, teacher_cache="CACHE")),
+            r"teacher_top_k=4.*cache's K=8.*teacher_top_k=8",
+        ),
+        (dict(gkd=dict(teacher_top_k=8, teacher_cache="CACHE")), r"gkd.lmbda=1.0.*must be 0"),
+        (
+            dict(
+                gkd=dict(lmbda=0.0, lmbda_schedule="imitkd", teacher_top_k=8, teacher_cache="CACHE")
+            ),
+            r"gkd.lmbda=0.0.*lmbda_schedule='constant'",
+        ),
+        (
+            dict(gkd=dict(lmbda=0.0, teacher_top_k=8, teacher_cache="CACHE"), compare_lmbdas="1"),
+            r"compare_lmbdas='1'.*must be ''",
+        ),
+    ],
+)
+def test_sparse_teacher_checks_name_the_fix(tmp_path, fields, match):
+    config = base_config()
+    gkd = fields.pop("gkd", {})
+    if gkd.get("teacher_cache") == "CACHE":
+        gkd["teacher_cache"] = fake_cache(tmp_path)
+    config.update(fields)
+    config.gkd.update(gkd)
+    with pytest.raises(ValueError, match=match):
+        validate_config(config)
+
+
+def test_sparse_teacher_with_a_cache_passes(tmp_path):
+    config = base_config()
+    config.compare_lmbdas = ""
+    config.gkd.update(lmbda=0.0, teacher_top_k=8, teacher_cache=fake_cache(tmp_path))
+    validate_config(config)
+    config.gkd.teacher_cache = ""
+    config.gkd.lmbda = 1.0  # a live top-K teacher: any lmbda
+    validate_config(config)
