@@ -290,15 +290,20 @@ def write_vs(s: dict[str, Any], path: str) -> str:
     values = sorted({x for by_x in s["points"].values() for x in by_x})
     unit = f" ({s['unit']})" if s["unit"] else ""
     teacher = shared_cell(s["teacher"]) if s["teacher"] else "-"
+    both = {0.0, 1.0} <= set(s["points"])
     lines = [
         f"Final {s['metric']}{unit} vs {s['axis']}, mean ± std over seeds; teacher {teacher}, "
         f"SFT start {shared_cell(s['start'])}.",
         "",
-        f"| {s['axis']} | " + " | ".join(lmbda_label(lm) for lm in sorted(s["points"])) + " |",
-        "|---|" + "---|" * len(s["points"]),
+        f"| {s['axis']} | "
+        + " | ".join(lmbda_label(lm) for lm in sorted(s["points"]))
+        + (" | λ=1 − λ=0 (± 2 SE) |" if both else " |"),
+        "|---|" + "---|" * (len(s["points"]) + both),
     ]
     for x in values:
         row = [cell(s["points"][lm].get(x, [])) for lm in sorted(s["points"])]
+        if both:  # the README's win criterion at each point of the axis
+            row.append(gap_cell(s["points"][1.0].get(x, []), s["points"][0.0].get(x, [])))
         lines.append(f"| {x:g} | " + " | ".join(row) + " |")
     text = "\n".join(lines) + "\n"
     with open(path, "w") as f:

@@ -334,8 +334,9 @@ def test_collect_vs_axis(tmp_path):
     out = tmp_path / "out"
     assert collect.main([f"--root={root}", f"--out={out}", "--name=n", "--vs=n_distill"]) == 0
     table = (out / "n.md").read_text()
-    assert "| 100 | 60.0 ± 10.0 | 80.0 ± 0.0 |" in table
-    assert "| 4000 | 90.0 |  |" in table
+    # gap 20.0; 2 SE = 2 sqrt(200 / 2) = 20.0 from the sample variance of [50, 70]: no *
+    assert "| 100 | 60.0 ± 10.0 | 80.0 ± 0.0 | +20.0 ± 20.0 |" in table
+    assert "| 4000 | 90.0 |  |  |" in table
     assert "teacher 95.0, SFT start 25.0" in table
     assert (out / "n.png").read_bytes()[:8] == PNG_MAGIC
 
