@@ -126,7 +126,9 @@ def topology(name: str, *, hbm_gib: float | None = None) -> Target:
     except Exception as e:
         raise ValueError(
             f"--topology={name}: the TPU compiler could not describe {spec} ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200]}). Is libtpu installed? pip install -e .[tpu-plan]"
+            f"{str(e).splitlines()[0][:200]}). Is libtpu installed (pip install -e "
+            ".[tpu-plan])? If another process holds libtpu's lock: ALLOW_MULTIPLE_LIBTPU_LOAD=1 "
+            "(the planner only compiles, it never runs on a TPU)"
         ) from e
     devices = tuple(desc.devices)
     kind = devices[0].device_kind
