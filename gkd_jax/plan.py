@@ -257,13 +257,14 @@ class Plan:
 
     @property
     def peak(self) -> int:
-        """The step's per-device peak: the larger program's, the sampler's with the train state
-        and teacher that stay resident beside it."""
+        """The step's per-device peak: the largest program's, a sampler's with everything that
+        stays resident beside it (train state, teacher, batch) in place of its arguments."""
+        p = self.parts
+        resident = p["params"] + p["opt_state"] + p["teacher"] + p["batch"]
         peaks = [self.programs["update"].peak]
-        if "sampler" in self.programs:
-            p = self.parts
-            resident = p["opt_state"] + p["teacher"] + p["batch"]
-            peaks.append(self.programs["sampler"].peak + resident)
+        for name, prog in self.programs.items():
+            if name != "update":
+                peaks.append(prog.peak - prog.arguments + resident)
         return max(peaks)
 
     @property
@@ -307,9 +308,10 @@ def report(plan: Plan) -> str:
         f"  batch               {gib(p['batch']):>7}",
     ]
     for name, prog in plan.programs.items():
-        extra = f" (KV cache {gib(p['kv_cache'])})" if name == "sampler" else ""
+        kv = {"sampler": "kv_cache", "teacher_sampler": "teacher_kv_cache"}.get(name)
+        extra = f" (KV cache {gib(p[kv])})" if kv else ""
         lines.append(
-            f"  {name:<8} temporaries {gib(prog.temporaries):>7}{extra}; arguments "
+            f"  {name:<15} temporaries {gib(prog.temporaries):>7}{extra}; arguments "
             f"{gib(prog.arguments)}, outputs {gib(prog.outputs)} (aliased {gib(prog.aliased)}), "
             f"peak {gib(prog.peak)}; {prog.flops / 1e12:.2f} TFLOP/device; compiled in "
             f"{prog.compile_s:.0f} s ({prog.compile_cpu_s:.0f} CPU s)"
@@ -391,18 +393,21 @@ class Planner:
         }
         programs = {}
         g = config.gkd
-        if g.lmbda > 0 or g.seq_kd:  # the step samples: the student's sampler (the teacher's with
-            # seq_kd has the teacher's shape; planned as the student's when lmbda > 0)
-            sampling = training_sampling(config, self.stops, 0, self.vocab)
-            fns, params = (self.student_fns, state["params"])
-            if g.lmbda == 0:
-                fns, params = self.teacher_fns, teacher
+        # The samplers a step may run (step.gkd_completions): the student's with lmbda > 0, the
+        # teacher's with seq_kd and lmbda < 1.
+        samplers = {}
+        if g.lmbda > 0:
+            samplers["sampler"] = (self.student_fns, state["params"])
+        if g.seq_kd and g.lmbda < 1:
+            samplers["teacher_sampler"] = (self.teacher_fns, teacher)
+        sampling = training_sampling(config, self.stops, 0, self.vocab)
+        key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=whole)
+        for name, (fns, params) in samplers.items():
             sampler = make_sampler(fns.decoding, sampling, rows=rows)
-            key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=whole)
-            programs["sampler"] = compile_program(
-                "sampler", sampler, params, batch_shapes["prompt"], batch_shapes["prompt_mask"], key
-            )
-            parts["kv_cache"] = self.kv_cache_bytes(fns, params, batch_shapes, n)
+            prompt = (batch_shapes["prompt"], batch_shapes["prompt_mask"])
+            programs[name] = compile_program(name, sampler, params, *prompt, key)
+            kv = "kv_cache" if name == "sampler" else "teacher_kv_cache"
+            parts[kv] = self.kv_cache_bytes(fns, params, batch_shapes, n)
         train_step = make_train_step(
             config, self.student_fns, self.teacher_fns, self.tx, mesh=mesh,
             state_shardings=self.state_shardings, teacher_shardings=self.teacher_shardings,
