@@ -191,6 +191,52 @@ def param_count(params) -> int:
     return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
 
 
+def matmul_params(params) -> dict[str, int]:
+    """Parameters a token multiplies by, per stack: {"encoder", "decoder" (the layers), "head"
+    (the output projection, tied or not)}; embedding lookups excluded. A decoder-only model's
+    layers count as "decoder"."""
+    out = {"encoder": 0, "decoder": 0, "head": 0}
+    embed = 0
+    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+        name, n = sharding.path_string(path), math.prod(x.shape)
+        if re.search(r"(embed_tokens|shared)/embedding", name):
+            embed = n
+        elif "lm_head" in name:
+            out["head"] = n
+        elif name.startswith("encoder/"):
+            out["encoder"] += n
+        else:
+            out["decoder"] += n
+    out["head"] = out["head"] or embed  # tied: the embedding table is the head
+    return out
+
+
+def model_flops(student, teacher, batch: int, prompt: int, new: int) -> dict[str, float]:
+    """Model FLOPs of one step (all devices): 2 per multiply-add of each token with the weights
+    it passes (the student's forward + backward 3x), attention scores not counted. Decoder-only:
+    prompt + completion through the layers, the head on the completion; T5: the prompt through
+    the encoder, the completion through the decoder. Sampler: prefill + new tokens decoded."""
+
+    def fwd(m, rows_through_layers, rows_head, rows_encoder):
+        return 2 * (
+            m["decoder"] * rows_through_layers + m["head"] * rows_head + m["encoder"] * rows_encoder
+        )
+
+    def tokens(m):  # (through the decoder stack, encoder) per sequence when scoring
+        return (new, prompt) if m["encoder"] else (prompt + new, 0)
+
+    s, t = matmul_params(student), matmul_params(teacher)
+    (s_dec, s_enc), (t_dec, t_enc) = tokens(s), tokens(t)
+    update = 3 * fwd(s, batch * s_dec, batch * new, batch * s_enc) + fwd(
+        t, batch * t_dec, batch * new, batch * t_enc
+    )
+    prefill = batch * (1 if s["encoder"] else prompt)
+    sampler = fwd(
+        s, prefill + batch * new, batch * (new + 1), batch * prompt if s["encoder"] else 0
+    )
+    return {"update": float(update), "sampler": float(sampler)}
+
+
 # ---------------------------------------------------------------------------- the plan
 def per_device_bytes(tree, shardings) -> int:
     """Bytes one device holds of a tree of shapes placed in `shardings` (the largest shard)."""
@@ -252,6 +298,7 @@ class Plan:
     student_params: int  # parameter counts
     teacher_params: int
     parts: dict[str, int]  # per-device bytes: params, opt_state, teacher, batch, kv_cache
+    model_flops: dict[str, float]  # per device, by program (model_flops / devices)
     programs: dict[str, Program]
     dtypes: dict[str, str]
 
@@ -279,7 +326,8 @@ class Plan:
         }
         d |= dict(
             student_params=self.student_params, teacher_params=self.teacher_params,
-            parts=self.parts, peak=self.peak, fits=self.fits, dtypes=self.dtypes,
+            parts=self.parts, model_flops=self.model_flops, peak=self.peak, fits=self.fits,
+            dtypes=self.dtypes,
             programs={k: dataclasses.asdict(v) | {"peak": v.peak}
                       for k, v in self.programs.items()},
         )  # fmt: skip
@@ -310,10 +358,13 @@ def report(plan: Plan) -> str:
     for name, prog in plan.programs.items():
         kv = {"sampler": "kv_cache", "teacher_sampler": "teacher_kv_cache"}.get(name)
         extra = f" (KV cache {gib(p[kv])})" if kv else ""
+        mf = plan.model_flops.get(name)
+        mf = "" if mf is None else f" (model FLOPs {mf / 1e12:.2f})"
         lines.append(
             f"  {name:<15} temporaries {gib(prog.temporaries):>7}{extra}; arguments "
             f"{gib(prog.arguments)}, outputs {gib(prog.outputs)} (aliased {gib(prog.aliased)}), "
-            f"peak {gib(prog.peak)}; {prog.flops / 1e12:.2f} TFLOP/device; compiled in "
+            f"peak {gib(prog.peak)}; {prog.flops / 1e12:.2f} TFLOP/device{mf} by the compiler; "
+            "compiled in "
             f"{prog.compile_s:.0f} s ({prog.compile_cpu_s:.0f} CPU s)"
         )
     verdict = {None: "(no capacity given)", True: "FITS", False: "DOES NOT FIT"}[plan.fits]
@@ -416,7 +467,10 @@ class Planner:
         return Plan(
             self.target.name, self.target.kind, dict(mesh.shape), batch, p, n,
             self.target.hbm_bytes,
-            param_count(self.params), param_count(self.teacher_params), parts, programs,
+            param_count(self.params), param_count(self.teacher_params), parts,
+            {k: v / len(self.target.devices) for k, v in
+             model_flops(self.params, self.teacher_params, batch, p, n).items()},
+            programs,
             self.dtypes(),
         )  # fmt: skip
 
