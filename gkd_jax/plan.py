@@ -363,7 +363,7 @@ def report(plan: Plan) -> str:
         lines.append(
             f"  {name:<15} temporaries {gib(prog.temporaries):>7}{extra}; arguments "
             f"{gib(prog.arguments)}, outputs {gib(prog.outputs)} (aliased {gib(prog.aliased)}), "
-            f"peak {gib(prog.peak)}; {prog.flops / 1e12:.2f} TFLOP/device{mf} by the compiler; "
+            f"peak {gib(prog.peak)}; {prog.flops / 1e12:.2f} TFLOP/device by the compiler{mf}; "
             "compiled in "
             f"{prog.compile_s:.0f} s ({prog.compile_cpu_s:.0f} CPU s)"
         )
