@@ -164,7 +164,7 @@ def shape_dir(spec: str) -> str:
         return os.path.join(SHAPES, spec)
     path = resolve_path(spec)
     if not os.path.isdir(path):
-        known = sorted(os.listdir(SHAPES))
+        known = sorted(d for d in os.listdir(SHAPES) if os.path.isdir(os.path.join(SHAPES, d)))
         raise ValueError(f"model {spec!r}: neither a directory nor one of {known}")
     return path
 

@@ -50,7 +50,8 @@ def test_shapes_are_the_published_sizes():
         "llama-3.2-1b": 1.24, "gemma-2-9b": 9.24, "gemma-2-2b": 2.61, "flan-t5-xl": 2.85,
         "flan-t5-large": 0.78, "flan-t5-base": 0.25, "flan-t5-small": 0.08,
     }  # fmt: skip
-    assert sorted(expected) == sorted(os.listdir(plan.SHAPES))
+    shipped = [d for d in os.listdir(plan.SHAPES) if os.path.isdir(os.path.join(plan.SHAPES, d))]
+    assert sorted(expected) == sorted(shipped)
     import jax.numpy as jnp
 
     for name, billions in expected.items():
