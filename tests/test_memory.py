@@ -108,3 +108,21 @@ def test_param_dtypes_and_optimizer_state():
     opt = jax.eval_shape(make_optimizer(config).init, params)
     moments = {x.dtype for x in jax.tree.leaves(opt) if x.ndim}
     assert moments == {jnp.dtype(jnp.bfloat16)}
+
+
+def test_trainer_loads_in_the_configured_dtypes(tmp_path):
+    """The trainer's models (here arith's shipped checkpoints) come in the configured parameter
+    dtypes, the student with its layers rematerialized."""
+    import os
+
+    from gkd_jax import trainer
+    from gkd_jax.config_loading import load_config_file
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = load_config_file(os.path.join(root, "configs", "arith.py"))
+    config.param_dtype, config.teacher_param_dtype, config.remat = "bfloat16", "bfloat16", "dots"
+    student, teacher = trainer.load_models(config, str(tmp_path), sharding.make_mesh(-1, 1, 1))
+    for model in (student, teacher):
+        leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
+        assert {x.dtype for x in leaves} == {jnp.dtype(jnp.bfloat16)}
+    assert student.remat == "dots"
