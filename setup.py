@@ -64,5 +64,8 @@ setup(
         # Weights & Biases beside metrics.jsonl and TensorBoard (config.log.wandb_project);
         # tests/test_metrics_log.py runs it offline when installed.
         "wandb": ["wandb>=0.17"],
+        # `python -m gkd_jax.plan`: libtpu compiles for a TPU topology on any host (no TPU
+        # needed) and reports per-device memory; tests/test_plan.py's TPU test runs with it.
+        "tpu-plan": ["jax[tpu]>=0.6"],
     },
 )

@@ -92,9 +92,12 @@ def save_model(path: str, model: nnx.Module, extra: dict[str, Any] | None = None
     distributed.barrier("save_model")  # no process reads the model before its config exists
 
 
-def load_model(path: str, *, expected=None, dtype=None, mesh: Mesh | None = None) -> nnx.Module:
+def load_model(
+    path: str, *, expected=None, dtype=None, mesh: Mesh | None = None, param_dtype=None
+) -> nnx.Module:
     """Read a model written by `save_model`; with `expected`, check its shape first. With `mesh`,
-    orbax restores each parameter straight into its sharding (gkd_jax/sharding.py rules)."""
+    orbax restores each parameter straight into its sharding (gkd_jax/sharding.py rules); with
+    `param_dtype`, in that dtype (default float32)."""
     path = os.path.abspath(path)
     if not has_model(path):
         raise FileNotFoundError(
@@ -104,6 +107,8 @@ def load_model(path: str, *, expected=None, dtype=None, mesh: Mesh | None = None
         check_model_config(path, expected)
     cfg = read_model_config(path)
     kwargs = {} if dtype is None else {"dtype": dtype}
+    if param_dtype is not None:
+        kwargs["param_dtype"] = param_dtype
     model = nnx.eval_shape(lambda: build_model(cfg, **kwargs))
     abstract = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract)

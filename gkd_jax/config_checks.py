@@ -18,6 +18,7 @@ from gkd_jax.evaluation import DECODINGS, EARLY_STOPPING
 from gkd_jax.losses import DIVERGENCES, REDUCTIONS
 from gkd_jax.models import COMPUTE_DTYPES
 from gkd_jax.models.hf import SAVE_DTYPES
+from gkd_jax.models.remat import REMAT_POLICIES
 from gkd_jax.optim import OPTIMIZERS, SCHEDULES
 from gkd_jax.resources import is_hf_source
 from gkd_jax.rewards import get_reward
@@ -109,6 +110,7 @@ def check_run(config: ml_collections.ConfigDict, devices: int) -> None:
     _one_of("objective", config.objective, OBJECTIVES)
     compared_lmbdas(config)  # a comma list of lmbdas, GKD only
     _one_of("dtype", config.dtype, sorted(COMPUTE_DTYPES))
+    check_memory(config)
     if config.max_new_tokens < 1:
         _fail("max_new_tokens", config.max_new_tokens, "must be >= 1")
     for field in ("steps", "batch_size", "grad_accum", "log_every"):
@@ -423,3 +425,10 @@ def check_sparse_teacher(config: ml_collections.ConfigDict) -> None:
             f"differs from the cache's K={manifest['k']} ({cache}): set "
             f"gkd.teacher_top_k={manifest['k']}, or rebuild the cache with K={k}",
         )
+
+
+def check_memory(config: ml_collections.ConfigDict) -> None:
+    """The memory fields: parameter dtypes and rematerialization (config_defaults, README)."""
+    _one_of("param_dtype", config.param_dtype, sorted(COMPUTE_DTYPES))
+    _one_of("teacher_param_dtype", config.teacher_param_dtype, sorted(COMPUTE_DTYPES))
+    _one_of("remat", config.remat, REMAT_POLICIES)

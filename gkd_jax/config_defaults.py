@@ -59,7 +59,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.task = "arith"
     c.objective = "gkd"  # "gkd" (distill from config.teacher) or "sft" (cross-entropy on data)
     c.seed = 0
-    c.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (parameters stay float32)
+    c.dtype = "float32"  # compute dtype: "float32" or "bfloat16"
+    # Memory (README "Memory"; `python -m gkd_jax.plan` measures each choice on a TPU slice):
+    # the student's master weights ("float32" or "bfloat16"; AdamW's moments take the same
+    # dtype), the frozen teacher's parameters, and the student's rematerialized layers:
+    # "none", "full" (recompute each layer in the backward pass) or "dots" (keep its
+    # projections' outputs) (gkd_jax/models/remat.py).
+    c.param_dtype = "float32"
+    c.teacher_param_dtype = "float32"
+    c.remat = "none"
     c.tokenizer = ""  # a tokenizer dir; "" builds the task's character tokenizer in the workdir
 
     c.steps = 200

@@ -58,15 +58,17 @@ def obtain_model(
     mesh: Mesh | None = None,
     *,
     train: Callable[[ml_collections.ConfigDict, str], object] | None = None,
+    param_dtype=None,
 ):
     """Load the model a spec names: a Hugging Face directory or hub id, or our checkpoint (whose
     shape must be `expected`, when given). With `checkpoint=""` it lives in WORKDIR/NAME/model
     and, when missing, is first made there by `train(recipe config, WORKDIR/NAME)` (the
     trainer's train_and_evaluate). With `mesh`, each parameter is read straight into its
-    sharding (sharding.py)."""
+    sharding (sharding.py); `param_dtype` is the parameters' dtype (None: float32)."""
+    kw = {} if param_dtype is None else {"param_dtype": param_dtype}
     if is_hf_source(spec.checkpoint):
         log(f"[{name}] loading Hugging Face checkpoint {spec.checkpoint}")
-        return load_pretrained(spec.checkpoint, dtype=dtype, mesh=mesh)
+        return load_pretrained(spec.checkpoint, dtype=dtype, mesh=mesh, **kw)
     if spec.checkpoint:
         path = resolve_path(spec.checkpoint)
         if not checkpoint.has_model(path):
@@ -76,7 +78,7 @@ def obtain_model(
                 f"{spec.recipe or 'CONFIG'} --workdir=DIR` and pass DIR/model, or set "
                 f"--config.{name}.checkpoint= to train it in the workdir."
             )
-        return checkpoint.load_model(path, expected=expected, dtype=dtype, mesh=mesh)
+        return checkpoint.load_model(path, expected=expected, dtype=dtype, mesh=mesh, **kw)
     run_dir = os.path.join(workdir, name)
     path = os.path.join(run_dir, "model")
     if not checkpoint.has_model(path):
@@ -89,7 +91,7 @@ def obtain_model(
             )
         log(f"[{name}] no model at {path}: training it with {spec.recipe}")
         train(load_config_file(spec.recipe), run_dir)
-    return checkpoint.load_model(path, expected=expected, dtype=dtype, mesh=mesh)
+    return checkpoint.load_model(path, expected=expected, dtype=dtype, mesh=mesh, **kw)
 
 
 def shared_vocab_size(config, tokenizer, student, teacher) -> int:

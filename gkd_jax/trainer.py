@@ -53,6 +53,7 @@ from gkd_jax.model_sources import (
 )
 from gkd_jax.models import COMPUTE_DTYPES, build_decoder, functional_lm, with_params
 from gkd_jax.models.hf import save_pretrained
+from gkd_jax.models.remat import set_remat
 from gkd_jax.optim import make_optimizer
 from gkd_jax.reward_scoring import INDEX, RewardScorer, repeat_prompts
 from gkd_jax.rl_step import make_rl_train_step
@@ -262,6 +263,10 @@ def load_models(config, workdir: str, mesh) -> tuple[nnx.Module, nnx.Module | No
     SFT and with a teacher cache (gkd.teacher_cache). A model already trained in WORKDIR/model
     must have the student's shape."""
     dtype = COMPUTE_DTYPES[config.dtype]
+    # Parameter dtypes: the student's master weights (its optimizer state follows them) and
+    # the frozen teacher's.
+    student_pd = COMPUTE_DTYPES[config.param_dtype]
+    teacher_pd = COMPUTE_DTYPES[config.teacher_param_dtype]
     init_shape = expected_shape(config.init.checkpoint, config.model)
     out_dir = os.path.join(workdir, "model")
     if checkpoint.has_model(out_dir) and init_shape is not None:
@@ -271,17 +276,19 @@ def load_models(config, workdir: str, mesh) -> tuple[nnx.Module, nnx.Module | No
     if config.objective == "gkd" and not config.gkd.teacher_cache:  # cached: never loaded
         # .get: a Hugging Face teacher's source has no `model` fields
         expected = expected_shape(config.teacher.checkpoint, config.teacher.get("model"))
-        teacher = obtain(config.teacher, workdir, "teacher", dtype, expected)
+        teacher = obtain(
+            config.teacher, workdir, "teacher", dtype, expected, param_dtype=teacher_pd
+        )
     if config.init.checkpoint or config.init.recipe:
-        student = obtain(config.init, workdir, "init", dtype, init_shape)
+        student = obtain(config.init, workdir, "init", dtype, init_shape, param_dtype=student_pd)
     else:
         cfg = model_config(config.model)
         student = sharding.shard_model(
-            lambda: build_decoder(cfg, seed=config.seed, dtype=dtype), mesh
+            lambda: build_decoder(cfg, seed=config.seed, dtype=dtype, param_dtype=student_pd), mesh
         )
     if checkpoint.has_model(out_dir) and init_shape is None:
         checkpoint.check_model_config(out_dir, student.cfg)
-    return student, teacher
+    return set_remat(student, config.remat), teacher
 
 
 # ---------------------------------------------------------------------------- the loop

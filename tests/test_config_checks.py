@@ -12,6 +12,9 @@ BAD = {
     "task": "nope",
     "objective": "distill",
     "dtype": "float16",
+    "param_dtype": "float16",
+    "teacher_param_dtype": "int8",
+    "remat": "sometimes",
     "seed": -1,
     "steps": 0,
     "batch_size": 12,  # not divisible by 8 devices

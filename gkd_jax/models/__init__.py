@@ -17,7 +17,8 @@ from gkd_jax.models.hf import load_pretrained, save_pretrained
 from gkd_jax.models.lm import LMFunctions
 from gkd_jax.models.t5 import t5_functions
 
-# Compute dtypes by config name; parameters are always kept in float32.
+# Compute and parameter dtypes by config name (config.dtype, config.param_dtype,
+# config.teacher_param_dtype).
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -35,8 +36,10 @@ def with_params(model: nnx.Module, params: Any) -> nnx.Module:
     return model
 
 
-def build_decoder(cfg: DecoderConfig, *, seed: int = 0, dtype=jnp.float32) -> Decoder:
-    return Decoder(cfg, dtype=dtype, rngs=nnx.Rngs(seed))
+def build_decoder(
+    cfg: DecoderConfig, *, seed: int = 0, dtype=jnp.float32, param_dtype=jnp.float32
+) -> Decoder:
+    return Decoder(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed))
 
 
 __all__ = [

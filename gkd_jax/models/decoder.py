@@ -27,6 +27,7 @@ from flax import nnx
 
 from gkd_jax.decoding import Decoding
 from gkd_jax.models.lm import LMFunctions
+from gkd_jax.models.remat import remat_call
 from gkd_jax.sharding import constrain_rows
 
 Cache = list[dict[str, jax.Array]]
@@ -304,6 +305,7 @@ class Decoder(nnx.Module):
     ):
         self.cfg = cfg
         self.dtype = dtype
+        self.remat = "none"  # models/remat.py: set by set_remat (config.remat)
         self.embed_tokens = nnx.Embed(
             cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs
         )
@@ -383,8 +385,14 @@ class Decoder(nnx.Module):
             x = x * jnp.asarray(math.sqrt(cfg.hidden_size), x.dtype)
         new_cache = [] if cache is not None else None
         x = constrain_rows(x)  # rows stay split over the mesh's batch axes (sharding.py)
+        # Rematerialized layers (config.remat) when scoring whole sequences; never in decoding.
+        remat = "none" if cache is not None else getattr(self, "remat", "none")
+        block = remat_call(remat, lambda layer, *args: layer(*args))
         for i, layer in enumerate(self.layers):
-            x, c = layer(x, positions, mask, None if cache is None else cache[i], cache_index)
+            if cache is None:
+                x, c = block(layer, x, positions, mask)
+            else:
+                x, c = layer(x, positions, mask, cache[i], cache_index)
             x = constrain_rows(x)
             if cache is not None:
                 new_cache.append(c)

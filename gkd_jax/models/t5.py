@@ -27,6 +27,7 @@ from flax import nnx
 from gkd_jax.decoding import Decoding
 from gkd_jax.models.decoder import RMSNorm, dense
 from gkd_jax.models.lm import LMFunctions
+from gkd_jax.models.remat import remat_call
 from gkd_jax.sharding import constrain_rows
 
 Cache = list[dict[str, jax.Array]]
@@ -296,6 +297,7 @@ class T5(nnx.Module):
     ):
         self.cfg = cfg
         self.dtype = dtype
+        self.remat = "none"  # models/remat.py: set by set_remat (config.remat)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.shared = nnx.Embed(cfg.vocab_size, cfg.d_model, **kw)
         self.encoder = T5Stack(cfg, cfg.num_layers, is_decoder=False, **kw)
@@ -329,8 +331,13 @@ class T5(nnx.Module):
         pos = jnp.arange(input_ids.shape[1])
         key_mask = masked_bias(attention_mask)[:, None, None, :]  # [B, 1, 1, S]
         bias = self.encoder.position_bias(pos, pos) + key_mask  # [B, N, S, S]
+        # Rematerialized blocks (config.remat); the Dropout's masks are drawn in trace order,
+        # once, so recomputation repeats them.
+        run = remat_call(
+            getattr(self, "remat", "none"), lambda blk, h, b: blk(h, b, dropout=dropout)[0]
+        )
         for block in self.encoder.block:
-            x, _ = block(x, bias, dropout=dropout)
+            x = run(block, x, bias)
             x = constrain_rows(x)  # rows stay split over the mesh's batch axes (sharding.py)
         return drop(dropout, self.encoder.final_layer_norm(x))
 
@@ -395,9 +402,16 @@ class T5(nnx.Module):
 
         x = drop(dropout, self.shared(tokens))  # [B, T, D]
         new_cache = [] if cache is not None else None
+        remat = "none" if cache is not None else getattr(self, "remat", "none")
+        run = remat_call(
+            remat,
+            lambda blk, h, sb, ckv, cb: blk(h, sb, None, cache_index, ckv, cb, dropout)[0],
+        )
         for i, block in enumerate(self.decoder.block):
-            layer_cache = None if cache is None else cache[i]
-            x, c = block(x, self_bias, layer_cache, cache_index, cross_kv[i], cross_bias, dropout)
+            if cache is None:
+                x, c = run(block, x, self_bias, cross_kv[i], cross_bias), None
+            else:
+                x, c = block(x, self_bias, cache[i], cache_index, cross_kv[i], cross_bias, dropout)
             x = constrain_rows(x)
             if cache is not None:
                 new_cache.append(c)

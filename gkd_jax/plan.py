@@ -1,0 +1,627 @@
+"""Will a distillation run fit, and at what batch? The TPU compiler answers, from abstract shapes.
+
+    pip install -e .[tpu-plan]   # jax[tpu]: libtpu compiles for TPUs on any host, no TPU needed
+    python -m gkd_jax.plan --config=configs/chat.py --student=qwen2.5-1.5b --teacher=qwen2.5-7b \
+        --topology=v5e-8 --config.mesh.fsdp=-1 --batch=8
+    python -m gkd_jax.plan ... --batch=bisect      # the largest per-step batch that fits
+
+The models are built as shapes only (`nnx.eval_shape`: no weights), from a Hugging Face
+config.json: `--student` / `--teacher` name one of gkd_jax/assets/shapes (see its README), or a
+directory; without them, the config's own sources (config.init / config.teacher, or
+config.model's shape). Then the trainer's own functions build what a training step runs, on a
+mesh of the topology's devices (config.mesh.*): the on-policy sampler (step.training_sampling,
+sampling.make_sampler) and the jitted GKD update (step.make_train_step: teacher scoring, the
+loss, the student's gradient and optimizer update), each lowered and compiled by XLA for that
+TPU (`jax.experimental.topologies`). The two run one after the other, never at once, so they
+are planned as the two compiled programs they are, and a step's peak is the larger of theirs:
+
+  sampler  resident train state and teacher + its arguments, outputs and temporaries (the KV
+           cache is among the temporaries: its size is shown apart, from its shapes);
+  update   its arguments (train state, teacher, batch), its outputs less those aliased to the
+           donated state, and its temporaries.
+
+Every figure is per device and comes from the compiler's `memory_analysis()`, except the split
+of the arguments into parts, which is each part's sharded size (shapes x dtype / shards). FLOPs
+are the compiler's `cost_analysis()` per device; a while loop's body counts once there, so the
+sampler's figure is one prefill plus one decode step.
+
+`--topology=cpu:N` plans on N host CPU devices instead (XLA_FLAGS=
+--xla_force_host_platform_device_count=N): no libtpu needed, for tests; give --hbm_gib to bisect.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from gkd_jax import checkpoint, sharding
+from gkd_jax.model_sources import model_config
+from gkd_jax.models import COMPUTE_DTYPES, functional_lm
+from gkd_jax.models.hf import build_model, family_for_model_type, read_hf_config
+from gkd_jax.models.remat import set_remat
+from gkd_jax.optim import make_optimizer
+from gkd_jax.resources import ASSETS, resolve_path
+from gkd_jax.sampling import make_sampler
+from gkd_jax.step import make_train_step, training_sampling
+
+SHAPES = os.path.join(ASSETS, "shapes")
+GIB = 1024**3
+
+# HBM per chip by device kind (what jax reports); a chip whose cores are separate devices
+# (v4 here) gives each its share.
+CHIP_HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v6 lite": 32}
+# Cloud TPU slice names -> topologies. v5e-N / v6e-N count chips; v4-N and v5p-N count
+# TensorCores, two per chip (v5p-8 is 4 chips).
+SLICES = {
+    "v5e-4": "v5e:2x2",
+    "v5e-8": "v5e:2x4",
+    "v5e-16": "v5e:4x4",
+    "v5e-32": "v5e:4x8",
+    "v6e-4": "v6e:2x2",
+    "v6e-8": "v6e:2x4",
+    "v6e-16": "v6e:4x4",
+    "v5p-8": "v5p:2x2x1",
+    "v5p-16": "v5p:2x2x2",
+    "v5p-32": "v5p:2x2x4",
+    "v4-8": "v4:2x2x1",
+    "v4-16": "v4:2x2x2",
+}
+TOPOLOGY_RE = re.compile(r"^(v4|v5e|v5p|v6e):\d+(x\d+){1,2}$")
+
+
+def known_topologies() -> str:
+    return (
+        f"{', '.join(SLICES)}; or CHIP:AxB[xC] with CHIP in v4, v5e, v5p, v6e (e.g. v5e:2x4, "
+        "v5p:2x2x1); or cpu:N (host CPU devices, for tests)"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    name: str  # as given
+    devices: tuple  # jax devices (TPU devices of a topology description, or host CPUs)
+    hbm_bytes: int | None  # per device; None: unknown (cpu)
+    kind: str
+
+
+def topology(name: str, *, hbm_gib: float | None = None) -> Target:
+    """The devices of `name` (a Cloud TPU slice name, CHIP:AxB[xC] or cpu:N) and each one's HBM
+    (`hbm_gib` overrides). ValueError for a name it does not know."""
+    spec = SLICES.get(name, name)
+    if spec.startswith("cpu:"):
+        n = spec[4:]
+        if not n.isdigit() or int(n) < 1:
+            raise ValueError(f"--topology={name!r}: cpu:N needs N >= 1")
+        cpus = jax.devices("cpu")
+        if len(cpus) < int(n):
+            raise ValueError(
+                f"--topology={name}: this process has {len(cpus)} CPU devices; set XLA_FLAGS="
+                f"--xla_force_host_platform_device_count={n} before starting it"
+            )
+        hbm = None if hbm_gib is None else int(hbm_gib * GIB)
+        return Target(name, tuple(cpus[: int(n)]), hbm, "cpu")
+    if not TOPOLOGY_RE.match(spec):
+        raise ValueError(
+            f"--topology={name!r} is not a topology this planner knows: use {known_topologies()}"
+        )
+    try:
+        from jax.experimental import topologies
+    except ImportError as e:  # pragma: no cover - old jax
+        raise ValueError(f"this jax has no jax.experimental.topologies ({e})") from e
+    try:
+        desc = topologies.get_topology_desc(topology_name=spec, platform="tpu")
+    except Exception as e:
+        raise ValueError(
+            f"--topology={name}: the TPU compiler could not describe {spec} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]}). Is libtpu installed (pip install -e "
+            ".[tpu-plan])? If another process holds libtpu's lock: ALLOW_MULTIPLE_LIBTPU_LOAD=1 "
+            "(the planner only compiles, it never runs on a TPU)"
+        ) from e
+    devices = tuple(desc.devices)
+    kind = devices[0].device_kind
+    per_chip = len(devices) // len({tuple(d.coords) for d in devices})
+    if hbm_gib is not None:
+        hbm = int(hbm_gib * GIB)
+    elif kind in CHIP_HBM_GIB:
+        hbm = CHIP_HBM_GIB[kind] * GIB // per_chip
+    else:
+        raise ValueError(f"--topology={name}: unknown HBM for {kind!r}; pass --hbm_gib")
+    return Target(name, devices, hbm, kind)
+
+
+def make_mesh(config, devices) -> Mesh:
+    """config.mesh over `devices` as sharding.make_mesh lays it (checked the same way), along the
+    physical TPU torus where mesh_utils can."""
+    shape = sharding.mesh_shape(
+        config.mesh.data, config.mesh.fsdp, config.mesh.tensor, len(devices)
+    )
+    try:
+        from jax.experimental import mesh_utils
+
+        grid = mesh_utils.create_device_mesh(shape, list(devices))
+    except Exception:  # CPU devices, or cores that are separate devices (v4): plain order
+        grid = np.asarray(devices, dtype=object).reshape(shape)
+    return Mesh(grid, sharding.AXES)
+
+
+# ---------------------------------------------------------------------------- abstract models
+def shape_dir(spec: str) -> str:
+    """A model source naming a shapes asset (`qwen2.5-7b`), a builtin: path or a directory."""
+    if os.path.isdir(os.path.join(SHAPES, spec)):
+        return os.path.join(SHAPES, spec)
+    path = resolve_path(spec)
+    if not os.path.isdir(path):
+        known = sorted(d for d in os.listdir(SHAPES) if os.path.isdir(os.path.join(SHAPES, d)))
+        raise ValueError(f"model {spec!r}: neither a directory nor one of {known}")
+    return path
+
+
+def source_config(spec: str, config_model):
+    """The model config (DecoderConfig or T5Config) of a source: a Hugging Face config.json, our
+    checkpoint's metadata, or `config_model` (a config's decoder shape) when spec is ''."""
+    if not spec:
+        return model_config(config_model)
+    path = shape_dir(spec)
+    if checkpoint.has_model(path):
+        return checkpoint.read_model_config(path)
+    hf = read_hf_config(path)
+    return family_for_model_type(hf["model_type"]).config_from_hf(hf)
+
+
+def abstract_model(cfg, *, dtype, param_dtype, remat: str = "none") -> nnx.Module:
+    """The model as shapes only: no parameter is ever allocated."""
+    model = nnx.eval_shape(lambda: build_model(cfg, dtype=dtype, param_dtype=param_dtype))
+    return set_remat(model, remat)
+
+
+def param_count(params) -> int:
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+
+
+def matmul_params(params) -> dict[str, int]:
+    """Parameters a token multiplies by, per stack: {"encoder", "decoder" (the layers), "head"
+    (the output projection, tied or not)}; embedding lookups excluded. A decoder-only model's
+    layers count as "decoder"."""
+    out = {"encoder": 0, "decoder": 0, "head": 0}
+    embed = 0
+    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+        name, n = sharding.path_string(path), math.prod(x.shape)
+        if re.search(r"(embed_tokens|shared)/embedding", name):
+            embed = n
+        elif "lm_head" in name:
+            out["head"] = n
+        elif name.startswith("encoder/"):
+            out["encoder"] += n
+        else:
+            out["decoder"] += n
+    out["head"] = out["head"] or embed  # tied: the embedding table is the head
+    return out
+
+
+def model_flops(student, teacher, batch: int, prompt: int, new: int) -> dict[str, float]:
+    """Model FLOPs of one step (all devices): 2 per multiply-add of each token with the weights
+    it passes (the student's forward + backward 3x), attention scores not counted. Decoder-only:
+    prompt + completion through the layers, the head on the completion; T5: the prompt through
+    the encoder, the completion through the decoder. Sampler: prefill + new tokens decoded."""
+
+    def fwd(m, rows_through_layers, rows_head, rows_encoder):
+        return 2 * (
+            m["decoder"] * rows_through_layers + m["head"] * rows_head + m["encoder"] * rows_encoder
+        )
+
+    def tokens(m):  # (through the decoder stack, encoder) per sequence when scoring
+        return (new, prompt) if m["encoder"] else (prompt + new, 0)
+
+    s, t = matmul_params(student), matmul_params(teacher)
+    (s_dec, s_enc), (t_dec, t_enc) = tokens(s), tokens(t)
+    update = 3 * fwd(s, batch * s_dec, batch * new, batch * s_enc) + fwd(
+        t, batch * t_dec, batch * new, batch * t_enc
+    )
+    prefill = batch * (1 if s["encoder"] else prompt)
+    sampler = fwd(
+        s, prefill + batch * new, batch * (new + 1), batch * prompt if s["encoder"] else 0
+    )
+    return {"update": float(update), "sampler": float(sampler)}
+
+
+# ---------------------------------------------------------------------------- the plan
+def per_device_bytes(tree, shardings) -> int:
+    """Bytes one device holds of a tree of shapes placed in `shardings` (the largest shard)."""
+    leaves = jax.tree.leaves(tree)
+    shards = jax.tree.leaves(shardings, is_leaf=lambda s: isinstance(s, jax.sharding.Sharding))
+    return sum(
+        math.prod(s.shard_shape(tuple(x.shape))) * np.dtype(x.dtype).itemsize
+        for x, s in zip(leaves, shards, strict=True)
+    )
+
+
+def with_shardings(tree, shardings):
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )
+
+
+@dataclasses.dataclass
+class Program:
+    """One compiled program's per-device memory (bytes) and FLOPs, as the compiler reports them."""
+
+    name: str
+    compile_s: float  # wall seconds
+    compile_cpu_s: float  # this process's CPU seconds (all threads): apart from other load
+    arguments: int
+    outputs: int
+    aliased: int
+    temporaries: int
+    code: int
+    flops: float
+
+    @property
+    def peak(self) -> int:
+        return self.arguments + self.outputs - self.aliased + self.temporaries + self.code
+
+
+def compile_program(name: str, jitted, *args) -> Program:
+    t0, c0 = time.time(), time.process_time()
+    compiled = jitted.lower(*args).compile()
+    dt, cpu = time.time() - t0, time.process_time() - c0
+    m = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else (cost or {})
+    return Program(
+        name, dt, cpu, m.argument_size_in_bytes, m.output_size_in_bytes, m.alias_size_in_bytes,
+        m.temp_size_in_bytes, m.generated_code_size_in_bytes, float(cost.get("flops", 0.0)),
+    )  # fmt: skip
+
+
+@dataclasses.dataclass
+class Plan:
+    topology: str
+    kind: str
+    mesh: dict[str, int]
+    batch: int
+    prompt_len: int
+    new_tokens: int
+    hbm: int | None  # per device
+    student_params: int  # parameter counts
+    teacher_params: int
+    parts: dict[str, int]  # per-device bytes: params, opt_state, teacher, batch, kv_cache
+    model_flops: dict[str, float]  # per device, by program (model_flops / devices)
+    programs: dict[str, Program]
+    dtypes: dict[str, str]
+
+    @property
+    def peak(self) -> int:
+        """The step's per-device peak: the largest program's, a sampler's with everything that
+        stays resident beside it (train state, teacher, batch) in place of its arguments."""
+        p = self.parts
+        resident = p["params"] + p["opt_state"] + p["teacher"] + p["batch"]
+        peaks = [self.programs["update"].peak]
+        for name, prog in self.programs.items():
+            if name != "update":
+                peaks.append(prog.peak - prog.arguments + resident)
+        return max(peaks)
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.hbm is None else self.peak <= self.hbm
+
+    def row(self) -> dict[str, Any]:
+        """One JSON-lines record (bytes and FLOPs per device)."""
+        d = {
+            k: getattr(self, k)
+            for k in ("topology", "kind", "mesh", "batch", "prompt_len", "new_tokens", "hbm")
+        }
+        d |= dict(
+            student_params=self.student_params, teacher_params=self.teacher_params,
+            parts=self.parts, model_flops=self.model_flops, peak=self.peak, fits=self.fits,
+            dtypes=self.dtypes,
+            programs={k: dataclasses.asdict(v) | {"peak": v.peak}
+                      for k, v in self.programs.items()},
+        )  # fmt: skip
+        return d
+
+
+def gib(n: int | None) -> str:
+    return "?" if n is None else f"{n / GIB:.2f}"
+
+
+def report(plan: Plan) -> str:
+    p, m = plan.parts, plan.mesh
+    lines = [
+        f"topology {plan.topology} ({len_devices(plan)} x {plan.kind}), mesh data={m['data']} "
+        f"fsdp={m['fsdp']} tensor={m['tensor']}; batch {plan.batch} x ({plan.prompt_len} prompt "
+        f"+ {plan.new_tokens} new tokens)",
+        f"student {plan.student_params / 1e9:.3f}B parameters ({plan.dtypes['student']}, "
+        f"optimizer state {plan.dtypes['opt_state']}, remat {plan.dtypes['remat']}), teacher "
+        f"{plan.teacher_params / 1e9:.3f}B ({plan.dtypes['teacher']}), compute "
+        f"{plan.dtypes['compute']}",
+        f"per device, GiB (from the {'TPU' if plan.kind != 'cpu' else 'XLA:CPU'} compiler's "
+        "memory analysis; the arguments' parts by their sharded shapes):",
+        f"  student parameters  {gib(p['params']):>7}",
+        f"  optimizer state     {gib(p['opt_state']):>7}",
+        f"  teacher parameters  {gib(p['teacher']):>7}",
+        f"  batch               {gib(p['batch']):>7}",
+    ]
+    for name, prog in plan.programs.items():
+        kv = {"sampler": "kv_cache", "teacher_sampler": "teacher_kv_cache"}.get(name)
+        extra = f" (KV cache {gib(p[kv])})" if kv else ""
+        mf = plan.model_flops.get(name)
+        mf = "" if mf is None else f" (model FLOPs {mf / 1e12:.2f})"
+        lines.append(
+            f"  {name:<15} temporaries {gib(prog.temporaries):>7}{extra}; arguments "
+            f"{gib(prog.arguments)}, outputs {gib(prog.outputs)} (aliased {gib(prog.aliased)}), "
+            f"peak {gib(prog.peak)}; {prog.flops / 1e12:.2f} TFLOP/device by the compiler{mf}; "
+            "compiled in "
+            f"{prog.compile_s:.0f} s ({prog.compile_cpu_s:.0f} CPU s)"
+        )
+    verdict = {None: "(no capacity given)", True: "FITS", False: "DOES NOT FIT"}[plan.fits]
+    lines.append(f"  step peak           {gib(plan.peak):>7} of {gib(plan.hbm)} HBM: {verdict}")
+    return "\n".join(lines)
+
+
+def len_devices(plan: Plan) -> int:
+    return math.prod(plan.mesh.values())
+
+
+class Planner:
+    """Builds the run's abstract models and compiles its two programs at any batch size."""
+
+    def __init__(
+        self, config, target: Target, *, student: str | None = None, teacher: str | None = None
+    ):
+        if config.objective != "gkd":
+            raise ValueError("the planner plans GKD runs: config.objective must be 'gkd'")
+        self.config, self.target = config, target
+        self.mesh = make_mesh(config, target.devices)
+        compute = COMPUTE_DTYPES[config.dtype]
+        s_cfg = source_config(config.init.checkpoint if student is None else student, config.model)
+        t_cfg = source_config(
+            config.teacher.checkpoint if teacher is None else teacher, config.teacher.get("model")
+        )
+        self.student = abstract_model(
+            s_cfg, dtype=compute, param_dtype=COMPUTE_DTYPES[config.param_dtype], remat=config.remat
+        )
+        self.teacher = abstract_model(
+            t_cfg, dtype=compute, param_dtype=COMPUTE_DTYPES[config.teacher_param_dtype]
+        )
+        self.params, self.student_fns = functional_lm(self.student)
+        self.teacher_params, self.teacher_fns = functional_lm(self.teacher)
+        self.vocab = min(self.student_fns.vocab_size, self.teacher_fns.vocab_size)
+        self.tx = make_optimizer(config)
+        # The train state as sharding.init_train_state builds it.
+        self.state = {
+            "params": self.params,
+            "opt_state": jax.eval_shape(self.tx.init, self.params),
+            "step": jax.ShapeDtypeStruct((), jnp.int32),
+        }
+        self.state_shardings = sharding.tree_shardings(self.state, self.mesh)
+        self.teacher_shardings = sharding.tree_shardings(self.teacher_params, self.mesh)
+        eos = getattr(s_cfg, "eos_token_id", None)
+        self.stops = tuple(np.atleast_1d(eos).tolist()) if eos is not None else (1,)
+
+    def batch_unit(self) -> int:
+        """Batch sizes the trainer accepts are multiples of this (config_checks)."""
+        return self.config.grad_accum * len(self.target.devices)
+
+    def plan(self, batch: int) -> Plan:
+        config, mesh = self.config, self.mesh
+        if batch % self.batch_unit():
+            raise ValueError(
+                f"batch {batch}: must be a multiple of grad_accum x devices = {self.batch_unit()}"
+            )
+        config = _with(config, batch_size=batch)
+        p, n = config.data.max_prompt_len, config.max_new_tokens
+        rows = sharding.batch_sharding(mesh)
+        whole = sharding.replicated(mesh)
+        batch_shapes = {
+            "prompt": jax.ShapeDtypeStruct((batch, p), jnp.int32, sharding=rows),
+            "prompt_mask": jax.ShapeDtypeStruct((batch, p), jnp.bool_, sharding=rows),
+            "completion": jax.ShapeDtypeStruct((batch, n), jnp.int32, sharding=rows),
+            "completion_mask": jax.ShapeDtypeStruct((batch, n), jnp.bool_, sharding=rows),
+        }
+        state = with_shardings(self.state, self.state_shardings)
+        teacher = with_shardings(self.teacher_params, self.teacher_shardings)
+        parts = {
+            "params": per_device_bytes(self.params, self.state_shardings["params"]),
+            "opt_state": per_device_bytes(
+                self.state["opt_state"], self.state_shardings["opt_state"]
+            ),
+            "teacher": per_device_bytes(self.teacher_params, self.teacher_shardings),
+            "batch": per_device_bytes(batch_shapes, {k: rows for k in batch_shapes}),
+        }
+        programs = {}
+        g = config.gkd
+        # The samplers a step may run (step.gkd_completions): the student's with lmbda > 0, the
+        # teacher's with seq_kd and lmbda < 1.
+        samplers = {}
+        if g.lmbda > 0:
+            samplers["sampler"] = (self.student_fns, state["params"])
+        if g.seq_kd and g.lmbda < 1:
+            samplers["teacher_sampler"] = (self.teacher_fns, teacher)
+        sampling = training_sampling(config, self.stops, 0, self.vocab)
+        key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=whole)
+        for name, (fns, params) in samplers.items():
+            sampler = make_sampler(fns.decoding, sampling, rows=rows)
+            prompt = (batch_shapes["prompt"], batch_shapes["prompt_mask"])
+            programs[name] = compile_program(name, sampler, params, *prompt, key)
+            kv = "kv_cache" if name == "sampler" else "teacher_kv_cache"
+            parts[kv] = self.kv_cache_bytes(fns, params, batch_shapes, n)
+        train_step = make_train_step(
+            config, self.student_fns, self.teacher_fns, self.tx, mesh=mesh,
+            state_shardings=self.state_shardings, teacher_shardings=self.teacher_shardings,
+        )  # fmt: skip
+        programs["update"] = compile_program("update", train_step, state, teacher, batch_shapes)
+        return Plan(
+            self.target.name, self.target.kind, dict(mesh.shape), batch, p, n,
+            self.target.hbm_bytes,
+            param_count(self.params), param_count(self.teacher_params), parts,
+            {k: v / len(self.target.devices) for k, v in
+             model_flops(self.params, self.teacher_params, batch, p, n).items()},
+            programs,
+            self.dtypes(),
+        )  # fmt: skip
+
+    def kv_cache_bytes(self, fns, params, batch_shapes, n: int) -> int:
+        """Per device: the decoding state after prefill (KV cache; T5: and the cross K/V) with
+        its rows split over data x fsdp, as the models pin them."""
+        _, state = jax.eval_shape(
+            lambda w, pr, pm: fns.decoding.prefill(w, pr, pm, n),
+            params, batch_shapes["prompt"], batch_shapes["prompt_mask"],
+        )  # fmt: skip
+        rows = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        total = sum(x.size * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
+        return total // rows
+
+    def dtypes(self) -> dict[str, str]:
+        opt = {str(x.dtype) for x in jax.tree.leaves(self.state["opt_state"]) if x.ndim}
+        return dict(
+            student=self.config.param_dtype, teacher=self.config.teacher_param_dtype,
+            compute=self.config.dtype, opt_state="/".join(sorted(opt)) or "-",
+            remat=self.config.remat,
+        )  # fmt: skip
+
+
+def _with(config, **fields):
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+        for k, v in fields.items():
+            c[k] = v
+    return c
+
+
+def is_out_of_memory(e: Exception) -> bool:
+    text = str(e)
+    return "RESOURCE_EXHAUSTED" in text or "Ran out of memory" in text or "out of memory" in text
+
+
+def try_plan(planner: Planner, batch: int, log: Callable[[str], None]) -> Plan | None:
+    """The plan at `batch`, None when the compiler says it runs out of memory."""
+    t0 = time.time()
+    try:
+        plan = planner.plan(batch)
+    except Exception as e:
+        if not is_out_of_memory(e):
+            raise
+        log(f"[plan] batch {batch}: out of memory at compile ({time.time() - t0:.0f} s): "
+            f"{str(e).splitlines()[0][:160]}")  # fmt: skip
+        return None
+    verdict = {None: "?", True: "fits", False: "does not fit"}[plan.fits]
+    log(f"[plan] batch {batch}: peak {gib(plan.peak)} GiB of {gib(plan.hbm)}: {verdict} "
+        f"({time.time() - t0:.0f} s)")  # fmt: skip
+    return plan
+
+
+def largest_batch(planner: Planner, log: Callable[[str], None], limit: int = 4096):
+    """(largest batch that fits, its plan, the smallest that does not or None): doubling from
+    the smallest batch the trainer accepts, then bisection, one compile each. ValueError when
+    even the smallest does not fit."""
+    if planner.target.hbm_bytes is None:
+        raise ValueError("--batch=bisect needs a capacity: a TPU topology, or --hbm_gib")
+    unit = planner.batch_unit()
+
+    def fits(k):
+        plan = try_plan(planner, k * unit, log)
+        return (plan, plan is not None and plan.fits)
+
+    plan, ok = fits(1)
+    if not ok:
+        peak = "" if plan is None else f" (peak {gib(plan.peak)} GiB of {gib(plan.hbm)})"
+        raise ValueError(
+            f"the run does not fit on {planner.target.name} even at batch {unit}{peak}: shard "
+            "more (config.mesh.fsdp), use a bigger slice, config.remat='full', "
+            "config.teacher_param_dtype='bfloat16' or config.param_dtype='bfloat16'"
+        )
+    lo, best, hi = 1, plan, None
+    while hi is None and lo * 2 * unit <= limit:
+        plan, ok = fits(lo * 2)
+        if ok:
+            lo, best = lo * 2, plan
+        else:
+            hi = lo * 2
+    if hi is None:
+        return lo * unit, best, None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        plan, ok = fits(mid)
+        if ok:
+            lo, best = mid, plan
+        else:
+            hi = mid
+    return lo * unit, best, hi * unit
+
+
+# ---------------------------------------------------------------------------- command line
+def run(
+    config, topology_name: str, *, batch: str = "", student: str | None = None,
+    teacher: str | None = None, hbm_gib: float | None = None, json_path: str = "",
+    log: Callable[[str], None] = print,
+) -> Plan:  # fmt: skip
+    """The command line's work: plan at `batch` ("" = config.batch_size, or "bisect": the largest
+    that fits), print the report, append a JSON line to `json_path` ("-": stdout). Returns the
+    plan printed (bisect: the largest batch's)."""
+    target = topology(topology_name, hbm_gib=hbm_gib)
+    t0 = time.time()
+    planner = Planner(config, target, student=student, teacher=teacher)
+    log(f"[plan] abstract models and mesh built in {time.time() - t0:.1f} s")
+    row_extra = {}
+    if batch == "bisect":
+        best, plan, over = largest_batch(planner, log)
+        row_extra = {"largest_batch": best, "smallest_not_fitting": over}
+        log(f"[plan] largest batch that fits: {best}" + (f" ({over} does not)" if over else ""))
+    else:
+        size = int(batch) if batch else config.batch_size
+        plan = try_plan(planner, size, log)
+        if plan is None:
+            raise ValueError(f"batch {size} runs out of memory on {target.name} at compile time")
+    log(report(plan))
+    if json_path:
+        line = json.dumps(plan.row() | row_extra | {"student": student, "teacher": teacher})
+        if json_path == "-":
+            print(line, flush=True)
+        else:
+            with open(json_path, "a") as f:
+                f.write(line + "\n")
+    return plan
+
+
+def _cli() -> None:  # pragma: no cover - tests call run()
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+    topo = flags.DEFINE_string("topology", None, f"One of: {known_topologies()}.")
+    batch = flags.DEFINE_string("batch", "", "N, or 'bisect'; default config.batch_size.")
+    student = flags.DEFINE_string("student", None, "Shapes name or HF dir (default: config).")
+    teacher = flags.DEFINE_string("teacher", None, "Shapes name or HF dir (default: config).")
+    hbm = flags.DEFINE_float("hbm_gib", None, "Per-device capacity (default: the chip's).")
+    out = flags.DEFINE_string("json", "", "Append a JSON line here ('-': stdout).")
+    flags.mark_flags_as_required(["config", "topology"])
+
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        try:
+            run(config.value, topo.value, batch=batch.value, student=student.value,
+                teacher=teacher.value, hbm_gib=hbm.value, json_path=out.value)  # fmt: skip
+        except ValueError as e:  # a user's mistake or a run that cannot fit: said plainly
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    app.run(main)
+
+
+if __name__ == "__main__":
+    _cli()

@@ -1,0 +1,156 @@
+"""The planner (gkd_jax/plan.py): abstract models, the trainer's two programs compiled for a
+target, the per-device parts, the bisection, and its errors. On host CPU devices (cpu:8) the
+whole path runs without libtpu; the TPU test runs where jax[tpu] is installed (.[tpu-plan])."""
+
+import dataclasses
+import json
+import os
+
+import pytest
+
+from gkd_jax import plan
+from gkd_jax.config_defaults import base_config
+
+
+def tiny_config(**fields):
+    c = base_config()  # two 2-layer decoders of 64 units, vocabulary 99
+    c.batch_size, c.max_new_tokens, c.data.max_prompt_len = 8, 4, 8
+    c.mesh.data, c.mesh.fsdp = 1, -1
+    for k, v in fields.items():
+        c[k] = v
+    return c
+
+
+def test_unknown_topology_lists_the_known_ones():
+    with pytest.raises(ValueError, match="v5e-8.*v5p:2x2x1"):
+        plan.topology("v7x-8")
+
+
+def test_cpu_topology_needs_the_devices():
+    with pytest.raises(ValueError, match="xla_force_host_platform_device_count=64"):
+        plan.topology("cpu:64")
+
+
+def test_a_mesh_that_does_not_divide_the_devices():
+    config = tiny_config()
+    config.mesh.data, config.mesh.fsdp = -1, 3
+    with pytest.raises(ValueError, match="do not divide the 8 devices"):
+        plan.Planner(config, plan.topology("cpu:8"))
+
+
+def test_unknown_model_shape_names_the_known_ones():
+    with pytest.raises(ValueError, match="qwen2.5-7b"):
+        plan.Planner(tiny_config(), plan.topology("cpu:8"), student="qwen9-1b")
+
+
+def test_shapes_are_the_published_sizes():
+    """Each shipped config.json builds (as shapes) the model of its published size."""
+    expected = {  # billions of parameters, as the model cards state them
+        "qwen2.5-7b": 7.62, "qwen2.5-1.5b": 1.54, "qwen2.5-0.5b": 0.49, "llama-3.1-8b": 8.03,
+        "llama-3.2-1b": 1.24, "gemma-2-9b": 9.24, "gemma-2-2b": 2.61, "flan-t5-xl": 2.85,
+        "flan-t5-large": 0.78, "flan-t5-base": 0.25, "flan-t5-small": 0.08,
+    }  # fmt: skip
+    shipped = [d for d in os.listdir(plan.SHAPES) if os.path.isdir(os.path.join(plan.SHAPES, d))]
+    assert sorted(expected) == sorted(shipped)
+    import jax.numpy as jnp
+
+    for name, billions in expected.items():
+        cfg = plan.source_config(name, None)
+        model = plan.abstract_model(cfg, dtype=jnp.bfloat16, param_dtype=jnp.float32)
+        from gkd_jax.models import functional_lm
+
+        params, _ = functional_lm(model)
+        assert round(plan.param_count(params) / 1e9, 2) == billions, name
+
+
+def test_plan_on_cpu_devices(tmp_path):
+    """Both programs compile for 8 CPU devices; the argument parts add up to what the compiler
+    counts; the JSON line carries the figures."""
+    out = tmp_path / "plan.jsonl"
+    p = plan.run(tiny_config(), "cpu:8", hbm_gib=1.0, json_path=str(out), log=lambda s: None)
+    assert set(p.programs) == {"sampler", "update"}
+    parts, update = p.parts, p.programs["update"]
+    # the update's arguments: train state (params, optimizer state, int32 step), teacher, batch
+    assert (
+        update.arguments
+        == parts["params"] + parts["opt_state"] + parts["teacher"] + parts["batch"] + 4
+    )
+    assert update.aliased > 0  # the donated train state
+    assert p.fits and update.flops > 0 and p.peak >= update.peak
+    row = json.loads(out.read_text())
+    assert row["batch"] == 8 and row["fits"] is True and row["dtypes"]["opt_state"] == "float32"
+
+
+def test_memory_fields_change_the_parts():
+    """bfloat16 teacher parameters halve the teacher's part; bfloat16 master weights halve the
+    student's and its AdamW moments."""
+    base = plan.Planner(tiny_config(), plan.topology("cpu:8"))
+    lean = plan.Planner(
+        tiny_config(param_dtype="bfloat16", teacher_param_dtype="bfloat16", remat="full"),
+        plan.topology("cpu:8"),
+    )
+    b, s = (plan.per_device_bytes(x.teacher_params, x.teacher_shardings) for x in (base, lean))
+    assert s * 2 == b
+    assert lean.dtypes()["opt_state"] == "bfloat16" and lean.dtypes()["remat"] == "full"
+
+
+@dataclasses.dataclass
+class FakePlan:
+    batch: int
+    hbm: int = 40
+    programs: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def peak(self):
+        return self.batch
+
+    @property
+    def fits(self):
+        return self.peak <= self.hbm
+
+
+class FakePlanner:
+    """A planner whose batch b needs b bytes: the bisection alone, without compiling."""
+
+    def __init__(self, hbm):
+        self.target = plan.Target("fake", (), hbm, "fake")
+        self.calls = []
+
+    def batch_unit(self):
+        return 8
+
+    def plan(self, batch):
+        self.calls.append(batch)
+        return FakePlan(batch, self.target.hbm_bytes)
+
+
+def test_bisection_finds_the_largest_batch():
+    planner = FakePlanner(hbm=100)
+    best, p, over = plan.largest_batch(planner, log=lambda s: None)
+    assert (best, over, p.batch) == (96, 104, 96)
+    assert planner.calls == [8, 16, 32, 64, 128, 96, 112, 104]  # doubling, then bisection
+
+
+def test_nothing_fits_at_the_smallest_batch():
+    with pytest.raises(ValueError, match="does not fit on fake even at batch 8"):
+        plan.largest_batch(FakePlanner(hbm=5), log=lambda s: None)
+
+
+def test_bisect_needs_a_capacity():
+    with pytest.raises(ValueError, match="needs a capacity"):
+        plan.largest_batch(FakePlanner(hbm=None), log=lambda s: None)
+
+
+def test_tpu_plan(monkeypatch):
+    """The TPU compiler on this host (no TPU needed): a small pair on a v5e-4."""
+    pytest.importorskip("libtpu", reason="jax[tpu] (pip install -e .[tpu-plan]) not installed")
+    # libtpu takes a host-wide lock; compiling for a topology needs no TPU, so another process
+    # (a planner running beside the tests) may hold it
+    monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    try:
+        target = plan.topology("v5e-4")
+    except ValueError as e:
+        pytest.skip(f"no TPU compiler here: {e}")
+    p = plan.Planner(tiny_config(), target).plan(8)
+    assert p.kind == "TPU v5 lite" and p.hbm == 16 * plan.GIB
+    assert p.fits and p.programs["update"].flops > 0
