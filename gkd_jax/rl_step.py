@@ -23,6 +23,8 @@ micro-batches (grad_accum) and devices add up to exactly one big batch's loss an
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
@@ -53,87 +55,12 @@ def make_rl_train_step(
       kl_to_start               KL(p_S || p_S at the start), gkd.reduction (with rl.kl_to_start)
 
     "loss" is the objective's value, (1 - alpha) * (-reward) + alpha * divergence."""
-    accum, r, g = config.grad_accum, config.rl, config.gkd
-    alpha = float(r.alpha)
-    sampled = g.divergence in rl.SAMPLED_DIVERGENCES
     with_start = rl.kl_to_start(config)
     objective = Objective(config, student, teacher, mesh=mesh)
-    vocab = objective.vocab
-
-    def micro_loss(params, teacher_params, start_params, mb, counts):
-        """This micro-batch's share of the loss, and of the metrics' sums."""
-        args, mask = score_args(mb), mb["completion_mask"].astype(bool)
-        s_logits = objective.student.score(params, *args)  # [b, N, V]
-        t_logits = jax.lax.stop_gradient(objective.teacher.score(teacher_params, *args))
-        logp = rl.token_log_probs(shared_vocab_logits(s_logits, vocab), mb["completion"])
-        token_adv = jnp.zeros_like(logp)  # [b, N]
-        if alpha < 1.0:
-            token_adv += (1.0 - alpha) / counts["rows"] * mb["advantages"][:, None]
-        sums = {}
-        div_loss = 0.0
-        if sampled:
-            t_shared = shared_vocab_logits(t_logits, vocab) / g.teacher_temperature
-            k = rl.sampled_rkl(logp, rl.token_log_probs(t_shared, mb["completion"]))  # [b, N]
-            w = rl.reduction_weights(mask, g.reduction, counts["div"])
-            token_adv += alpha * w * rl.sampled_rkl_advantages(k, mask, r.gamma)
-            sums["divergence"] = jnp.sum(jnp.where(mask, w * k, 0.0))
-        else:  # exactly the GKD loss on these samples
-            per_token = objective.divergence(s_logits, t_logits)  # [b, N]
-            total, _ = losses.masked_sum_count(per_token, mask, g.reduction)
-            div = total / jnp.maximum(counts["div"], 1.0)
-            if alpha > 0.0:
-                div_loss = alpha * div
-            sums["divergence"] = jax.lax.stop_gradient(div)
-        pg, sums["clipped_tokens"] = rl.policy_gradient_loss(
-            logp, token_adv, mask, mb.get("sample_logp"), r.clip_ratio
-        )
-        if with_start:
-            start = shared_vocab_logits(objective.student.score(start_params, *args), vocab)
-            kl = losses.generalized_jsd(
-                jax.lax.stop_gradient(shared_vocab_logits(s_logits, vocab)), start, beta=1.0
-            )
-            total, _ = losses.masked_sum_count(kl, mask, g.reduction)
-            sums["kl_to_start"] = total / jnp.maximum(counts["div"], 1.0)
-        return pg + div_loss, sums
-
-    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+    grad_fn = jax.value_and_grad(functools.partial(micro_loss, config, objective), has_aux=True)
 
     def step(state, teacher_params, batch, start_params=None):
-        mask = batch["completion_mask"]
-        rows = jnp.asarray(mask.shape[0], jnp.float32)
-        _, div_count = losses.masked_sum_count(jnp.zeros(mask.shape), mask, g.reduction)
-        counts = {"rows": rows, "div": div_count}
-        batch = dict(batch)
-        metrics = {}
-        if alpha < 1.0:
-            rewards = batch["rewards"].astype(jnp.float32)  # [B]
-            batch["advantages"] = rl.advantages(
-                rewards, r.num_samples, r.baseline, r.normalize_advantages
-            )
-            metrics["reward"] = jnp.mean(rewards)
-            metrics["reward_positive"] = jnp.mean((rewards > 0).astype(jnp.float32))
-        # Row r of micro-batch a is row r * accum + a: rows stay on the device that holds them.
-        split = jax.tree.map(lambda x: x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), batch)
-
-        def micro(a, carry):
-            grads, sums = carry
-            mb = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, a, 1, False), split)
-            (_, s), gr = grad_fn(state["params"], teacher_params, start_params, mb, counts)
-            return jax.tree.map(jnp.add, grads, gr), jax.tree.map(jnp.add, sums, s)
-
-        zeros = jax.tree.map(jnp.zeros_like, state["params"])
-        sums0 = {"divergence": 0.0, "clipped_tokens": 0.0}
-        if with_start:
-            sums0["kl_to_start"] = 0.0
-        sums0 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), sums0)
-        grads, sums = jax.lax.fori_loop(0, accum, micro, (zeros, sums0))
-        loss = alpha * sums["divergence"]
-        if alpha < 1.0:
-            loss = loss - (1.0 - alpha) * metrics["reward"]
-        new_state, base = update(tx, state, grads, loss, batch, vocab)
-        metrics |= sums
-        metrics["sample_length"] = jnp.sum(mask) / rows
-        return new_state, base | metrics
+        return rl_step(config, objective, tx, grad_fn, state, teacher_params, batch, start_params)
 
     if not with_start:  # three arguments, as step.make_train_step's
 
@@ -152,3 +79,131 @@ def make_rl_train_step(
     return jax.jit(
         fn, in_shardings=in_shardings, out_shardings=(state_shardings, whole), donate_argnums=(0,)
     )
+
+
+def rl_step(config, objective: Objective, tx, grad_fn, state, teacher_params, batch, start_params):
+    """One update on a batch of samples: their advantages, the gradient summed over
+    config.grad_accum micro-batches (`grad_fn`: micro_loss's value and gradient), the update."""
+    alpha = float(config.rl.alpha)
+    mask = batch["completion_mask"]  # [B, N]
+    counts = batch_counts(mask, config.gkd.reduction)
+    batch = dict(batch)
+    metrics = {}
+    if alpha < 1.0:
+        metrics = add_advantages(batch, config.rl)
+    grads, sums = accumulate(
+        config, grad_fn, state["params"], teacher_params, start_params, batch, counts
+    )
+    loss = alpha * sums["divergence"]
+    if alpha < 1.0:
+        loss = loss - (1.0 - alpha) * metrics["reward"]
+    new_state, base = update(tx, state, grads, loss, batch, objective.vocab)
+    metrics |= sums
+    metrics["sample_length"] = jnp.sum(mask) / counts["rows"]
+    return new_state, base | metrics
+
+
+def batch_counts(mask, reduction: str) -> dict:
+    """The whole batch's counts each term is divided by, so that micro-batches and devices add
+    up to one big batch: "rows" (samples) and "div" (gkd.reduction's count) of mask [B, N]."""
+    rows = jnp.asarray(mask.shape[0], jnp.float32)
+    _, div_count = losses.masked_sum_count(jnp.zeros(mask.shape), mask, reduction)
+    return {"rows": rows, "div": div_count}
+
+
+def add_advantages(batch: dict, r) -> dict:
+    """Puts each sample's advantage (its reward against config.rl.baseline over its prompt's
+    rl.num_samples samples) into `batch` as "advantages" [B]; returns the reward metrics."""
+    rewards = batch["rewards"].astype(jnp.float32)  # [B]
+    batch["advantages"] = rl.advantages(rewards, r.num_samples, r.baseline, r.normalize_advantages)
+    return {
+        "reward": jnp.mean(rewards),
+        "reward_positive": jnp.mean((rewards > 0).astype(jnp.float32)),
+    }
+
+
+def accumulate(config, grad_fn, params, teacher_params, start_params, batch, counts):
+    """(gradient, metric sums) of the whole batch, added up over config.grad_accum
+    micro-batches: micro-batch a holds rows a, a + accum, ...."""
+    accum = config.grad_accum
+    # Row r of micro-batch a is row r * accum + a: rows stay on the device that holds them.
+    split = jax.tree.map(lambda x: x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), batch)
+
+    def micro(a, carry):
+        grads, sums = carry
+        mb = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, a, 1, False), split)
+        (_, s), gr = grad_fn(params, teacher_params, start_params, mb, counts)
+        return jax.tree.map(jnp.add, grads, gr), jax.tree.map(jnp.add, sums, s)
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    sums0 = {"divergence": 0.0, "clipped_tokens": 0.0}
+    if rl.kl_to_start(config):
+        sums0["kl_to_start"] = 0.0
+    sums0 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), sums0)
+    return jax.lax.fori_loop(0, accum, micro, (zeros, sums0))
+
+
+def micro_loss(config, objective: Objective, params, teacher_params, start_params, mb, counts):
+    """This micro-batch's share of the loss, and of the metrics' sums: the policy gradient of
+    the per-token advantages (the reward's, and sampled_rkl's) plus alpha times a GKD
+    divergence's loss."""
+    alpha, vocab = float(config.rl.alpha), objective.vocab
+    args, mask = score_args(mb), mb["completion_mask"].astype(bool)  # mask [b, N]
+    s_logits = objective.student.score(params, *args)  # [b, N, V]
+    t_logits = jax.lax.stop_gradient(objective.teacher.score(teacher_params, *args))
+    logp = rl.token_log_probs(shared_vocab_logits(s_logits, vocab), mb["completion"])  # [b, N]
+    token_adv = jnp.zeros_like(logp)  # [b, N]
+    if alpha < 1.0:
+        token_adv += (1.0 - alpha) / counts["rows"] * mb["advantages"][:, None]
+    sums = {}
+    div_loss = 0.0
+    if config.gkd.divergence in rl.SAMPLED_DIVERGENCES:
+        rkl_adv, sums["divergence"] = sampled_rkl_terms(
+            config, objective, t_logits, logp, mb["completion"], mask, counts
+        )
+        token_adv += rkl_adv
+    else:  # exactly the GKD loss on these samples
+        div = gkd_divergence(config, objective, s_logits, t_logits, mask, counts)
+        if alpha > 0.0:
+            div_loss = alpha * div
+        sums["divergence"] = jax.lax.stop_gradient(div)
+    pg, sums["clipped_tokens"] = rl.policy_gradient_loss(
+        logp, token_adv, mask, mb.get("sample_logp"), config.rl.clip_ratio
+    )
+    if rl.kl_to_start(config):
+        sums["kl_to_start"] = start_kl(
+            config, objective, start_params, args, s_logits, mask, counts
+        )
+    return pg + div_loss, sums
+
+
+def sampled_rkl_terms(config, objective: Objective, t_logits, logp, completion, mask, counts):
+    """(alpha-weighted per-token advantages [b, N], the divergence's sum) of the sampled
+    reverse KL k_t = log p_S(y_t) - log p_T(y_t): it enters the loss only as rewards of -k,
+    advantages the policy-gradient term holds constant."""
+    g, alpha = config.gkd, float(config.rl.alpha)
+    t_shared = shared_vocab_logits(t_logits, objective.vocab) / g.teacher_temperature
+    k = rl.sampled_rkl(logp, rl.token_log_probs(t_shared, completion))  # [b, N]
+    w = rl.reduction_weights(mask, g.reduction, counts["div"])
+    token_adv = alpha * w * rl.sampled_rkl_advantages(k, mask, config.rl.gamma)
+    return token_adv, jnp.sum(jnp.where(mask, w * k, 0.0))
+
+
+def gkd_divergence(config, objective: Objective, s_logits, t_logits, mask, counts):
+    """The GKD loss's divergence (gkd.divergence, gkd.reduction) of the student's logits
+    [b, N, V] from the teacher's on these samples, over the whole batch's count."""
+    per_token = objective.divergence(s_logits, t_logits)  # [b, N]
+    total, _ = losses.masked_sum_count(per_token, mask, config.gkd.reduction)
+    return total / jnp.maximum(counts["div"], 1.0)
+
+
+def start_kl(config, objective: Objective, start_params, args, s_logits, mask, counts):
+    """KL(p_S || p_S at the start) on these tokens (gkd.reduction, over the whole batch's
+    count): reported, not differentiated."""
+    vocab = objective.vocab
+    start = shared_vocab_logits(objective.student.score(start_params, *args), vocab)
+    kl = losses.generalized_jsd(
+        jax.lax.stop_gradient(shared_vocab_logits(s_logits, vocab)), start, beta=1.0
+    )  # [b, N]
+    total, _ = losses.masked_sum_count(kl, mask, config.gkd.reduction)
+    return total / jnp.maximum(counts["div"], 1.0)
