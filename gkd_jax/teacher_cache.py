@@ -26,6 +26,7 @@ shared vocabulary size (model_sources.shared_vocab_size).
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 
@@ -61,19 +62,7 @@ def build_cache(
     returns its manifest. batch_size 0 = config.eval.batch_size."""
     config = ml_collections.ConfigDict(config.to_dict())
     config.gkd.teacher_cache = ""  # the training config may already name this cache
-    k = config.gkd.teacher_top_k
-    if config.objective != "gkd" or k < 1:
-        raise ValueError(
-            f"config.gkd.teacher_top_k={k} (objective {config.objective!r}): the cache needs a "
-            "GKD config with K >= 1, e.g. --config.gkd.teacher_top_k=64"
-        )
-    if logp_dtype not in store.LOGP_DTYPES:
-        raise ValueError(f"--dtype={logp_dtype!r}: use one of {store.LOGP_DTYPES}")
-    if shard_size < 1:
-        raise ValueError(f"--shard_size={shard_size}: must be >= 1")
-    batch_size = batch_size or config.eval.batch_size
-    if batch_size % jax.device_count():
-        raise ValueError(f"--batch_size={batch_size}: must divide by {jax.device_count()} devices")
+    batch_size = check_arguments(config, logp_dtype, shard_size, batch_size)
     out = os.path.abspath(out)
     workdir = os.path.abspath(workdir or os.path.join(out, "workdir"))
     os.makedirs(workdir, exist_ok=True)
@@ -87,8 +76,65 @@ def build_cache(
     _, student_fns = functional_lm(student)
     teacher_params, teacher_fns = functional_lm(teacher)
     del student
+    manifest = make_manifest(config, data, vocab, workdir, logp_dtype, shard_size)
+    start_or_resume(out, manifest)
+
+    objective = Objective(config, student_fns, teacher_fns, mesh=mesh)
+    teacher_params = jax.device_put(teacher_params, sharding.tree_shardings(teacher_params, mesh))
+
+    @jax.jit
+    def summarize(params, batch):
+        logits = objective.teacher.score(params, *(batch[key] for key in store.DATA_KEYS))
+        return objective.teacher_top_k(logits)
+
+    scores = functools.partial(summarize, teacher_params)
+    write_shards(out, data, manifest, scores, sharding.batch_sharding(mesh), batch_size)
+    manifest["complete"] = True
+    store.write_manifest(out, manifest)
     n, length = data["completion"].shape
-    manifest = {
+    size = n * length * manifest["bytes_per_token"]  # every position, padding included
+    log(
+        f"[teacher_cache] {out}: {n} examples x {length} positions, K={manifest['k']}, "
+        f"{manifest['bytes_per_token']} B per position ({logp_dtype} log-probs): "
+        f"{size / 2**20:.1f} MiB"
+    )
+    return manifest
+
+
+def check_arguments(
+    config: ml_collections.ConfigDict, logp_dtype: str, shard_size: int, batch_size: int
+) -> int:
+    """The teacher batch size (batch_size, or 0 = config.eval.batch_size) once the arguments
+    are checked: they fail here, before any model is loaded."""
+    k = config.gkd.teacher_top_k
+    if config.objective != "gkd" or k < 1:
+        raise ValueError(
+            f"config.gkd.teacher_top_k={k} (objective {config.objective!r}): the cache needs a "
+            "GKD config with K >= 1, e.g. --config.gkd.teacher_top_k=64"
+        )
+    if logp_dtype not in store.LOGP_DTYPES:
+        raise ValueError(f"--dtype={logp_dtype!r}: use one of {store.LOGP_DTYPES}")
+    if shard_size < 1:
+        raise ValueError(f"--shard_size={shard_size}: must be >= 1")
+    batch_size = batch_size or config.eval.batch_size
+    if batch_size % jax.device_count():
+        raise ValueError(f"--batch_size={batch_size}: must divide by {jax.device_count()} devices")
+    return batch_size
+
+
+def make_manifest(
+    config: ml_collections.ConfigDict,
+    data: dict[str, np.ndarray],
+    vocab: int,
+    workdir: str,
+    logp_dtype: str,
+    shard_size: int,
+) -> dict:
+    """The cache's manifest (teacher_cache_store.py), not yet complete: what the cache holds,
+    and the hashes that tie it to this config and these training rows."""
+    k = config.gkd.teacher_top_k
+    n, length = data["completion"].shape
+    return {
         "format": store.FORMAT,
         "k": k,
         "vocab": vocab,
@@ -115,6 +161,11 @@ def build_cache(
         "bytes_per_token": bytes_per_token(k, 4 if logp_dtype == "float32" else 2),
         "complete": False,
     }
+
+
+def start_or_resume(out: str, manifest: dict) -> None:
+    """Write the manifest into `out`, made if new; an existing cache there is resumed only
+    when it is this one (same K, vocabulary, dtype, config, data and shard size)."""
     os.makedirs(out, exist_ok=True)
     if os.path.exists(os.path.join(out, store.MANIFEST)):  # resuming: the same cache only
         old = store.read_manifest(out)
@@ -127,15 +178,19 @@ def build_cache(
             )
     store.write_manifest(out, manifest)
 
-    objective = Objective(config, student_fns, teacher_fns, mesh=mesh)
-    rows = sharding.batch_sharding(mesh)
-    teacher_params = jax.device_put(teacher_params, sharding.tree_shardings(teacher_params, mesh))
 
-    @jax.jit
-    def summarize(params, batch):
-        logits = objective.teacher.score(params, *(batch[key] for key in store.DATA_KEYS))
-        return objective.teacher_top_k(logits)
-
+def write_shards(
+    out: str,
+    data: dict[str, np.ndarray],
+    manifest: dict,
+    summarize,
+    rows: jax.sharding.NamedSharding,
+    batch_size: int,
+) -> None:
+    """Score the shards not yet in `out` with `summarize` (a batch on `rows` -> the teacher's
+    ids [b, N, K], log-probs [b, N, K] and log tail [b, N]) and write each, with a progress
+    line."""
+    n, shard_size = manifest["num_examples"], manifest["shard_size"]
     t_start, tokens_done = time.time(), 0
     for i in range(manifest["num_shards"]):
         lo, hi = i * shard_size, min(n, (i + 1) * shard_size)
@@ -144,11 +199,11 @@ def build_cache(
         shard = {key: data[key][lo:hi] for key in store.DATA_KEYS}
         parts = []
         for batch in pipeline.in_order(shard, batch_size):
-            valid = batch.pop("valid")
-            summary = jax.device_get(summarize(teacher_params, jax.device_put(batch, rows)))
+            valid = batch.pop("valid")  # [b] bool: False on the padding rows of the last batch
+            summary = jax.device_get(summarize(jax.device_put(batch, rows)))
             parts.append([np.asarray(a)[valid] for a in summary])
         arrays = {key: np.concatenate([p[j] for p in parts]) for j, key in enumerate(store.ARRAYS)}
-        store.write_shard(out, i, arrays, logp_dtype)
+        store.write_shard(out, i, arrays, manifest["logp_dtype"])
         tokens_done += int(shard["completion_mask"].sum())
         rate = tokens_done / max(time.time() - t_start, 1e-9)
         left = int(data["completion_mask"][hi:].sum()) / max(rate, 1e-9)
@@ -156,15 +211,6 @@ def build_cache(
             f"[teacher_cache] shard {i + 1}/{manifest['num_shards']}: {hi}/{n} examples, "
             f"{rate:,.0f} tokens/s, ETA {fmt_time(left)}"
         )
-    manifest["complete"] = True
-    store.write_manifest(out, manifest)
-    size = n * length * manifest["bytes_per_token"]  # every position, padding included
-    log(
-        f"[teacher_cache] {out}: {n} examples x {length} positions, K={k}, "
-        f"{manifest['bytes_per_token']} B per position ({logp_dtype} log-probs): "
-        f"{size / 2**20:.1f} MiB"
-    )
-    return manifest
 
 
 def define_flags() -> None:
