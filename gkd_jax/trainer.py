@@ -149,51 +149,18 @@ def setup(config, workdir: str) -> tuple[Run, Any, Progress]:
     train_split, train_data, eval_split, eval_data = load_data(
         config, task, tokenizer, stops, vocab
     )
-    if config.gkd.teacher_cache:  # the teacher's top-K on these targets, row for row
-        train_data |= teacher_cache_store.read(config.gkd.teacher_cache, config, train_data, vocab)
-        log(f"[teacher] top-{config.gkd.teacher_top_k} from the cache {config.gkd.teacher_cache}")
-    policy_gradient = rl.policy_gradient(config)
-    rewards = None
-    if policy_gradient:  # each batch row says which training example it is: its reference
-        train_data[INDEX] = np.arange(len(train_split.references))
-        if config.rl.alpha < 1:
-            rewards = RewardScorer(
-                config.rl.reward, tokenizer, train_split.prompts, train_split.references
-            )
-
+    rewards = add_training_extras(config, tokenizer, train_split, train_data, vocab)
     params, student_fns = functional_lm(student)
-    teacher_params, teacher_fns, teacher_shardings = None, None, None
-    if teacher is not None:
-        teacher_params, teacher_fns = functional_lm(teacher)
-        teacher_shardings = sharding.tree_shardings(teacher_params, mesh)
-        teacher_params = jax.device_put(teacher_params, teacher_shardings)  # no-op if loaded so
+    teacher_params, teacher_fns, teacher_shardings = place_teacher(teacher, mesh)
     check_loss_impl(config, student_fns, teacher_fns)  # before the first compilation
-    # One compiled eval decoder (config.eval.decoding) per model: the student's serves every
-    # evaluation of the run.
-    eval_decoder = functools.partial(
-        make_eval_decoder, config=config, stop_ids=stops, pad_id=tokenizer.pad_token_id,
-        vocab_size=vocab,
+    evaluator = make_evaluator(
+        config, task, tokenizer, stops, vocab, eval_split, eval_data, mesh,
+        student_fns, teacher_fns, teacher_params,
     )  # fmt: skip
-    divergence = None
-    if task.metric is None:  # scored by the student's divergence from the teacher
-        divergence = make_divergence_fn(config, student_fns, teacher_fns)
-    evaluator = Evaluator(
-        config, task, tokenizer, eval_split, eval_data, mesh,
-        decoders={"student": eval_decoder(student_fns.decoding)},
-        teacher_params=teacher_params, divergence=divergence,
-    )  # fmt: skip
-    if teacher is not None and task.metric is not None:
-        evaluator.decoders["teacher"] = eval_decoder(teacher_fns.decoding)
 
-    # Train state: fresh, or the latest checkpoint in WORKDIR/checkpoints (a resumed run). The
-    # optimizer state is created in its shardings, next to the parameters already placed.
+    # Train state: fresh, or the latest checkpoint in WORKDIR/checkpoints (a resumed run).
     tx = make_optimizer(config)
-    step_extra = ()
-    if rl.kl_to_start(config):  # a frozen copy of the start, the step's reference
-        step_extra = (jax.tree.map(jnp.copy, params),)  # params may be donated with the state
-    state, state_shardings = sharding.init_train_state(params, tx, mesh)
-    if step_extra:
-        step_extra = (jax.device_put(step_extra[0], state_shardings["params"]),)
+    state, state_shardings, step_extra = init_state(config, params, tx, mesh)
     ckpts = checkpoint.TrainCheckpoints(
         os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep
     )
@@ -210,7 +177,7 @@ def setup(config, workdir: str) -> tuple[Run, Any, Progress]:
         sampling = training_sampling(config, stops, tokenizer.pad_token_id, vocab)
         samplers["student"] = make_sampler(student_fns.decoding, sampling, rows=rows)
         samplers["teacher"] = make_sampler(teacher_fns.decoding, sampling, rows=rows)
-    make_step = make_rl_train_step if policy_gradient else make_train_step
+    make_step = make_rl_train_step if rl.policy_gradient(config) else make_train_step
     train_step = make_step(
         config, student_fns, teacher_fns, tx, mesh=mesh, state_shardings=state_shardings,
         teacher_shardings=teacher_shardings,
@@ -228,6 +195,74 @@ def setup(config, workdir: str) -> tuple[Run, Any, Progress]:
         step_extra,
     )  # fmt: skip
     return run, state, progress
+
+
+def add_training_extras(
+    config, tokenizer, train_split, train_data: dict[str, np.ndarray], vocab: int
+) -> RewardScorer | None:
+    """Adds to `train_data` (in place) what the step needs beyond the packed examples: a
+    teacher cache's top-K, and (policy gradient) each row's example index; returns the
+    scorer of the samples' rewards (None unless rl.alpha < 1)."""
+    if config.gkd.teacher_cache:  # the teacher's top-K on these targets, row for row
+        train_data |= teacher_cache_store.read(config.gkd.teacher_cache, config, train_data, vocab)
+        log(f"[teacher] top-{config.gkd.teacher_top_k} from the cache {config.gkd.teacher_cache}")
+    rewards = None
+    # Policy gradient: each batch row says which training example it is, for its reference.
+    if rl.policy_gradient(config):
+        train_data[INDEX] = np.arange(len(train_split.references))
+        if config.rl.alpha < 1:
+            rewards = RewardScorer(
+                config.rl.reward, tokenizer, train_split.prompts, train_split.references
+            )
+    return rewards
+
+
+def place_teacher(teacher: nnx.Module | None, mesh):
+    """(teacher params, teacher LMFunctions, their shardings), the parameters placed on the
+    mesh; all None without a teacher (SFT, or a teacher cache)."""
+    if teacher is None:
+        return None, None, None
+    teacher_params, teacher_fns = functional_lm(teacher)
+    teacher_shardings = sharding.tree_shardings(teacher_params, mesh)
+    teacher_params = jax.device_put(teacher_params, teacher_shardings)  # no-op if loaded so
+    return teacher_params, teacher_fns, teacher_shardings
+
+
+def make_evaluator(
+    config, task: Task, tokenizer, stops, vocab: int, eval_split, eval_data, mesh,
+    student_fns, teacher_fns, teacher_params,
+) -> Evaluator:  # fmt: skip
+    """The run's Evaluator: the student's decoder, the teacher's where the task has a metric to
+    compare it by, and the divergence from the teacher where the task has none."""
+    # One compiled eval decoder (config.eval.decoding) per model: the student's serves every
+    # evaluation of the run.
+    eval_decoder = functools.partial(
+        make_eval_decoder, config=config, stop_ids=stops, pad_id=tokenizer.pad_token_id,
+        vocab_size=vocab,
+    )  # fmt: skip
+    divergence = None
+    if task.metric is None:  # scored by the student's divergence from the teacher
+        divergence = make_divergence_fn(config, student_fns, teacher_fns)
+    evaluator = Evaluator(
+        config, task, tokenizer, eval_split, eval_data, mesh,
+        decoders={"student": eval_decoder(student_fns.decoding)},
+        teacher_params=teacher_params, divergence=divergence,
+    )  # fmt: skip
+    if teacher_fns is not None and task.metric is not None:
+        evaluator.decoders["teacher"] = eval_decoder(teacher_fns.decoding)
+    return evaluator
+
+
+def init_state(config, params, tx, mesh) -> tuple[Any, Any, tuple]:
+    """(fresh train state, its shardings, the step's arguments after the batch). The optimizer
+    state is created in its shardings, next to the parameters already placed."""
+    step_extra = ()
+    if rl.kl_to_start(config):  # a frozen copy of the start, the step's reference
+        step_extra = (jax.tree.map(jnp.copy, params),)  # params may be donated with the state
+    state, state_shardings = sharding.init_train_state(params, tx, mesh)
+    if step_extra:
+        step_extra = (jax.device_put(step_extra[0], state_shardings["params"]),)
+    return state, state_shardings, step_extra
 
 
 def load_data(config, task: Task, tokenizer, stops, vocab: int):
