@@ -272,6 +272,25 @@ def check_rl(config: ml_collections.ConfigDict) -> None:
     """config.rl and what the policy-gradient step (rl_step.py) needs of the rest: exact
     samples of the current student, scored in full."""
     r = config.rl
+    check_rl_values(r)
+    if r.alpha < 1 and config.objective != "gkd":
+        _fail("rl.alpha", r.alpha, "needs objective='gkd' (a teacher); set rl.alpha=1 for SFT")
+    if not policy_gradient(config):
+        if r.kl_to_start == "on":
+            _fail(
+                "rl.kl_to_start",
+                r.kl_to_start,
+                "is reported by the policy-gradient step only (rl.alpha < 1 or "
+                "gkd.divergence='sampled_rkl'); use 'auto' or 'off'",
+            )
+        return
+    why = "(policy gradient: rl.alpha < 1 or gkd.divergence='sampled_rkl')"
+    check_rl_batches(config, why)
+    check_exact_samples(config, why)
+
+
+def check_rl_values(r: ml_collections.ConfigDict) -> None:
+    """config.rl's fields on their own: ranges, choices, and a reward that resolves."""
     alpha = r.alpha
     if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 <= alpha <= 1:
         _fail("rl.alpha", alpha, "must be in [0, 1] (1 = pure GKD, 0 = pure RL)")
@@ -289,19 +308,13 @@ def check_rl(config: ml_collections.ConfigDict) -> None:
             get_reward(r.reward)
         except ValueError as e:
             _fail("rl.reward", r.reward, str(e))
-    if alpha < 1 and config.objective != "gkd":
-        _fail("rl.alpha", alpha, "needs objective='gkd' (a teacher); set rl.alpha=1 for SFT")
-    if not policy_gradient(config):
-        if r.kl_to_start == "on":
-            _fail(
-                "rl.kl_to_start",
-                r.kl_to_start,
-                "is reported by the policy-gradient step only (rl.alpha < 1 or "
-                "gkd.divergence='sampled_rkl'); use 'auto' or 'off'",
-            )
-        return
-    why = "(policy gradient: rl.alpha < 1 or gkd.divergence='sampled_rkl')"
-    if alpha < 1:
+
+
+def check_rl_batches(config: ml_collections.ConfigDict, why: str) -> None:
+    """A policy-gradient run's rewards and batches: a reward to learn from (rl.alpha < 1),
+    whole groups of rl.num_samples samples per prompt, and no lmbda comparisons."""
+    r = config.rl
+    if r.alpha < 1:
         if not r.reward:
             _fail(
                 "rl.reward",
@@ -328,6 +341,11 @@ def check_rl(config: ml_collections.ConfigDict) -> None:
             f"compares lmbdas of GKD runs, and this run is not one {why}: set "
             "compare_lmbdas='' (e.g. --config.compare_lmbdas= with configs/arith.py)",
         )
+
+
+def check_exact_samples(config: ml_collections.ConfigDict, why: str) -> None:
+    """A policy-gradient run's samples are the current student's own, scored in full: the
+    score-function estimator differentiates their exact log-probabilities."""
     g, s = config.gkd, config.sampling
     if g.lmbda != 1.0 or g.lmbda_schedule != "constant":
         _fail(
