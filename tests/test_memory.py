@@ -64,6 +64,7 @@ def test_remat_same_loss_and_gradients(family):
             np.testing.assert_allclose(g, g0, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_remat_train_step_on_the_mesh():
     """The whole GKD step on the 8-device mesh: remat "full" gives the plain step's loss,
     gradient norm and updated parameters."""

@@ -43,6 +43,7 @@ def test_unknown_model_shape_names_the_known_ones():
         plan.Planner(tiny_config(), plan.topology("cpu:8"), student="qwen9-1b")
 
 
+@pytest.mark.slow
 def test_shapes_are_the_published_sizes():
     """Each shipped config.json builds (as shapes) the model of its published size."""
     expected = {  # billions of parameters, as the model cards state them

@@ -274,6 +274,7 @@ def test_arith_alpha_half_logs_the_reward_metrics(straight_rl_run):
     assert rows[0]["kl_to_start"] < 1e-6 < rows[-1]["kl_to_start"]
 
 
+@pytest.mark.slow
 def test_arith_rl_run_resumes_bit_for_bit(straight_rl_run, tmp_path):
     with pytest.raises(preemption.Preempted):
         trainer.train_and_evaluate(arith_rl_config(stop_after_steps=2), str(tmp_path))

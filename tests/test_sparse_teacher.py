@@ -378,6 +378,7 @@ def test_sparse_steps_on_the_2x2x2_mesh_equal_one_device_and_compile_once():
         assert train_step._cache_size() == 1
 
 
+@pytest.mark.slow
 def test_rl_step_takes_the_live_teachers_top_k():
     """rl.alpha = 0.5 with a JSD term: at K = V the rl step is unchanged; at K < V its
     divergence metric is the sparse divergence of the samples."""

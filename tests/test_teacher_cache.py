@@ -155,6 +155,7 @@ def test_run_from_the_cache_equals_the_live_teacher(cached_run, tmp_path):
     assert "teacher" not in results["scores"]  # the teacher was never loaded
 
 
+@pytest.mark.slow
 def test_run_from_the_cache_resumes_bit_for_bit(cache_dir, cached_run, tmp_path):
     config = arith_config(teacher_cache=str(cache_dir))
     config.stop_after_steps = 2
@@ -220,6 +221,7 @@ def test_cached_batches_carry_the_teacher_rows(cache_dir):
     assert jnp.asarray(batch["teacher_logp"]).shape == (16, 48, K)
 
 
+@pytest.mark.slow
 def test_live_top_k_on_policy_run(tmp_path):
     """teacher_top_k with lmbda 1: the student's samples scored by the live teacher's top-8,
     on the 8-device mesh; the evaluation's teacher row is there (the teacher is live)."""
@@ -232,6 +234,7 @@ def test_live_top_k_on_policy_run(tmp_path):
     assert "teacher" in json.loads((tmp_path / "results.json").read_text())["scores"]
 
 
+@pytest.mark.slow
 def test_command_line_bfloat16_cache_trains_on_the_mesh(tmp_path):
     """`python -m gkd_jax.teacher_cache` as the README runs it (bfloat16 log-probs, a partial
     last shard), then two supervised-KD steps from it on the 8-device mesh."""
