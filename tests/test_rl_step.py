@@ -12,38 +12,15 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from tiny_step_pair import models, random_batch
 
 from gkd_jax import checkpoint, losses, preemption, rl, sharding, step, trainer
 from gkd_jax.config_checks import validate_config
 from gkd_jax.config_defaults import base_config
 from gkd_jax.config_loading import load_config_file
-from gkd_jax.models import DecoderConfig, build_decoder, functional_lm
 from gkd_jax.rl_step import make_rl_train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-V = 32  # divides over tensor=2
-STUDENT = DecoderConfig(V, 16, 1, 4, 2, 32)
-TEACHER = DecoderConfig(V, 32, 2, 4, 2, 64)
-
-
-def models():
-    params, s_fns = functional_lm(build_decoder(STUDENT, seed=1))
-    t_params, t_fns = functional_lm(build_decoder(TEACHER, seed=2))
-    return params, s_fns, t_params, t_fns
-
-
-def random_batch(seed=0, b=16, p=6, n=5):
-    """Prompts and completions as the sampler gives them: every completion has >= 1 token."""
-    rng = np.random.default_rng(seed)
-    prompt_mask = np.arange(p)[None] >= (p - rng.integers(1, p + 1, b))[:, None]
-    completion_mask = np.arange(n)[None] < rng.integers(1, n + 1, b)[:, None]
-    return dict(
-        prompt=np.where(prompt_mask, rng.integers(3, V, (b, p)), 0).astype(np.int32),
-        prompt_mask=prompt_mask,
-        completion=np.where(completion_mask, rng.integers(3, V, (b, n)), 0).astype(np.int32),
-        completion_mask=completion_mask,
-        rewards=rng.normal(size=b).astype(np.float32) + 1.0,
-    )
 
 
 def fresh_state(params, tx):
@@ -79,7 +56,7 @@ def test_alpha_1_is_the_gkd_step_bit_for_bit(fields):
     for make in (step.make_train_step, gkd_step_before_rl.make_train_step):
         train_step, state, metrics = make(config, s_fns, t_fns, tx), fresh_state(params, tx), []
         for seed in (0, 1):
-            batch = {k: v for k, v in random_batch(seed).items() if k != "rewards"}
+            batch = random_batch(seed, rewards=False)
             state, m = train_step(state, t_params, batch)
             metrics.append(m)
         runs.append(jax.device_get((state, metrics)))

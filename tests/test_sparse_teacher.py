@@ -7,10 +7,11 @@ import numpy as np
 import optax
 import pytest
 from finite_differences import central_differences
+from tiny_step_pair import V as V_STEP
+from tiny_step_pair import models, random_batch
 
 from gkd_jax import losses, sharding, step
 from gkd_jax.config_defaults import base_config
-from gkd_jax.models import DecoderConfig, build_decoder, functional_lm
 from gkd_jax.rl_step import make_rl_train_step
 from gkd_jax.sparse_teacher import (
     TAIL_FLOOR,
@@ -265,29 +266,6 @@ def test_bad_shapes_and_k():
 
 
 # ---------------------------------------------------------------- the train steps
-VS = 32  # divides over tensor=2
-STUDENT = DecoderConfig(VS, 16, 1, 4, 2, 32)
-TEACHER = DecoderConfig(VS, 32, 2, 4, 2, 64)
-
-
-def step_models():
-    params, s_fns = functional_lm(build_decoder(STUDENT, seed=1))
-    t_params, t_fns = functional_lm(build_decoder(TEACHER, seed=2))
-    return params, s_fns, t_params, t_fns
-
-
-def random_batch(seed=0, b=16, p=6, n=5):
-    rng = np.random.default_rng(seed)
-    prompt_mask = np.arange(p)[None] >= (p - rng.integers(1, p + 1, b))[:, None]
-    completion_mask = np.arange(n)[None] < rng.integers(1, n + 1, b)[:, None]
-    return dict(
-        prompt=np.where(prompt_mask, rng.integers(3, VS, (b, p)), 0).astype(np.int32),
-        prompt_mask=prompt_mask,
-        completion=np.where(completion_mask, rng.integers(3, VS, (b, n)), 0).astype(np.int32),
-        completion_mask=completion_mask,
-    )
-
-
 def with_summary(config, batch, t_fns, t_params):
     """The batch with its teacher summary, as a cache holds it (step.TEACHER_KEYS)."""
     objective = Objective(config, t_fns, t_fns)
@@ -310,7 +288,7 @@ def gkd_config(**gkd):
 
 def run_steps(config, batches, *, mesh=None, cached=False, rl=False):
     """Params and metrics after one step per batch; the live teacher unless `cached`."""
-    params, s_fns, t_params, t_fns = step_models()
+    params, s_fns, t_params, t_fns = models()
     tx = optax.adam(1e-2)
     if cached:
         batches = [with_summary(config, b, t_fns, t_params) for b in batches]
@@ -348,15 +326,15 @@ def assert_close_runs(a, b, rtol=1e-5, atol=1e-6):
     [dict(divergence="jsd"), dict(divergence="fkl", reduction="token"), dict(divergence="tv")],
 )
 def test_step_at_k_equal_v_is_the_full_step(gkd):
-    batches = [random_batch(s) for s in range(2)]
+    batches = [random_batch(s, rewards=False) for s in range(2)]
     full = run_steps(gkd_config(**gkd), batches)
-    assert_close_runs(run_steps(gkd_config(teacher_top_k=VS, **gkd), batches), full)
+    assert_close_runs(run_steps(gkd_config(teacher_top_k=V_STEP, **gkd), batches), full)
 
 
 def test_step_from_a_cached_batch_is_the_live_sparse_step():
     config = gkd_config(teacher_top_k=5, divergence="rkl")
     config.grad_accum = 2
-    batches = [random_batch(s) for s in range(2)]
+    batches = [random_batch(s, rewards=False) for s in range(2)]
     live, cached = run_steps(config, batches), run_steps(config, batches, cached=True)
     # The teacher scored 8 rows at a time (a micro-batch) vs 16: float32 rounding apart.
     assert_close_runs(cached, live)
@@ -369,7 +347,7 @@ def test_sparse_steps_on_the_2x2x2_mesh_equal_one_device_and_compile_once():
     one (no teacher at all) give what one device gives, compiled once over three steps."""
     config = gkd_config(teacher_top_k=6)
     config.grad_accum = 2
-    batches = [random_batch(s) for s in range(3)]
+    batches = [random_batch(s, rewards=False) for s in range(3)]
     one = run_steps(config, batches, mesh=sharding.make_mesh(devices=jax.devices()[:1]))
     mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
     for cached in (False, True):
@@ -385,16 +363,16 @@ def test_rl_step_takes_the_live_teachers_top_k():
     config = gkd_config(divergence="jsd")
     config.rl.update(alpha=0.5, reward="exact_answer", num_samples=2, kl_to_start="off")
     rng = np.random.default_rng(0)
-    batches = [random_batch(s) | dict(rewards=rng.normal(size=16).astype(np.float32))
+    batches = [random_batch(s, rewards=False) | dict(rewards=rng.normal(size=16).astype(np.float32))
                for s in range(2)]  # fmt: skip
     full = run_steps(config, batches, rl=True)
-    config_v = gkd_config(divergence="jsd", teacher_top_k=VS)
+    config_v = gkd_config(divergence="jsd", teacher_top_k=V_STEP)
     config_v.rl.update(config.rl)
     assert_close_runs(run_steps(config_v, batches, rl=True), full)
     config_k = gkd_config(divergence="jsd", teacher_top_k=4)
     config_k.rl.update(config.rl)
     _, metrics, _ = run_steps(config_k, batches[:1], rl=True)
-    params, s_fns, t_params, t_fns = step_models()
+    params, s_fns, t_params, t_fns = models()
     b = batches[0]
     args = [b[k] for k in ("prompt", "prompt_mask", "completion", "completion_mask")]
     ids, logp, tail = top_k_log_probs(t_fns.score(t_params, *args) / 0.8, 4, temperature=1.2)
