@@ -14,7 +14,7 @@ from gkd_jax.data import paper_tasks
 from gkd_jax.data.records import PROMPT_OVERFLOW
 from gkd_jax.data.sources import SOURCES
 from gkd_jax.data.tasks import TASKS
-from gkd_jax.evaluation import DECODINGS, EARLY_STOPPING
+from gkd_jax.evaluation import DECODINGS, EARLY_STOPPING, EVAL_DIVERGENCES
 from gkd_jax.losses import DIVERGENCES, REDUCTIONS
 from gkd_jax.models import COMPUTE_DTYPES
 from gkd_jax.models.hf import SAVE_DTYPES
@@ -231,6 +231,13 @@ def check_eval(config: ml_collections.ConfigDict, devices: int) -> None:
     _one_of("eval.length_penalty_form", e.length_penalty_form, LENGTH_PENALTIES)
     _one_of("eval.early_stopping", e.early_stopping, sorted(EARLY_STOPPING))
     _positive("eval.temperature", e.temperature)
+    _one_of("eval.divergence_to_teacher", e.divergence_to_teacher, EVAL_DIVERGENCES)
+    if e.divergence_to_teacher and (config.objective != "gkd" or config.gkd.teacher_cache):
+        _fail(
+            "eval.divergence_to_teacher",
+            e.divergence_to_teacher,
+            "needs the live teacher: objective 'gkd' without gkd.teacher_cache (or '' = off)",
+        )
 
 
 def check_optim(config: ml_collections.ConfigDict) -> None:

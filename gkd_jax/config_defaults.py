@@ -149,6 +149,11 @@ def base_config() -> ml_collections.ConfigDict:
     # alive beam can still win), "heuristic" (transformers' default, False), "k_finished" (True).
     c.eval.early_stopping = "never"
     c.eval.temperature = 1.0  # "sample" only
+    # Also score the student's evaluation completions by their exact per-token divergence from
+    # the teacher (at temperature 1, the full distributions): "" (off), "rkl", "fkl" or "jsd"
+    # (at gkd.beta). Reported as "<name>_to_teacher" beside the task's metric (results.json
+    # "divergence_to_teacher"): the x-axis of the reward vs divergence trade-off (README).
+    c.eval.divergence_to_teacher = ""
 
     c.model = model_config()  # the model being trained (the student)
     c.init = model_source()  # where the trained model starts; empty: random init

@@ -34,6 +34,7 @@ from gkd_jax.evaluation import (
     check_token_ids,
     describe_decoding,
     make_divergence_fn,
+    make_divergence_to_teacher,
     make_eval_decoder,
 )
 from gkd_jax.model_sources import char_tokenizer, hf_tokenizer
@@ -101,22 +102,33 @@ def load_teacher(config, workdir: str | None, task, dtype):
     if workdir and checkpoint.has_model(path):
         return checkpoint.load_model(path, dtype=dtype)
     raise FileNotFoundError(
-        f"task {task.name!r} is scored by {task.metric_name}, the model's divergence from the "
-        "teacher on its own completions, and there is no teacher: set --config.teacher."
+        f"{what_needs_the_teacher(config, task)}: the model's divergence from the teacher on "
+        "its own completions, and there is no teacher: set --config.teacher."
         "checkpoint= (our model dir or a Hugging Face directory), or pass a workdir that holds "
         "teacher/model"
     )
 
 
+def what_needs_the_teacher(config, task) -> str:
+    if task.metric is None:
+        return f"task {task.name!r} is scored by {task.metric_name}"
+    return f"--config.eval.divergence_to_teacher={config.eval.divergence_to_teacher} asks for"
+
+
 def teacher_scoring(config, workdir: str | None, task, dtype, fns) -> tuple[dict[str, Any], int]:
     """(Evaluator keywords, shared vocabulary): for a task without a metric, scored by the
     model's divergence from the teacher on its own completions, the teacher's parameters and
-    that divergence; ({}, the model's vocabulary) for any other."""
-    if task.metric is not None:
+    that divergence; with config.eval.divergence_to_teacher, that measure too; else ({}, the
+    model's vocabulary)."""
+    to_teacher = config.eval.divergence_to_teacher
+    if task.metric is not None and not to_teacher:
         return {}, fns.vocab_size
     teacher_params, teacher_fns = functional_lm(load_teacher(config, workdir, task, dtype))
-    divergence = make_divergence_fn(config, fns, teacher_fns)
-    scoring = dict(teacher_params=teacher_params, divergence=divergence)
+    scoring = dict(teacher_params=teacher_params)
+    if task.metric is None:
+        scoring["divergence"] = make_divergence_fn(config, fns, teacher_fns)
+    if to_teacher:
+        scoring["to_teacher"] = make_divergence_to_teacher(config, fns, teacher_fns)
     return scoring, min(fns.vocab_size, teacher_fns.vocab_size)
 
 

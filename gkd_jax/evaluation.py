@@ -5,7 +5,8 @@ prompts the way config.eval.decoding says, then score the completions.
   decode_split       every row of a packed split through it, batch i sampling with eval_key(i)
   task_scores        the task's metric (and extra metrics) of the decoded texts
   mean_divergence    for a task without a metric (chat): the student's divergence from the
-                     teacher on its own completions (make_divergence_fn)
+                     teacher on its own completions (make_divergence_fn); with
+                     config.eval.divergence_to_teacher, an exact one beside the metric
   Evaluator          all of the above for one split, built once: `evaluator(params)`
 and what the trainer keeps and reports of the scores: keep_if_best (WORKDIR/best_model),
 eval_scalars (TensorBoard tags), results_table; check_token_ids guards the packed data.
@@ -34,6 +35,8 @@ from gkd_jax.step import Objective
 DECODINGS = ("greedy", "beam", "sample")
 # config.eval.early_stopping -> BeamSearchConfig.early_stopping (transformers' values)
 EARLY_STOPPING = {"never": "never", "heuristic": False, "k_finished": True}
+# config.eval.divergence_to_teacher: "" (off) or an exact divergence (losses.DIVERGENCES)
+EVAL_DIVERGENCES = ("", "rkl", "fkl", "jsd")
 
 # Evaluation's sampling keys (seed, batch), apart from training's (seed, step): batch i of an
 # evaluation would otherwise draw the noise that step i's on-policy samples drew.
@@ -148,6 +151,19 @@ def make_divergence_fn(config, student: LMFunctions, teacher: LMFunctions):
     return divergence
 
 
+def make_divergence_to_teacher(config, student: LMFunctions, teacher: LMFunctions):
+    """make_divergence_fn of config.eval.divergence_to_teacher, exact whatever the training
+    loss is: the full distributions at temperature 1 (no top-K, no cache, no lean form), so
+    that runs trained by different divergences are measured by one ruler."""
+    measure = config.copy_and_resolve_references()
+    g = measure.gkd
+    g.divergence = config.eval.divergence_to_teacher
+    g.loss_impl, g.teacher_top_k, g.teacher_cache = "full", 0, ""
+    g.teacher_temperature = g.loss_temperature = 1.0
+    measure.objective = "gkd"
+    return make_divergence_fn(measure, student, teacher)
+
+
 def mean_divergence(
     divergence, params, teacher_params, data, tokens, mask, batch_size, mesh
 ) -> float:
@@ -172,8 +188,9 @@ class Evaluator:
 
     `decoders`: make_eval_decoder's per model ("student", "teacher", ...), compiled once each;
     `data`: the split packed (pipeline.pack). A task without a metric is scored by
-    `divergence` (make_divergence_fn) against `teacher_params`. Sampled decoding draws batch i
-    with eval_key(key(seed), i)."""
+    `divergence` (make_divergence_fn) against `teacher_params`; `to_teacher`
+    (make_divergence_to_teacher) adds "<eval.divergence_to_teacher>_to_teacher" to every
+    student's scores. Sampled decoding draws batch i with eval_key(key(seed), i)."""
 
     def __init__(
         self,
@@ -187,18 +204,27 @@ class Evaluator:
         decoders: dict[str, Callable],
         teacher_params=None,
         divergence: Callable | None = None,
+        to_teacher: Callable | None = None,
         seed: int = 0,
     ):
         self.config, self.task, self.tokenizer = config, task, tokenizer
         self.split, self.data, self.mesh = split, data, mesh
         self.decoders = dict(decoders)
         self.teacher_params, self.divergence, self.seed = teacher_params, divergence, seed
+        self.to_teacher = to_teacher
 
     def __call__(self, params, who: str = "student") -> dict[str, Any]:
         """The scores of `who`'s completions, and "samples": the first three (prompt, text)."""
         texts, tokens, mask = self.decode(params, who)
         samples = [(p, t) for p, t in zip(self.split.prompts[:3], texts[:3], strict=True)]
-        return {**self.scores(params, texts, tokens, mask), "samples": samples}
+        return {**self.scores(params, texts, tokens, mask, who), "samples": samples}
+
+    def mean_divergence(self, divergence, params, tokens, mask) -> float:
+        """mean_divergence of `params`' completions tokens/mask [N, T] of this split."""
+        return mean_divergence(
+            divergence, params, self.teacher_params, self.data, tokens, mask,
+            self.config.eval.batch_size, self.mesh,
+        )  # fmt: skip
 
     def decode(self, params, who: str = "student", progress=None):
         """(texts, tokens [N, T], mask [N, T]) of every prompt, decoded by decoders[who]."""
@@ -210,16 +236,24 @@ class Evaluator:
         texts = [self.tokenizer.decode(t[m], skip_special_tokens=True) for t, m in pairs]
         return texts, tokens, mask
 
-    def scores(self, params, texts, tokens, mask) -> dict[str, float]:
+    def scores(self, params, texts, tokens, mask, who: str = "student") -> dict[str, float]:
         """The task's metric (and extra metrics) of `texts`, or (no metric) the divergence of
-        the model with `params` from the teacher on its completions tokens/mask."""
+        the model with `params` from the teacher on its completions tokens/mask; and with
+        `to_teacher`, unless `who` is the teacher, that exact divergence too."""
         scores = task_scores(self.task, texts, self.split.references)
         if self.divergence is not None:
-            scores[self.task.metric_name] = mean_divergence(
-                self.divergence, params, self.teacher_params, self.data, tokens, mask,
-                self.config.eval.batch_size, self.mesh,
-            )  # fmt: skip
+            scores[self.task.metric_name] = self.mean_divergence(
+                self.divergence, params, tokens, mask
+            )
+        if self.to_teacher is not None and who != "teacher":
+            key = divergence_key(self.config)
+            scores[key] = self.mean_divergence(self.to_teacher, params, tokens, mask)
         return scores
+
+
+def divergence_key(config) -> str:
+    """The scores' key of config.eval.divergence_to_teacher, e.g. "rkl_to_teacher"."""
+    return f"{config.eval.divergence_to_teacher}_to_teacher"
 
 
 # ---------------------------------------------------------------------------- what is kept
@@ -244,7 +278,10 @@ def eval_scalars(results: dict[str, dict], metric: str) -> dict[str, float]:
     """TensorBoard tags: the student's score is eval/METRIC (at step 0 and at the last step),
     the teacher's eval/teacher_METRIC."""
     prefix = {"teacher": "teacher_"}
-    return {f"eval/{prefix.get(name, '')}{metric}": r[metric] for name, r in results.items()}
+    tags = {f"eval/{prefix.get(name, '')}{metric}": r[metric] for name, r in results.items()}
+    for r in results.values():  # the student's divergence_to_teacher, if measured
+        tags.update({f"eval/{k}": v for k, v in r.items() if k.endswith("_to_teacher")})
+    return tags
 
 
 def results_table(summary: dict[str, Any], config) -> str:

@@ -37,9 +37,11 @@ from gkd_jax.distributed import log
 from gkd_jax.evaluation import (
     Evaluator,
     check_token_ids,
+    divergence_key,
     eval_scalars,
     keep_if_best,
     make_divergence_fn,
+    make_divergence_to_teacher,
     make_eval_decoder,
     results_table,
 )
@@ -243,10 +245,13 @@ def make_evaluator(
     divergence = None
     if task.metric is None:  # scored by the student's divergence from the teacher
         divergence = make_divergence_fn(config, student_fns, teacher_fns)
+    to_teacher = None
+    if config.eval.divergence_to_teacher:
+        to_teacher = make_divergence_to_teacher(config, student_fns, teacher_fns)
     evaluator = Evaluator(
         config, task, tokenizer, eval_split, eval_data, mesh,
         decoders={"student": eval_decoder(student_fns.decoding)},
-        teacher_params=teacher_params, divergence=divergence,
+        teacher_params=teacher_params, divergence=divergence, to_teacher=to_teacher,
     )  # fmt: skip
     if teacher_fns is not None and task.metric is not None:
         evaluator.decoders["teacher"] = eval_decoder(teacher_fns.decoding)
@@ -520,6 +525,9 @@ def finish(run: Run, state, progress: Progress, *, train_seconds: float) -> dict
         "skipped_steps": progress.skipped_steps,
         "samples": results["final"]["samples"],
     }
+    if config.eval.divergence_to_teacher:  # the student's rows: start, final
+        key = divergence_key(config)
+        summary["divergence_to_teacher"] = {k: v[key] for k, v in results.items() if key in v}
     if distributed.is_main_process():
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(summary, f, indent=2)

@@ -44,6 +44,7 @@ BAD = {
     "eval.length_penalty_form": "gnmt",
     "eval.early_stopping": "always",
     "eval.temperature": 0.0,
+    "eval.divergence_to_teacher": "sampled_rkl",
     "export.hf": 1,
     "export.dtype": "int8",
     "gkd.lmbda": 1.5,
@@ -200,3 +201,17 @@ def test_sparse_teacher_with_a_cache_passes(tmp_path):
     config.gkd.teacher_cache = ""
     config.gkd.lmbda = 1.0  # a live top-K teacher: any lmbda
     validate_config(config)
+
+
+def test_divergence_to_teacher_needs_the_live_teacher(tmp_path):
+    config = base_config()
+    config.eval.divergence_to_teacher = "rkl"
+    validate_config(config)
+    config.objective = "sft"
+    with pytest.raises(ValueError, match=r"eval.divergence_to_teacher='rkl'.*live teacher"):
+        validate_config(config)
+    config.objective = "gkd"
+    config.compare_lmbdas = ""
+    config.gkd.update(lmbda=0.0, teacher_top_k=8, teacher_cache=fake_cache(tmp_path))
+    with pytest.raises(ValueError, match=r"eval.divergence_to_teacher='rkl'.*live teacher"):
+        validate_config(config)

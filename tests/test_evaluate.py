@@ -172,6 +172,38 @@ def test_metricless_task_is_scored_by_divergence_from_the_teacher(tmp_path, monk
     assert per_seq.mean() > 1e-3  # the student is not the teacher
 
 
+def numpy_rkl(s_logits, t_logits) -> np.ndarray:
+    """KL(S||T) per position from its definition, float64."""
+    ls, lt = (x - logsumexp(x) for x in (s_logits.astype(np.float64), t_logits.astype(np.float64)))
+    return (np.exp(ls) * (ls - lt)).sum(-1)
+
+
+def logsumexp(x):
+    m = x.max(-1, keepdims=True)
+    return m + np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def test_divergence_to_teacher_beside_the_metric(tmp_path):
+    """eval.divergence_to_teacher="rkl": the exact reverse KL of the student's greedy
+    completions from the teacher, whatever the training divergence (JSD here), beside the
+    accuracy; equal to a float64 reference on independently decoded completions."""
+    n, config = 8, load_config_file(ARITH)  # trains by JSD(0.5): the measure must ignore it
+    config.eval.batch_size, config.eval.divergence_to_teacher = 8, "rkl"
+    summary = evaluate_checkpoint(config, STUDENT, out=str(tmp_path / "out"), num_examples=n)
+
+    prompt, prompt_mask, tokens, mask = independent_greedy(config, n, tmp_path, arrays=True)
+    logits = []
+    for source in (STUDENT, config.teacher.checkpoint):
+        params, fns = functional_lm(checkpoint.load_model(resolve_path(source)))
+        logits.append(np.asarray(jax.jit(fns.score)(params, prompt, prompt_mask, tokens, mask)))
+    per_token = numpy_rkl(*logits)  # [n, N]
+    per_seq = (per_token * mask).sum(1) / mask.sum(1)
+    assert set(summary["metrics"]) == {"accuracy", "rkl_to_teacher"}
+    assert summary["metrics"]["rkl_to_teacher"] == pytest.approx(per_seq.mean(), rel=1e-5)
+    jsd = (numpy_jsd(*logits, beta=0.5) * mask).sum(1) / mask.sum(1)
+    assert abs(jsd.mean() - per_seq.mean()) > 1e-3  # a different number from the JSD's
+
+
 def test_metricless_task_without_teacher_names_the_fix(tmp_path, monkeypatch):
     config = load_config_file(ARITH)
     config.teacher.checkpoint = ""

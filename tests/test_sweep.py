@@ -12,11 +12,14 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+from gkd_jax.config_checks import validate_config
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "launch"))
 
 import collect  # noqa: E402
 import sweep  # noqa: E402
+import tradeoff  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -318,6 +321,59 @@ def test_arith_finite_protocol():
         sweep.load_sweep("arith_finite:parts=everything")
 
 
+def test_arith_rl_protocol():
+    """The RL + GKD study as the README's protocol states it: the n=2000 models, 300 x 64
+    on-policy samples at lr 1e-4 in every cell but the reference, the exact reverse KL to the
+    teacher measured at evaluation, and each cell's objective as named."""
+    runs = sweep.load_sweep("arith_rl:seeds=0+1+2")
+    assert len(runs) == 3 * 6 and len({r.name for r in runs}) == 18
+    for run in runs:
+        c, cell = parse_run(run), run.axes["cell"]
+        assert (c.steps, c.batch_size, c.gkd.lmbda, c.compare_lmbdas) == (300, 64, 1.0, "")
+        assert c.teacher.checkpoint.endswith("arith/n2000/teacher") and c.seed == run.axes["seed"]
+        assert c.eval.divergence_to_teacher == "rkl"
+        assert c.optim.learning_rate == (1e-3 if cell == "ref_lr1e-3" else 1e-4)
+        assert c.rl.alpha == {"a0": 0.0, "a0.5": 0.5}.get(cell, 1.0)
+        if c.rl.alpha < 1:
+            assert (c.rl.reward, c.rl.num_samples, c.rl.baseline) == ("exact_answer", 4, "loo")
+        want = {"a1_rkl": ("rkl", None), "a1_srkl": ("sampled_rkl", None)}.get(cell)
+        div, beta = want or ("jsd", 0.5)
+        assert c.gkd.divergence == div and (beta is None or c.gkd.beta == beta)
+        if cell == "a1_srkl":
+            assert c.rl.num_samples == 1
+        # the study's runs pass the trainer's own checks (the policy-gradient ones included)
+        validate_config(c)
+
+
+def test_tradeoff_table_and_figure(tmp_path):
+    """launch/tradeoff.py: per cell the mean ± std of the runs' own final accuracy, divergence
+    to the teacher and last logged reward; the gap to pure GKD with 2 SE."""
+    root = tmp_path / "root"
+    finals = {"a0": [(0.70, 0.40, 0.8), (0.74, 0.44, 0.9)], "a1_jsd0.5": [(0.60, 0.1, None)] * 2}
+    for name, seeds in finals.items():
+        for seed, (final, kl, reward) in enumerate(seeds):
+            d = root / f"arith_rl_{name}_seed{seed}"
+            d.mkdir(parents=True)
+            axes = {"method": "rl+gkd", "cell": name, "seed": seed}
+            (d / "sweep_run.json").write_text(json.dumps({"name": d.name, "axes": axes}))
+            result = {"metric": "accuracy", "steps": 1,
+                      "scores": {"teacher": 0.9, "start": 0.5, "final": final},
+                      "divergence_to_teacher": {"start": 0.3, "final": kl}}  # fmt: skip
+            (d / "results.json").write_text(json.dumps(result))
+            if reward is not None:  # two logged steps: the last one counts
+                rows = [{"step": 1, "reward": 0.0}, {"step": 2, "reward": reward}]
+                (d / "metrics.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
+    out = tmp_path / "out"
+    assert tradeoff.main([f"--root={root}", f"--out={out}", "--name=t"]) == 0
+    table = (out / "t.md").read_text()
+    # a0: 72.0 ± 2.0 (population std); KL 0.420 ± 0.020; reward 0.850 ± 0.050; the gap to
+    # a1 is 12.0, 2 SE = 2 sqrt(8 / 2) = 4.0 (sample variance of [70, 74]; a1's is 0): *
+    assert "| a0 | 72.0 ± 2.0 | 0.420 ± 0.020 | 0.850 ± 0.050 |  | +12.0 ± 4.0 * |" in table
+    assert "| a1_jsd0.5 | 60.0 ± 0.0 | 0.100 ± 0.000 |  |  |  |" in table
+    assert "teacher 90.0, SFT start 50.0 (reverse KL 0.300)" in table
+    assert (out / "t.png").read_bytes()[:8] == PNG_MAGIC
+
+
 def test_collect_vs_axis(tmp_path):
     """--vs: mean and std per (lmbda, axis value), written from the runs' own results."""
     root = tmp_path / "root"
@@ -343,7 +399,9 @@ def test_collect_vs_axis(tmp_path):
 
 def test_the_registry_names_every_sweep_and_each_runs():
     """One registry (launch/sweeps/registry.py): every name loads, with and without an arg."""
-    assert sorted(sweep.SWEEPS) == ["arith", "arith_finite", "gsm8k", "wmt_en_de", "xsum"]
+    assert sorted(sweep.SWEEPS) == [
+        "arith", "arith_finite", "arith_rl", "gsm8k", "wmt_en_de", "xsum"
+    ]  # fmt: skip
     for name in sweep.SWEEPS:
         assert sweep.load_sweep(name) and sweep.load_sweep(f"{name}:seeds=0+1")
     for spec, match in [("arith:seeds=x", "arith sweep arg seeds='x'"),

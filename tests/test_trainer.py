@@ -335,11 +335,12 @@ def test_sft_learns_the_exact_target_tokens(tmp_path):
 
 
 def test_entry_point_end_to_end(tmp_path):
-    """The real `python -m gkd_jax.train` on the shrunken default: recipes, GKD, eval table."""
+    """The real `python -m gkd_jax.train` on the shrunken default: recipes, GKD, eval table
+    (with the exact reverse KL to the teacher beside the accuracy)."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     proc = subprocess.run(
         [sys.executable, "-m", "gkd_jax.train", "--config=configs/arith.py:smoke",
-         f"--workdir={tmp_path}"],
+         f"--workdir={tmp_path}", "--config.eval.divergence_to_teacher=rkl"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -347,6 +348,8 @@ def test_entry_point_end_to_end(tmp_path):
     assert "ETA" in out and "ex/s" in out and "| student (after) |" in out
     summary = json.loads((tmp_path / "results.json").read_text())
     assert set(summary["scores"]) == {"teacher", "start", "final"}
+    kl = summary["divergence_to_teacher"]  # the student's rows only; exact values: test_evaluate
+    assert set(kl) == {"start", "final"} and min(kl.values()) > 0, kl
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 4 and all(r["on_policy"] == 1.0 for r in rows)
     assert all(r["out_of_vocab_ids"] == 0 for r in rows)  # every sampled id in the vocabulary
