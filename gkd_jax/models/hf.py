@@ -9,6 +9,7 @@ the tokenizer so that `transformers.AutoModelFor*.from_pretrained` (or vLLM) rea
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
@@ -23,7 +24,12 @@ from jax.sharding import Mesh
 
 from gkd_jax import sharding
 from gkd_jax.models.decoder import Decoder, DecoderConfig
-from gkd_jax.models.safetensors_io import SafetensorsReader, write_safetensors
+from gkd_jax.models.safetensors_io import (
+    SafetensorsReader,
+    nest,
+    read_param,
+    write_safetensors,
+)
 from gkd_jax.resources import is_hf_model_dir, resolve_model_dir
 
 FAMILY_MODULES = ("gkd_jax.models.hf_decoder", "gkd_jax.models.hf_t5")
@@ -80,9 +86,9 @@ def _check_params(loaded: dict, abstract: dict, source: str) -> None:
     got, want = _flat(loaded), _flat(abstract)
     missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
     bad = [
-        f"{k}: checkpoint {tuple(np.shape(got[k]))}, model {tuple(want[k].shape)}"
+        f"{k}: checkpoint {tuple(got[k].shape)}, model {tuple(want[k].shape)}"
         for k in sorted(set(got) & set(want))
-        if tuple(np.shape(got[k])) != tuple(want[k].shape)
+        if tuple(got[k].shape) != tuple(want[k].shape)
     ]
     if missing or extra or bad:
         raise ValueError(
@@ -98,9 +104,10 @@ def load_pretrained(
 
     `dtype` is the compute dtype; parameters are stored in `param_dtype` (float32 for training).
     Decoder-only: `model(input_ids, attention_mask=...)`; T5: `model(input_ids, attention_mask=...,
-    decoder_input_ids=...)`; both return logits [B, T, V]. With `mesh`, each tensor goes from
-    the memory-mapped file straight to its sharding (gkd_jax/sharding.py rules): no device
-    holds a whole parameter that the rules split.
+    decoder_input_ids=...)`; both return logits [B, T, V]. Parameters are read one at a time
+    from the memory-mapped files. With `mesh`, each host copies out of the file only the slices
+    its own devices hold (gkd_jax/sharding.py rules; `jax.make_array_from_callback`), so no host
+    or device ever holds a whole parameter that the rules split.
     """
     path = resolve_model_dir(name_or_path)
     if not is_hf_model_dir(path):
@@ -114,18 +121,43 @@ def load_pretrained(
     state = nnx.state(model, nnx.Param)
     abstract = nnx.to_pure_dict(state)
     reader = SafetensorsReader(path)
-    loaded = family.params_from_hf(cfg, reader.get, reader.names)
-    _check_params(loaded, abstract, path)
-    if mesh is None:
-        loaded = jax.tree.map(lambda x, a: jnp.asarray(x, a.dtype), loaded, abstract)
-    else:  # one host tensor at a time, each device sent only its slice
-        targets = sharding.tree_shardings(abstract, mesh)
-        loaded = jax.tree.map(
-            lambda x, a, s: jax.device_put(np.asarray(x, a.dtype), s), loaded, abstract, targets
-        )
-    nnx.replace_by_pure_dict(state, loaded)
+    sources = family.hf_sources(cfg, reader.names, reader.shape)
+    if hasattr(family, "check_checkpoint"):
+        family.check_checkpoint(cfg, sources, reader.names, reader.get_slice)
+    _check_params(nest({p: _our_shape(reader, *source) for p, source in sources.items()}),
+                  abstract, path)  # fmt: skip
+    targets = None if mesh is None else _by_path(sharding.tree_shardings(abstract, mesh))
+    loaded = {}
+    for p, a in _by_path(abstract).items():  # one parameter at a time
+        name, transpose = sources[p]
+        if mesh is None:
+            loaded[p] = jnp.asarray(read_param(reader.get_slice, name, transpose), a.dtype)
+        else:  # each device's slice, read from the file by the host that holds it
+            read = _slice_reader(reader, name, transpose, a.dtype)
+            loaded[p] = jax.make_array_from_callback(a.shape, targets[p], read)
+    nnx.replace_by_pure_dict(state, nest(loaded))
     nnx.update(model, state)
     return model
+
+
+def _by_path(tree: dict) -> dict[tuple, Any]:
+    return {tuple(k.key for k in p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _our_shape(reader: SafetensorsReader, name: str, transpose: bool) -> jax.ShapeDtypeStruct:
+    shape = reader.shape(name)
+    return jax.ShapeDtypeStruct(shape[::-1] if transpose else shape, np.float32)
+
+
+def _slice_reader(reader: SafetensorsReader, name: str, transpose: bool, dtype):
+    """The callback of jax.make_array_from_callback for one parameter: the slice `index` of our
+    layout, read from the file; a slice several of this host's devices hold is read once."""
+    read = functools.cache(
+        lambda key: read_param(
+            reader.get_slice, name, transpose, tuple(slice(*k) for k in key), dtype
+        )
+    )
+    return lambda index: read(tuple((s.start, s.stop, s.step) for s in index))
 
 
 def save_pretrained(

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from gkd_jax.models.decoder import DecoderConfig
+from gkd_jax.models.safetensors_io import nest, read_param
 
 MODEL_TYPES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3", "gemma2")
 
@@ -380,9 +381,12 @@ def _ignorable(name: str, cfg: DecoderConfig) -> bool:
     return name.endswith("rotary_emb.inv_freq") or (cfg.tie_embeddings and name == "lm_head.weight")
 
 
-def params_from_hf(cfg: DecoderConfig, get: Callable[[str], np.ndarray], names: set[str]) -> dict:
-    """The nnx pure dict (`{'layers': {0: {...}}, ...}`, float32 numpy) of the HF tensors `names`,
-    read with `get(name)`. Raises naming missing, unexpected or misshapen tensors."""
+def hf_sources(
+    cfg: DecoderConfig, names: set[str], shape_of: Callable[[str], tuple[int, ...]]
+) -> dict[tuple, tuple[str, bool]]:
+    """{path in the nnx pure dict: (HF tensor name, whether it is a transposed kernel)} for a
+    checkpoint holding `names`, whose shapes `shape_of(name)` gives (from the header: nothing is
+    read). Raises naming missing, unexpected or misshapen tensors."""
     # Checkpoints of the bare model (LlamaModel, ...) have no "model." prefix.
     bare = "model.embed_tokens.weight" not in names and "embed_tokens.weight" in names
 
@@ -403,17 +407,27 @@ def params_from_hf(cfg: DecoderConfig, get: Callable[[str], np.ndarray], names: 
             f"the checkpoint has {len(unexpected)} tensor(s) the {cfg.model_type} config does "
             f"not use (does config.json match the weights?): {unexpected[:8]}"
         )
-    params: dict = {}
+    sources = {}
     for path, name, transpose, shape in entries:
-        x = np.asarray(get(stored(name)))
-        if x.shape != shape:
-            raise ValueError(f"tensor {stored(name)}: shape {x.shape}, the config needs {shape}")
-        x = x.astype(np.float32)
-        node = params
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = np.ascontiguousarray(x.T if transpose else x)
-    return params
+        if tuple(shape_of(stored(name))) != shape:
+            raise ValueError(
+                f"tensor {stored(name)}: shape {tuple(shape_of(stored(name)))}, the config "
+                f"needs {shape}"
+            )
+        sources[path] = (stored(name), transpose)
+    return sources
+
+
+def params_from_hf(cfg: DecoderConfig, get: Callable[[str], np.ndarray], names: set[str]) -> dict:
+    """The nnx pure dict (`{'layers': {0: {...}}, ...}`, float32 numpy) of the HF tensors `names`,
+    read whole with `get(name)`. Raises naming missing, unexpected or misshapen tensors. (The
+    sharded load, hf.load_pretrained with a mesh, reads slices through `hf_sources` instead.)"""
+    sources = hf_sources(cfg, names, lambda name: np.shape(get(name)))
+
+    def get_slice(name, index):
+        return np.asarray(get(name))[index]
+
+    return nest({path: read_param(get_slice, *source) for path, source in sources.items()})
 
 
 def params_to_hf(cfg: DecoderConfig, params: dict) -> dict[str, np.ndarray]:

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gkd_jax.models.safetensors_io import nest, read_param
 from gkd_jax.models.t5 import T5, T5Config
 
 MODEL_TYPES = ("t5", "mt5")
@@ -151,18 +152,13 @@ def _hf_name(path: tuple[Any, ...]) -> str:
     return ".".join(str(k) for k in path[:-1]) + ".weight"
 
 
-def _set(tree: dict, path: tuple[Any, ...], value: np.ndarray) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
-
-
-def params_from_hf(
-    cfg: T5Config, get: Callable[[str], np.ndarray], names: set[str]
-) -> dict[str, Any]:
-    """The NNX pure parameter dict (numpy float32) from checkpoint tensors `get(name)`; `names`
-    is every tensor the checkpoint holds. ValueError naming missing or misshapen tensors."""
-    params: dict[str, Any] = {}
+def hf_sources(
+    cfg: T5Config, names: set[str], shape_of: Callable[[str], tuple[int, ...]]
+) -> dict[tuple, tuple[str, bool]]:
+    """{path in the NNX pure dict: (HF tensor name, whether it is a transposed kernel)} for a
+    checkpoint holding `names`, with shapes `shape_of(name)` (from the header: nothing is read).
+    ValueError naming missing or misshapen tensors."""
+    sources: dict[tuple, tuple[str, bool]] = {}
     missing, bad_shape = [], []
     embedding = next((n for n in _EMBEDDING_NAMES if n in names), None)
     for path, shape in _param_paths(cfg):
@@ -176,26 +172,56 @@ def params_from_hf(
         if name not in names:
             missing.append(name)
             continue
-        value = np.asarray(get(name), np.float32)
-        hf_shape = shape[::-1] if path[-1] == "kernel" else shape  # torch Linear: [out, in]
-        if value.shape != hf_shape:
-            bad_shape.append(f"{name} {value.shape} (expected {hf_shape})")
+        transpose = path[-1] == "kernel"  # torch Linear: [out, in]
+        hf_shape = shape[::-1] if transpose else shape
+        if tuple(shape_of(name)) != hf_shape:
+            bad_shape.append(f"{name} {tuple(shape_of(name))} (expected {hf_shape})")
             continue
-        _set(params, path, value.T if path[-1] == "kernel" else value)
+        sources[path] = (name, transpose)
     if missing or bad_shape:
         raise ValueError(
             f"T5 checkpoint: {len(missing)} missing tensors {missing[:8]}; "
             f"{len(bad_shape)} with wrong shapes {bad_shape[:8]}"
         )
-    if cfg.tie_embeddings and "lm_head.weight" in names:
-        # A tied model cannot represent a separate head: refuse rather than drop it silently.
-        head = np.asarray(get("lm_head.weight"), np.float32)
-        if not np.array_equal(head, params["shared"]["embedding"]):
+    return sources
+
+
+def check_checkpoint(
+    cfg: T5Config,
+    sources: dict[tuple, tuple[str, bool]],
+    names: set[str],
+    get_slice: Callable[[str, Any], np.ndarray],
+) -> None:
+    """A tied model cannot represent a separate head: refuse a checkpoint whose lm_head.weight
+    differs from the embedding rather than drop it silently. Compared a block of rows at a time
+    (~16M values), so neither table is ever whole in memory."""
+    if not (cfg.tie_embeddings and "lm_head.weight" in names):
+        return
+    embedding = sources[("shared", "embedding")][0]
+    rows = max(1, 2**24 // cfg.d_model)
+    for start in range(0, cfg.vocab_size, rows):
+        block = (slice(start, min(start + rows, cfg.vocab_size)), slice(None))
+        head = np.asarray(get_slice("lm_head.weight", block), np.float32)
+        if not np.array_equal(head, np.asarray(get_slice(embedding, block), np.float32)):
             raise ValueError(
                 "T5 checkpoint holds an lm_head.weight that differs from the embedding, but the "
                 "config ties them (tie_word_embeddings / scale_decoder_outputs)"
             )
-    return params
+
+
+def params_from_hf(
+    cfg: T5Config, get: Callable[[str], np.ndarray], names: set[str]
+) -> dict[str, Any]:
+    """The NNX pure parameter dict (numpy float32) from checkpoint tensors `get(name)`, read
+    whole; `names` is every tensor the checkpoint holds. ValueError naming missing or misshapen
+    tensors. (The sharded load, hf.load_pretrained with a mesh, reads slices instead.)"""
+    sources = hf_sources(cfg, names, lambda name: np.shape(get(name)))
+
+    def get_slice(name, index):
+        return np.asarray(get(name))[index]
+
+    check_checkpoint(cfg, sources, names, get_slice)
+    return nest({path: read_param(get_slice, *source) for path, source in sources.items()})
 
 
 def params_to_hf(cfg: T5Config, params: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -2,7 +2,8 @@
 
 The format is 8 bytes of little-endian header length, a JSON header naming each tensor's dtype,
 shape and byte range, then the raw bytes. Reading memory-maps the file, so a tensor costs memory
-only when it is asked for: a 7B checkpoint is never held twice.
+only when it is asked for: a 7B checkpoint is never held twice, and `get_slice` copies out only
+the slice a device holds (hf.py's sharded load reads each host's slices and nothing else).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import json
 import mmap
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -79,17 +81,59 @@ class SafetensorsReader:
             self._open[path] = (buf, header, start)
         return self._open[path]
 
-    def get(self, name: str) -> np.ndarray:
+    def _entry(self, name: str) -> dict:
         if name not in self._files:
             raise KeyError(f"tensor {name!r} is not in the checkpoint")
-        buf, header, start = self._file(self._files[name])
-        entry = header[name]
+        return self._file(self._files[name])[1][name]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The tensor's shape, from the header (nothing is read)."""
+        return tuple(self._entry(name)["shape"])
+
+    def get_slice(self, name: str, index: tuple[slice, ...]) -> np.ndarray:
+        """A copy of `get(name)[index]`: only the slice's bytes leave the memory map."""
+        return np.array(self.get(name)[index])
+
+    def get(self, name: str) -> np.ndarray:
+        """The whole tensor, a read-only view of the memory map (copied only when used)."""
+        entry = self._entry(name)
+        buf, _, start = self._file(self._files[name])
         if entry["dtype"] not in DTYPES:
             raise ValueError(f"tensor {name!r} has unsupported dtype {entry['dtype']}")
         begin, end = entry["data_offsets"]
         dtype = DTYPES[entry["dtype"]]
         flat = np.frombuffer(buf, dtype, (end - begin) // dtype.itemsize, start + begin)
         return flat.reshape(entry["shape"])
+
+
+def read_param(
+    get_slice: Callable[[str, Any], np.ndarray],
+    name: str,
+    transpose: bool,
+    index: tuple[slice, ...] | None = None,
+    dtype=np.float32,
+) -> np.ndarray:
+    """`index` (None: all) of one parameter in our layout, read from HF tensor `name` with
+    `get_slice(name, file_index)`: a Linear's [out, in] weight is our [in, out] kernel
+    (`transpose`), so the index is reversed for the file and the slice transposed back. Values
+    pass through float32, as a whole-tensor load casts them, then become `dtype`."""
+    if index is None:
+        file_index = ...
+    else:
+        file_index = tuple(reversed(index)) if transpose else tuple(index)
+    x = np.asarray(get_slice(name, file_index)).astype(np.float32, copy=False)
+    return np.ascontiguousarray(x.T if transpose else x, dtype=dtype)
+
+
+def nest(flat: Mapping[tuple, Any]) -> dict:
+    """{("layers", 0, "mlp", ...): x} -> {"layers": {0: {"mlp": {...}}}}."""
+    tree: dict = {}
+    for path, value in flat.items():
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return tree
 
 
 def _write_file(path: str, tensors: Mapping[str, np.ndarray]) -> None:
