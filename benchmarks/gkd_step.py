@@ -112,9 +112,17 @@ def setup(args: argparse.Namespace):
     student = model_sources.obtain_model(config.init, "", "init", dtype)
     teacher = model_sources.obtain_model(config.teacher, "", "teacher", dtype)
     vocab = model_sources.shared_vocab_size(config, tokenizer, student, teacher)
+    built = build_step(config, student, teacher, stops, tokenizer.pad_token_id, vocab)
+    data_iter = pipeline.batches(data, config.batch_size, config.seed)
+    return config, *built, data_iter
+
+
+def build_step(config, student, teacher, stops, pad_id: int, vocab: int):
+    """The trainer's step pieces over two models: (samplers, jitted train step, train state,
+    teacher params). benchmarks/hardware_step.py builds its steps with this too."""
     params, student_fns = functional_lm(student)
     teacher_params, teacher_fns = functional_lm(teacher)
-    sampling = step_lib.training_sampling(config, stops, tokenizer.pad_token_id, vocab)
+    sampling = step_lib.training_sampling(config, stops, pad_id, vocab)
     samplers = {
         "student": make_sampler(student_fns.decoding, sampling),
         "teacher": make_sampler(teacher_fns.decoding, sampling),
@@ -122,8 +130,7 @@ def setup(args: argparse.Namespace):
     tx = optim.make_optimizer(config)
     train_step = step_lib.make_train_step(config, student_fns, teacher_fns, tx)
     state = {"params": params, "opt_state": tx.init(params), "step": np.int32(0)}
-    data_iter = pipeline.batches(data, config.batch_size, config.seed)
-    return config, samplers, train_step, state, teacher_params, data_iter
+    return samplers, train_step, state, teacher_params
 
 
 def time_steps(config, samplers, train_step, state, teacher_params, data_iter):
