@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 from test_resume import tiny_config, tiny_models  # noqa: F401  (tiny_models: a fixture)
 from tiny_step_pair import STUDENT, TEACHER, random_batch
 
-from gkd_jax import checkpoint, preemption, sharding, trainer
+from gkd_jax import checkpoint, plan, preemption, sharding, trainer
 from gkd_jax.config_checks import validate_config
 from gkd_jax.config_defaults import base_config
 from gkd_jax.models import build_decoder, functional_lm, lora, with_params
@@ -291,3 +291,17 @@ def test_lora_errors_that_need_the_model():
         lora.add_lora(build_decoder(STUDENT), rank=2, alpha=2.0, targets="embed")
     with pytest.raises(ValueError, match=r"rank=9 exceeds .*/k_proj \[16, 8\].* rank <= 8"):
         lora.add_lora(build_decoder(STUDENT), rank=9, alpha=2.0)
+
+
+def test_the_planner_holds_optimizer_state_for_the_adapters_only():
+    """plan.py builds the train state as the trainer does: with LoRA, the optimizer state of
+    the adapters only (shapes, nothing compiled)."""
+    c = base_config()
+    c.lora.rank = RANK
+    planner = plan.Planner(c, plan.topology("cpu:8"))
+    adapters, _ = lora.split_trainable(planner.params)
+    moments = [x for x in jax.tree.leaves(planner.state["opt_state"]) if x.ndim]
+    assert sorted(x.shape for x in moments) == sorted(
+        [x.shape for x in jax.tree.leaves(adapters)] * 2
+    )
+    assert "lora_a" in str(jax.tree_util.tree_structure(planner.state_shardings["opt_state"]))
