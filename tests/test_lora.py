@@ -19,8 +19,9 @@ from gkd_jax import checkpoint, plan, preemption, sharding, trainer
 from gkd_jax.config_checks import validate_config
 from gkd_jax.config_defaults import base_config
 from gkd_jax.models import build_decoder, functional_lm, lora, with_params
-from gkd_jax.models.hf import load_pretrained, save_pretrained
+from gkd_jax.models.hf import build_model, load_pretrained, save_pretrained
 from gkd_jax.models.safetensors_io import SafetensorsReader
+from gkd_jax.models.t5 import T5Config
 from gkd_jax.step import Objective, make_train_step, score_args
 
 RANK, ALPHA = 4, 8.0
@@ -305,3 +306,32 @@ def test_the_planner_holds_optimizer_state_for_the_adapters_only():
         [x.shape for x in jax.tree.leaves(adapters)] * 2
     )
     assert "lora_a" in str(jax.tree_util.tree_structure(planner.state_shardings["opt_state"]))
+
+
+def test_t5_adapters_start_at_the_plain_model_and_merge_exactly(pair):
+    """T5's equivalents: SelfAttention / EncDecAttention q, k, v, o and DenseReluDense wi_0,
+    wi_1, wo are adapted (not lm_head); B = 0 gives the plain logits, a trained B's merged
+    model the LoRA model's."""
+    _, _, batch = pair
+    model = build_model(T5Config(32, 16, 4, 32, 2, 4, gated=True, tie_embeddings=False), seed=1)
+    plain_params, plain_fns = functional_lm(model)
+    score = jax.jit(plain_fns.score)
+    want = score(plain_params, *score_args(batch))
+    lora.add_lora(model, rank=RANK, alpha=ALPHA)
+    adapted = [
+        lora.path_name(p) for p, m in nnx.iter_modules(model) if isinstance(m, lora.LoRALinear)
+    ]
+    assert len(adapted) == 2 * 7 + 2 * 11 and not [p for p in adapted if "lm_head" in p]
+    params, fns = functional_lm(model)
+    lora_score = jax.jit(fns.score)
+    np.testing.assert_allclose(lora_score(params, *score_args(batch)), want, atol=1e-6)
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, x: 0.3 * rng.normal(size=x.shape).astype(np.float32)
+        if "lora_b" in sharding.path_string(p) else x,
+        params,
+    )  # fmt: skip
+    lora_logits = lora_score(params, *score_args(batch))
+    merged_params, _ = functional_lm(with_params(model, params))
+    np.testing.assert_allclose(score(merged_params, *score_args(batch)), lora_logits, atol=1e-5)
+    assert np.abs(lora_logits - want).max() > 1e-2
