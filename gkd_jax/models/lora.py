@@ -21,6 +21,7 @@ optimizer state are r (in + out) numbers, not in x out.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -58,7 +59,7 @@ class LoRALinear(nnx.Linear):
         self.rank, self.alpha = rank, alpha
 
     @classmethod
-    def from_linear(cls, base: nnx.Linear, a: jax.Array, b: jax.Array, alpha: float):
+    def from_linear(cls, base: nnx.Linear, a: jax.Array, b: jax.Array, alpha: float) -> LoRALinear:
         """`base` with adapters (a, b): the same kernel and bias Variables, so their paths and
         values are unchanged. Built as shapes first: no full-size kernel is ever allocated."""
         kw = linear_kwargs(base)
@@ -117,7 +118,9 @@ def linear_layers(model: nnx.Module, targets: str) -> dict[tuple, nnx.Linear]:
     }  # fmt: skip
 
 
-def check_targets(model: nnx.Module, layers: dict[tuple, nnx.Linear], rank: int, targets: str):
+def check_targets(
+    model: nnx.Module, layers: dict[tuple, nnx.Linear], rank: int, targets: str
+) -> None:
     """The errors only the model's parameters can show: a `targets` that matches no linear
     layer, a rank above a target's smaller dimension."""
     if not layers:
@@ -218,7 +221,7 @@ def trainable_params(params: nnx.State) -> nnx.State:
     return split_trainable(params)[0]
 
 
-def on_trainable(fn, frozen: nnx.State | None):
+def on_trainable(fn: Callable, frozen: nnx.State | None) -> Callable:
     """fn(params, *args) as a function of the trainable part, for jax.grad: g(trainable, *args)
     = fn(join(trainable, frozen), *args). `fn` itself without LoRA."""
     if frozen is None:
