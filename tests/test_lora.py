@@ -234,6 +234,42 @@ def test_the_step_on_the_8_device_mesh_equals_one_device(pair):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5)
 
 
+def test_a_restored_state_continues_as_the_uninterrupted_one(tmp_path, pair):
+    """(6) The train-state checkpoint of a LoRA student holds its adapters, their Adam state and
+    the step, no base weight; restored into a fresh start (the base built again from the same
+    source, as config.init is read on every start), two more steps end bit for bit where four
+    uninterrupted ones do. (The trainer's own stop / resume: the slow test below.)"""
+    t_params, t_fns, batch = pair
+    tx = optax.adam(1e-2)
+
+    def fresh():
+        params, fns = functional_lm(lora_student())
+        return one_device_state(params, tx), fns
+
+    state, fns = fresh()
+    step = make_train_step(step_config(), fns, t_fns, tx)
+
+    def run(state, n):
+        for _ in range(n):
+            state, _ = step(state, t_params, batch)
+        return state
+
+    straight = lora.split_trainable(run(state, 4)["params"])[0]
+    with checkpoint.TrainCheckpoints(str(tmp_path / "ck"), keep=1) as ckpts:
+        ckpts.save(2, run(fresh()[0], 2), {})
+    saved = (tmp_path / "ck" / "2" / "state" / "_METADATA").read_text()
+    assert (
+        "lora_a" in saved and "mu" in saved and "kernel" not in saved and "embedding" not in saved
+    )
+    with checkpoint.TrainCheckpoints(str(tmp_path / "ck"), keep=1) as ckpts:
+        restored, _ = ckpts.restore_latest(fresh()[0], max_step=4)
+    assert int(restored["step"]) == 2
+    resumed = lora.split_trainable(run(restored, 2)["params"])[0]
+    for x, y in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.slow
 def test_stop_and_resume_ends_with_the_uninterrupted_adapters(tmp_path, tiny_models):  # noqa: F811
     """(6) The real trainer on the 8-device mesh: stopped by stop_after_steps at step 2 (the
     checkpoint holds adapters, their Adam state and the step: no base weight), resumed (the
