@@ -16,6 +16,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from gkd_jax import distributed, sharding
+from gkd_jax.models import lora
 from gkd_jax.models.decoder import Decoder, DecoderConfig
 from gkd_jax.models.hf import build_model
 
@@ -127,6 +128,14 @@ def load_model(
 
 
 # ---------------------------------------------------------------------------- train state
+def saved_part(state: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """(what a train-state checkpoint holds, the frozen parameters it leaves out): everything,
+    None; with a LoRA student (models/lora.py) its adapters, optimizer state and step, and the
+    base parameters, which every start reads again from config.init."""
+    trainable, frozen = lora.split_trainable(state["params"])
+    return dict(state, params=trainable), frozen
+
+
 class TrainCheckpoints:
     """Train-state checkpoints in one directory (WORKDIR/checkpoints): STEP/state holds the
     student's parameters, optimizer state and step, STEP/meta a JSON of host-side values.
@@ -160,10 +169,13 @@ class TrainCheckpoints:
 
     def restore(self, step: int, like: Any) -> Any:
         """The state saved at `step`, with the shapes, dtypes and shardings of `like` (a state
-        pytree of arrays already placed as the run needs them): restored straight there."""
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        pytree of arrays already placed as the run needs them): restored straight there. A
+        LoRA student's frozen base parameters are `like`'s (they are not saved)."""
+        saved_like, frozen = saved_part(like)
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, saved_like)
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-        return self._manager.restore(step, args=args)["state"]
+        state = self._manager.restore(step, args=args)["state"]
+        return dict(state, params=lora.join(state["params"], frozen))
 
     def restore_latest(self, like: Any, *, max_step: int) -> tuple[Any, dict[str, Any]]:
         """(state, meta) of the latest checkpoint, restored into `like`'s shardings; (like, {})
@@ -192,6 +204,7 @@ class TrainCheckpoints:
         the arrays are copied to host, so the caller may donate them to the next step."""
         if step in self._manager.all_steps():
             return
+        state = saved_part(state)[0]
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         self._manager.save(step, args=args, force=True)
 

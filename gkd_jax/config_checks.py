@@ -4,6 +4,7 @@ compilation or data loading starts."""
 from __future__ import annotations
 
 import math
+import re
 
 import jax
 import ml_collections
@@ -101,6 +102,7 @@ def validate_config(config: ml_collections.ConfigDict, *, vocab_size: int | None
     check_data(config)
     check_eval(config, devices)
     check_optim(config)
+    check_lora(config)
     check_models(config, vocab_size)
 
 
@@ -257,6 +259,40 @@ def check_optim(config: ml_collections.ConfigDict) -> None:
         _fail("optim.cooldown_steps", o.cooldown_steps, f"must be <= steps ({config.steps})")
     if not o.weight_decay >= 0:
         _fail("optim.weight_decay", o.weight_decay, "must be >= 0")
+
+
+def check_lora(config: ml_collections.ConfigDict) -> None:
+    """config.lora (models/lora.py). What only the student's parameters show (a regex that
+    matches no linear layer, a rank above a layer's dimensions) is checked when the adapters
+    are added (lora.add_lora), still before anything compiles."""
+    lo = config.lora
+    _integer_at_least("lora.rank", lo.rank, 0, "(0 = off)")
+    if isinstance(lo.alpha, bool) or not isinstance(lo.alpha, (int, float)):
+        _fail("lora.alpha", lo.alpha, "must be a number > 0 (the update's scale is alpha / rank)")
+    if not (math.isfinite(lo.alpha) and lo.alpha > 0):
+        _fail("lora.alpha", lo.alpha, "must be finite and > 0 (the scale is alpha / rank)")
+    if not isinstance(lo.targets, str) or not lo.targets:
+        _fail("lora.targets", lo.targets, "must be a non-empty regex over layer paths")
+    try:
+        pattern = re.compile(lo.targets)
+    except re.error as e:
+        _fail("lora.targets", lo.targets, f"is not a valid regex ({e})")
+    if not lo.rank:
+        return
+    if config.optim.name == "adafactor":
+        _fail(
+            "optim.name",
+            "adafactor",
+            "cannot train LoRA adapters: Adafactor scales each update by its parameter's RMS "
+            "(at least 1e-3), and B starts at zero, so B barely moves; use optim.name='adamw'",
+        )
+    if config.gkd.loss_impl == "fused" and config.objective == "gkd" and pattern.search("lm_head"):
+        _fail(
+            "lora.targets",
+            lo.targets,
+            "adapts lm_head, but gkd.loss_impl='fused' multiplies by the bare output kernel "
+            "(LMFunctions.unembedding); use loss_impl='chunked', or leave lm_head out",
+        )
 
 
 def check_models(config: ml_collections.ConfigDict, vocab_size: int | None) -> None:

@@ -16,6 +16,15 @@ ARITH_STUDENT = dict(
 )
 
 
+# config.lora.targets' default (models/lora.py): the attention and MLP projections, decoder
+# (self_attn/q_proj .. o_proj, mlp/gate_proj, up_proj, down_proj) and T5 (SelfAttention and
+# EncDecAttention q/k/v/o, DenseReluDense wi / wi_0 / wi_1 / wo).
+LORA_TARGETS = (
+    r"(self_attn/[qkvo]_proj|mlp/(gate|up|down)_proj|Attention/[qkvo]"
+    r"|DenseReluDense/(wi|wi_0|wi_1|wo))$"
+)
+
+
 def finite_training_set(c: ml_collections.ConfigDict, n: int | None) -> None:
     """The first n problems of training seed 0 for every run (teacher, SFT student and every
     distillation seed see the same set; a smaller n is a prefix of a larger one)."""
@@ -68,6 +77,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.param_dtype = "float32"
     c.teacher_param_dtype = "float32"
     c.remat = "none"
+    # LoRA student (gkd_jax/models/lora.py): rank > 0 freezes the student's weights and trains
+    # adapters y = x W + (alpha / rank) (x A) B on the linear layers whose path `targets`
+    # matches (re.search on e.g. "layers/0/self_attn/q_proj"; default LORA_TARGETS). The
+    # optimizer state and train-state checkpoints hold the adapters only; WORKDIR/model and the
+    # Hugging Face export hold the merged weights W + (alpha / rank) A B. A top-level section,
+    # not model.*: it applies to any student source (config.init: HF, ours, or from scratch).
+    c.lora = ml_collections.ConfigDict()
+    c.lora.rank = 0  # 0 = off: every parameter trains
+    c.lora.alpha = 16.0  # the update's scale is alpha / rank
+    c.lora.targets = LORA_TARGETS
     c.tokenizer = ""  # a tokenizer dir; "" builds the task's character tokenizer in the workdir
 
     c.steps = 200

@@ -49,7 +49,7 @@ from jax.sharding import Mesh
 
 from gkd_jax import checkpoint, sharding
 from gkd_jax.model_sources import model_config
-from gkd_jax.models import COMPUTE_DTYPES, functional_lm
+from gkd_jax.models import COMPUTE_DTYPES, functional_lm, lora
 from gkd_jax.models.hf import build_model, family_for_model_type, read_hf_config
 from gkd_jax.models.remat import set_remat
 from gkd_jax.optim import make_optimizer
@@ -181,10 +181,18 @@ def source_config(spec: str, config_model):
     return family_for_model_type(hf["model_type"]).config_from_hf(hf)
 
 
-def abstract_model(cfg, *, dtype, param_dtype, remat: str = "none") -> nnx.Module:
-    """The model as shapes only: no parameter is ever allocated."""
-    model = nnx.eval_shape(lambda: build_model(cfg, dtype=dtype, param_dtype=param_dtype))
-    return set_remat(model, remat)
+def abstract_model(cfg, *, dtype, param_dtype, remat: str = "none", lora_config=None):
+    """The model as shapes only: no parameter is ever allocated. With `lora_config` (config.lora,
+    rank > 0) the student's adapters too, as the trainer adds them."""
+
+    def build() -> nnx.Module:
+        model = build_model(cfg, dtype=dtype, param_dtype=param_dtype)
+        if lora_config is not None and lora_config.rank:
+            lo = lora_config
+            lora.add_lora(model, rank=lo.rank, alpha=lo.alpha, targets=lo.targets)
+        return model
+
+    return set_remat(nnx.eval_shape(build), remat)
 
 
 def param_count(params) -> int:
@@ -392,8 +400,9 @@ class Planner:
             config.teacher.checkpoint if teacher is None else teacher, config.teacher.get("model")
         )
         self.student = abstract_model(
-            s_cfg, dtype=compute, param_dtype=COMPUTE_DTYPES[config.param_dtype], remat=config.remat
-        )
+            s_cfg, dtype=compute, param_dtype=COMPUTE_DTYPES[config.param_dtype],
+            remat=config.remat, lora_config=config.lora,
+        )  # fmt: skip
         self.teacher = abstract_model(
             t_cfg, dtype=compute, param_dtype=COMPUTE_DTYPES[config.teacher_param_dtype]
         )
@@ -401,10 +410,11 @@ class Planner:
         self.teacher_params, self.teacher_fns = functional_lm(self.teacher)
         self.vocab = min(self.student_fns.vocab_size, self.teacher_fns.vocab_size)
         self.tx = make_optimizer(config)
-        # The train state as sharding.init_train_state builds it.
+        # The train state as sharding.init_train_state builds it: the optimizer state of the
+        # trainable parameters (a LoRA student's adapters only).
         self.state = {
             "params": self.params,
-            "opt_state": jax.eval_shape(self.tx.init, self.params),
+            "opt_state": jax.eval_shape(self.tx.init, lora.trainable_params(self.params)),
             "step": jax.ShapeDtypeStruct((), jnp.int32),
         }
         self.state_shardings = sharding.tree_shardings(self.state, self.mesh)

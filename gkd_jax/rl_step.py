@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from gkd_jax import losses, rl, sharding
+from gkd_jax.models import lora
 from gkd_jax.models.lm import LMFunctions, shared_vocab_logits
 from gkd_jax.step import Objective, score_args, update
 
@@ -57,10 +58,10 @@ def make_rl_train_step(
     "loss" is the objective's value, (1 - alpha) * (-reward) + alpha * divergence."""
     with_start = rl.kl_to_start(config)
     objective = Objective(config, student, teacher, mesh=mesh)
-    grad_fn = jax.value_and_grad(functools.partial(micro_loss, config, objective), has_aux=True)
+    loss_fn = functools.partial(micro_loss, config, objective)
 
     def step(state, teacher_params, batch, start_params=None):
-        return rl_step(config, objective, tx, grad_fn, state, teacher_params, batch, start_params)
+        return rl_step(config, objective, tx, loss_fn, state, teacher_params, batch, start_params)
 
     if not with_start:  # three arguments, as step.make_train_step's
 
@@ -81,9 +82,10 @@ def make_rl_train_step(
     )
 
 
-def rl_step(config, objective: Objective, tx, grad_fn, state, teacher_params, batch, start_params):
-    """One update on a batch of samples: their advantages, the gradient summed over
-    config.grad_accum micro-batches (`grad_fn`: micro_loss's value and gradient), the update."""
+def rl_step(config, objective: Objective, tx, loss_fn, state, teacher_params, batch, start_params):
+    """One update on a batch of samples: their advantages, the gradient of the trainable
+    parameters (lora.split_trainable) summed over config.grad_accum micro-batches (`loss_fn`:
+    micro_loss), the update."""
     alpha = float(config.rl.alpha)
     mask = batch["completion_mask"]  # [B, N]
     counts = batch_counts(mask, config.gkd.reduction)
@@ -91,8 +93,10 @@ def rl_step(config, objective: Objective, tx, grad_fn, state, teacher_params, ba
     metrics = {}
     if alpha < 1.0:
         metrics = add_advantages(batch, config.rl)
+    trainable, frozen = lora.split_trainable(state["params"])
+    grad_fn = jax.value_and_grad(lora.on_trainable(loss_fn, frozen), has_aux=True)
     grads, sums = accumulate(
-        config, grad_fn, state["params"], teacher_params, start_params, batch, counts
+        config, grad_fn, trainable, teacher_params, start_params, batch, counts
     )
     loss = alpha * sums["divergence"]
     if alpha < 1.0:

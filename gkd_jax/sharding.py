@@ -36,6 +36,12 @@ BATCH_AXES = ("data", "fsdp")  # batch rows split over these
 _COLUMN = P("fsdp", "tensor")  # kernel [in, out] split by output: heads, MLP units, vocab
 _ROW = P("tensor", "fsdp")  # kernel [in, out] split by input
 _END = r"(/value)?$"
+# The layers whose kernel is column-parallel (split by output) and row-parallel (by input).
+_COLUMN_LAYERS = (
+    r"(q_proj|k_proj|v_proj|gate_proj|up_proj|Attention/(q|k|v)|DenseReluDense/(wi|wi_0|wi_1)"
+    r"|lm_head)"
+)
+_ROW_LAYERS = r"(o_proj|down_proj|Attention/o|DenseReluDense/wo)"
 
 # (regex searched in the flattened path, spec). First match wins. Every parameter of the
 # families we load (models/decoder.py, models/t5.py) must match one: tests/test_sharding.py
@@ -57,6 +63,13 @@ RULES: tuple[tuple[str, P], ...] = (
     (r"DenseReluDense/wo/kernel" + _END, _ROW),
     # Norm scales [D] are small and read whole by every device.
     (r"(norm|layernorm|layer_norm)/weight" + _END, P()),
+    # LoRA adapters (models/lora.py): A [in, r] split as its kernel's input dimension, B [r, out]
+    # as its output one (so x A B comes out split as x W does); the rank r stays whole.
+    (_COLUMN_LAYERS + r"/lora_a" + _END, P("fsdp")),
+    (_COLUMN_LAYERS + r"/lora_b" + _END, P(None, "tensor")),
+    (_ROW_LAYERS + r"/lora_a" + _END, P("tensor")),
+    (_ROW_LAYERS + r"/lora_b" + _END, P(None, "fsdp")),
+    (r"lora_[ab]" + _END, P()),  # adapters of any other layer a user's targets pick: whole
 )
 
 _fallbacks_logged: set[tuple[str, int]] = set()
@@ -266,15 +279,19 @@ def shard_model(build_fn: Callable[[], nnx.Module], mesh: Mesh) -> nnx.Module:
     return nnx.merge(graphdef, shard_init(lambda: nnx.split(build_fn())[1], mesh))
 
 
-def init_train_state(params: Any, tx, mesh: Mesh) -> tuple[dict[str, Any], Any]:
+def init_train_state(
+    params: Any, tx, mesh: Mesh, trainable: Callable[[Any], Any] = lambda p: p
+) -> tuple[dict[str, Any], Any]:
     """({"params", "opt_state", "step"}, its shardings): the parameters placed by the rules (a
     no-op where they are already), the optimizer state created in its shardings (each moment as
-    its parameter), never whole on one device."""
+    its parameter), never whole on one device. The optimizer state is that of
+    `trainable(params)`: all of them, or a LoRA student's adapters (models/lora.py)."""
     params = jax.device_put(params, tree_shardings(params, mesh))
-    opt_shardings = tree_shardings(jax.eval_shape(tx.init, params), mesh)
+    opt_params = trainable(params)
+    opt_shardings = tree_shardings(jax.eval_shape(tx.init, opt_params), mesh)
     state = {
         "params": params,
-        "opt_state": jax.jit(tx.init, out_shardings=opt_shardings)(params),
+        "opt_state": jax.jit(tx.init, out_shardings=opt_shardings)(opt_params),
         "step": jax.device_put(np.zeros((), np.int32), replicated(mesh)),
     }
     return state, jax.tree.map(lambda x: x.sharding, state)

@@ -25,6 +25,7 @@ import optax
 from jax.sharding import Mesh
 
 from gkd_jax import loss_forms, losses, sharding, sparse_teacher
+from gkd_jax.models import lora
 from gkd_jax.models.lm import LMFunctions, shared_vocab_logits
 from gkd_jax.rl import SAMPLED_DIVERGENCES
 from gkd_jax.sampling import SamplingConfig
@@ -276,17 +277,20 @@ class Objective:
 # ---------------------------------------------------------------------------- 3. the update
 def update(tx, state, grads, loss, batch, vocab: int):
     """(new state, metrics): one optimizer step with the step's gradient and loss, skipped
-    (params and optimizer state kept) when either is not finite."""
+    (params and optimizer state kept) when either is not finite. `grads` are those of the
+    trainable parameters (lora.split_trainable: a LoRA student's adapters, else all); the
+    frozen rest passes through unchanged."""
+    trainable, frozen = lora.split_trainable(state["params"])
     grad_norm = optax.tree.norm(grads)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
+    updates, opt_state = tx.update(grads, state["opt_state"], trainable)
+    params = optax.apply_updates(trainable, updates)
     # A non-finite loss or gradient would poison the parameters and Adam's moments for
     # good: such a step keeps both as they were (the step count still advances, so the
     # next step draws new data and samples); the loop counts these and gives up after
     # config.max_nonfinite_steps in a row.
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep_if_bad = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
-    params = keep_if_bad(params, state["params"])
+    params = lora.join(keep_if_bad(params, trainable), frozen)
     opt_state = keep_if_bad(opt_state, state["opt_state"])
     completion = batch["completion"]
     outside = (completion < 0) | (completion >= vocab)  # no logit to score: a sampler bug
@@ -319,9 +323,12 @@ def make_train_step(
     accum = config.grad_accum
     objective = Objective(config, student, teacher, mesh=mesh)
     vocab = objective.vocab
-    grad_fn = jax.value_and_grad(objective.sum_count, has_aux=True)
 
     def step(state, teacher_params, batch):
+        # The gradient of the trainable parameters only (a LoRA student's adapters: the frozen
+        # base gets none, and no full-size gradient is ever formed for it).
+        trainable, frozen = lora.split_trainable(state["params"])
+        grad_fn = jax.value_and_grad(lora.on_trainable(objective.sum_count, frozen), has_aux=True)
         # Row r of micro-batch a is row r * accum + a: rows stay on the device that holds them.
         split = jax.tree.map(lambda x: x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), batch)
         step_key = None
@@ -337,10 +344,10 @@ def make_train_step(
             grads, total, count = carry
             mb = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, a, 1, False), split)
             key = None if step_key is None else jax.random.fold_in(step_key, a)
-            (s, c), g = grad_fn(state["params"], teacher_params, mb, key)
+            (s, c), g = grad_fn(trainable, teacher_params, mb, key)
             return jax.tree.map(jnp.add, grads, g), total + s, count + c
 
-        zeros = jax.tree.map(jnp.zeros_like, state["params"])
+        zeros = jax.tree.map(jnp.zeros_like, trainable)
         grads, total, count = jax.lax.fori_loop(0, accum, micro, (zeros, 0.0, 0.0))
         # (sum, count) pairs make accumulation exact: the mean's gradient is sum-grad / count.
         grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1.0), grads)

@@ -53,7 +53,7 @@ from gkd_jax.model_sources import (
     obtain_model,
     shared_vocab_size,
 )
-from gkd_jax.models import COMPUTE_DTYPES, build_decoder, functional_lm, with_params
+from gkd_jax.models import COMPUTE_DTYPES, build_decoder, functional_lm, lora, with_params
 from gkd_jax.models.hf import save_pretrained
 from gkd_jax.models.remat import set_remat
 from gkd_jax.optim import make_optimizer
@@ -264,7 +264,10 @@ def init_state(config, params, tx, mesh) -> tuple[Any, Any, tuple]:
     step_extra = ()
     if rl.kl_to_start(config):  # a frozen copy of the start, the step's reference
         step_extra = (jax.tree.map(jnp.copy, params),)  # params may be donated with the state
-    state, state_shardings = sharding.init_train_state(params, tx, mesh)
+    # The optimizer state of the trainable parameters only: a LoRA student's adapters.
+    state, state_shardings = sharding.init_train_state(
+        params, tx, mesh, trainable=lora.trainable_params
+    )
     if step_extra:
         step_extra = (jax.device_put(step_extra[0], state_shardings["params"]),)
     return state, state_shardings, step_extra
@@ -328,6 +331,11 @@ def load_models(config, workdir: str, mesh) -> tuple[nnx.Module, nnx.Module | No
         )
     if checkpoint.has_model(out_dir) and init_shape is None:
         checkpoint.check_model_config(out_dir, student.cfg)
+    if config.lora.rank:  # adapters on the base weights just loaded (frozen by the step)
+        student = lora.add_lora(
+            student, rank=config.lora.rank, alpha=config.lora.alpha,
+            targets=config.lora.targets, seed=config.seed, mesh=mesh,
+        )  # fmt: skip
     return set_remat(student, config.remat), teacher
 
 
@@ -512,7 +520,7 @@ def finish(run: Run, state, progress: Progress, *, train_seconds: float) -> dict
     run.metrics.write(config.steps, eval_scalars({"final": results["final"]}, task.metric_name))
     if config.eval.every_steps:
         final_score = results["final"][task.metric_name]
-        keep_if_best(student, state["params"], config.steps, final_score, task, workdir)
+        keep_if_best(run.student, state["params"], config.steps, final_score, task, workdir)
     examples = (config.steps - run.start_step) * config.batch_size
     summary = {
         "task": config.task,

@@ -107,6 +107,9 @@ BAD = {
     "rl.clip_ratio": 1.0,
     "rl.gamma": 1.5,
     "rl.kl_to_start": "always",
+    "lora.rank": -1,
+    "lora.alpha": 0.0,
+    "lora.targets": "(q_proj",  # not a regex
 }
 # Free-form strings, checked where they are used (a missing file or model names itself there).
 FREE = {

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gkd_jax import distributed
+from gkd_jax.models import lora
 from gkd_jax.models.decoder import Decoder, DecoderConfig, decoder_functions, functional
 from gkd_jax.models.hf import load_pretrained, save_pretrained
 from gkd_jax.models.lm import LMFunctions
@@ -31,9 +32,11 @@ def functional_lm(model: nnx.Module) -> tuple[Any, LMFunctions]:
 
 def with_params(model: nnx.Module, params: Any) -> nnx.Module:
     """`model` holding `params` (functional_lm's split undone), gathered to this host first when
-    they are sharded over hosts: what checkpoint.save_model writes."""
+    they are sharded over hosts: what checkpoint.save_model writes. A LoRA student comes back
+    as a plain model with its adapters merged into the kernels (lora.merged; `model` itself
+    keeps them)."""
     nnx.update(model, distributed.to_host(params))
-    return model
+    return lora.merged(model)
 
 
 def build_decoder(
