@@ -289,11 +289,15 @@ def results_table(summary: dict[str, Any], config) -> str:
     names = {"teacher": "teacher", "start": "student (start)", "final": "student (after)"}
     if summary["objective"] == "sft":
         names = {"start": "model (init)", "final": "model (after SFT)"}
-    metric = summary["metric"]
-    lines = [f"| model | {metric} |", "|---|---|"]
+    metric, kl = summary["metric"], summary.get("divergence_to_teacher")
+    if kl is None:
+        lines = [f"| model | {metric} |", "|---|---|"]
+    else:  # eval.divergence_to_teacher: the students' column
+        lines = [f"| model | {metric} | {divergence_key(config)} |", "|---|---|---|"]
     for key, label in names.items():
         if key in summary["scores"]:
-            lines.append(f"| {label} | {summary['scores'][key]:.4f} |")
+            extra = "" if kl is None else f" {kl[key]:.4f} |" if key in kl else " |"
+            lines.append(f"| {label} | {summary['scores'][key]:.4f} |{extra}")
     head = (
         f"Evaluation on {config.eval.num_examples} held-out {summary['task']} problems "
         f"({describe_decoding(config)})"

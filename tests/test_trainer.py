@@ -346,6 +346,7 @@ def test_entry_point_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "ETA" in out and "ex/s" in out and "| student (after) |" in out
+    assert "| model | accuracy | rkl_to_teacher |" in out
     summary = json.loads((tmp_path / "results.json").read_text())
     assert set(summary["scores"]) == {"teacher", "start", "final"}
     kl = summary["divergence_to_teacher"]  # the student's rows only; exact values: test_evaluate
