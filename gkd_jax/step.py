@@ -15,7 +15,6 @@ optimizer state and its logits pass through `stop_gradient`. Every random draw i
 
 from __future__ import annotations
 
-import functools
 import inspect
 
 import jax
@@ -287,9 +286,16 @@ def update(tx, state, grads, loss, batch, vocab: int):
     # A non-finite loss or gradient would poison the parameters and Adam's moments for
     # good: such a step keeps both as they were (the step count still advances, so the
     # next step draws new data and samples); the loop counts these and gives up after
-    # config.max_nonfinite_steps in a row.
+    # config.max_nonfinite_steps in a row. The new values keep the old ones' dtypes: with
+    # bfloat16 master weights the float32 gradient (a sum over micro-batches / a float32
+    # count) would otherwise turn Adam's first moment float32 after step 1, so the state
+    # would change dtype (a second compile, more memory than planned) and a checkpoint,
+    # restored into the start's dtypes, would not resume bit for bit.
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep_if_bad = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
+
+    def keep_if_bad(new, old):
+        return jax.tree.map(lambda n, o: jnp.where(finite, n, o).astype(o.dtype), new, old)
+
     params = lora.join(keep_if_bad(params, trainable), frozen)
     opt_state = keep_if_bad(opt_state, state["opt_state"])
     completion = batch["completion"]
