@@ -48,6 +48,7 @@ def test_qwen_pair_shapes_are_the_assets():
     assert student["vocab_size"] == teacher["vocab_size"] == 151936
 
 
+@pytest.mark.slow  # ~37 s: two child processes (ours, then TRL's side) on the tiny pair
 def test_quick_run_prints_our_line_and_trl_line(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PY=sys.executable, OUT=str(tmp_path))
     env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false"

@@ -155,6 +155,7 @@ def worker(checkpoint: str, out: str) -> None:
         json.dump({"read": read, "mismatched": mismatched, "local": jax.local_device_count()}, f)
 
 
+@pytest.mark.slow  # two coordinated child processes (~12 s)
 def test_each_of_two_processes_reads_its_half(tmp_path):
     from test_multihost import launch, wait_all
 
