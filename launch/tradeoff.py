@@ -27,10 +27,14 @@ REFERENCE_CELL = "a1_jsd0.5"  # pure GKD: the gap column's reference
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per cell (in first-seen order, i.e. the sweep's): lists over seeds of the scaled final
+    """Per cell (by alpha, then name): lists over seeds of the scaled final
     metric ("metric"), the final divergence to the teacher ("divergence") and the last logged
     training metrics; the teacher's and the SFT start's scores; the start's divergence."""
-    runs = [r for r in runs if "cell" in r["axes"]]
+    # Cells by alpha (pure RL first), then name: the order the trade-off reads in.
+    runs = sorted(
+        (r for r in runs if "cell" in r["axes"]),
+        key=lambda r: (float(r["axes"].get("alpha", 1.0)), r["axes"]["cell"]),
+    )
     if not runs:
         raise SystemExit("no finished run has a `cell` axis (launch/sweeps/arith_rl.py)")
     metric = runs[0]["results"]["metric"]
@@ -79,7 +83,11 @@ def write_table(s: dict[str, Any], path: str) -> str:
         "|---|---|---|---|---|---|",
     ]
     for name, c in s["cells"].items():
-        gap = gap_cell(c["metric"], ref) if name != REFERENCE_CELL else ""
+        gap = ""
+        if name != REFERENCE_CELL and c["metric"] and ref:
+            one_seed = min(len(c["metric"]), len(ref)) < 2  # no standard error yet
+            diff = statistics.fmean(c["metric"]) - statistics.fmean(ref)
+            gap = f"{diff:+.1f} (1 seed)" if one_seed else gap_cell(c["metric"], ref)
         row = [cell(c["metric"]), precise(c["divergence"]), precise(c["reward"]),
                precise(c["kl_to_start"]), gap]  # fmt: skip
         lines.append(f"| {name} | " + " | ".join(row) + " |")
