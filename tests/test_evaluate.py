@@ -136,19 +136,31 @@ def test_eval_decoders_by_config():
     np.testing.assert_array_equal(beam, np.tile([3, 0, 0], (8, 1)))  # 1 -> 3 -> stop
 
 
+def log_softmax64(x) -> np.ndarray:
+    x = x.astype(np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
 def numpy_jsd(s_logits, t_logits, beta: float) -> np.ndarray:
     """Generalized JSD per position from its definition, float64: beta KL(T||M) + (1 - beta)
     KL(S||M), M = beta T + (1 - beta) S."""
 
-    def log_softmax(x):
-        x = x.astype(np.float64)
-        x = x - x.max(-1, keepdims=True)
-        return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-    ls, lt = log_softmax(s_logits), log_softmax(t_logits)
+    ls, lt = log_softmax64(s_logits), log_softmax64(t_logits)
     ps, pt = np.exp(ls), np.exp(lt)
     lm = np.log(beta * pt + (1 - beta) * ps)
     return beta * (pt * (lt - lm)).sum(-1) + (1 - beta) * (ps * (ls - lm)).sum(-1)
+
+
+def reference_logits(config, n: int, tmp_path):
+    """(mask [n, N], [student logits, teacher logits] [n, N, V]) of the shipped student's
+    independently decoded greedy completions of the first n test problems."""
+    prompt, prompt_mask, tokens, mask = independent_greedy(config, n, tmp_path, arrays=True)
+    logits = []
+    for source in (STUDENT, config.teacher.checkpoint):
+        params, fns = functional_lm(checkpoint.load_model(resolve_path(source)))
+        logits.append(np.asarray(jax.jit(fns.score)(params, prompt, prompt_mask, tokens, mask)))
+    return mask, logits
 
 
 @pytest.mark.slow
@@ -161,11 +173,7 @@ def test_metricless_task_is_scored_by_divergence_from_the_teacher(tmp_path, monk
     monkeypatch.setattr(evaluate, "get_task", lambda name: metricless)
     summary = evaluate_checkpoint(config, STUDENT, out=str(tmp_path / "out"), num_examples=n)
 
-    prompt, prompt_mask, tokens, mask = independent_greedy(config, n, tmp_path, arrays=True)
-    logits = []
-    for source in (STUDENT, config.teacher.checkpoint):
-        params, fns = functional_lm(checkpoint.load_model(resolve_path(source)))
-        logits.append(np.asarray(jax.jit(fns.score)(params, prompt, prompt_mask, tokens, mask)))
+    mask, logits = reference_logits(config, n, tmp_path)
     per_token = numpy_jsd(*logits, beta=config.gkd.beta)  # [n, N]
     per_seq = (per_token * mask).sum(1) / mask.sum(1)
     assert summary["metrics"] == {"on_policy_jsd": pytest.approx(per_seq.mean(), rel=1e-5)}
@@ -174,13 +182,8 @@ def test_metricless_task_is_scored_by_divergence_from_the_teacher(tmp_path, monk
 
 def numpy_rkl(s_logits, t_logits) -> np.ndarray:
     """KL(S||T) per position from its definition, float64."""
-    ls, lt = (x - logsumexp(x) for x in (s_logits.astype(np.float64), t_logits.astype(np.float64)))
+    ls, lt = log_softmax64(s_logits), log_softmax64(t_logits)
     return (np.exp(ls) * (ls - lt)).sum(-1)
-
-
-def logsumexp(x):
-    m = x.max(-1, keepdims=True)
-    return m + np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
 def test_divergence_to_teacher_beside_the_metric(tmp_path):
@@ -191,11 +194,7 @@ def test_divergence_to_teacher_beside_the_metric(tmp_path):
     config.eval.batch_size, config.eval.divergence_to_teacher = 8, "rkl"
     summary = evaluate_checkpoint(config, STUDENT, out=str(tmp_path / "out"), num_examples=n)
 
-    prompt, prompt_mask, tokens, mask = independent_greedy(config, n, tmp_path, arrays=True)
-    logits = []
-    for source in (STUDENT, config.teacher.checkpoint):
-        params, fns = functional_lm(checkpoint.load_model(resolve_path(source)))
-        logits.append(np.asarray(jax.jit(fns.score)(params, prompt, prompt_mask, tokens, mask)))
+    mask, logits = reference_logits(config, n, tmp_path)
     per_token = numpy_rkl(*logits)  # [n, N]
     per_seq = (per_token * mask).sum(1) / mask.sum(1)
     assert set(summary["metrics"]) == {"accuracy", "rkl_to_teacher"}
