@@ -1,6 +1,6 @@
 """Time the parts of one on-policy GKD step on the shipped arith pair; prints one JSON line.
 
-    python benchmarks/arith_gkd_step.py [--batch 64] [--repeats 10]
+    python benchmarks/arith_gkd_step.py [--batch 64] [--repeats 10] [--loss-impl chunked]
 
 Parts: student sampling (max_new_tokens=48, temperature 1), and the jitted update (teacher
 scoring + student forward/backward + AdamW). Warm timings: compilation is excluded and reported
@@ -43,9 +43,13 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--dtype", default="float32", choices=sorted(COMPUTE_DTYPES))
+    ap.add_argument("--loss-impl", default="", help="config.gkd.loss_impl ('': the config's)")
     args = ap.parse_args()
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     config = load_config_file(os.path.join(repo, "configs", "arith.py"))
+    if args.loss_impl:
+        config.unlock()
+        config.gkd.loss_impl = args.loss_impl
     dtype = COMPUTE_DTYPES[args.dtype]
     teacher = model_sources.obtain_model(config.teacher, "", "teacher", dtype,
                                    model_sources.model_config(config.teacher.model))  # fmt: skip
@@ -79,6 +83,7 @@ def main():
     total = sample_s + update_s
     print(json.dumps({
         "bench": "arith_gkd_step", "batch": args.batch, "dtype": args.dtype,
+        "loss_impl": config.gkd.loss_impl,
         "max_new_tokens": config.max_new_tokens, "devices": jax.device_count(),
         "sample_s": round(sample_s, 4), "update_s": round(update_s, 4),
         "step_s": round(total, 4), "examples_per_s": round(args.batch / total, 1),

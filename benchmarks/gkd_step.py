@@ -12,8 +12,8 @@ The first `--warmup` steps (compilation) are not counted; each step is blocked u
 
 Prints one JSON line: median_step_s, steps, examples_per_s, plus the parts (median_sample_s,
 median_update_s: sampling and the jitted update, each blocked), median_step_cpu_s (process CPU
-seconds) and compile_s. `--loss-impl chunked` selects config.gkd.loss_impl (the trainer's loss
-with its gradient computed in the forward pass; "full" is base_config's default).
+seconds) and compile_s. `--loss-impl` selects config.gkd.loss_impl (default "auto", base_config's:
+the chunked loss here, with its gradient computed in the forward pass; "full" from whole logits).
 """
 
 from __future__ import annotations
@@ -91,7 +91,9 @@ def parse_args() -> argparse.Namespace:
         help="prompt padding (0: the longest prompt, as TRL's dynamic padding gives)",
     )
     ap.add_argument("--dtype", default="float32", choices=sorted(COMPUTE_DTYPES))
-    ap.add_argument("--loss-impl", default="full", help="config.gkd.loss_impl (full/chunked/fused)")
+    ap.add_argument(
+        "--loss-impl", default="auto", help="config.gkd.loss_impl (auto/full/chunked/fused)"
+    )
     args = ap.parse_args()
     args.models = os.path.abspath(os.path.expanduser(args.models))
     return args

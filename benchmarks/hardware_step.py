@@ -136,7 +136,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=5, help="timed steps")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation)")
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
-    ap.add_argument("--loss-impl", default="full", help="config.gkd.loss_impl")
+    ap.add_argument("--loss-impl", default="auto", help="config.gkd.loss_impl")
     ap.add_argument("--bench", default=os.environ.get("BENCH", ""), help="the TRL runners' dir")
     ap.add_argument("--trl-python", default=os.environ.get("TRL_PY", sys.executable))
     ap.add_argument("--trl-cpu", action="store_true", help="run TRL without CUDA too")

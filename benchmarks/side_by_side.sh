@@ -9,7 +9,8 @@
 # steadier setting when other jobs share the CPUs; 0: each runtime's default.
 # Env: MODELS (/tmp/bench-models), BENCH (../shared/bench), REF_PY (~/ref-venv/bin/python),
 # EASYDEL_PY (~/easydel-venv/bin/python), PY (python), STEPS (4), ONLY (the runs, in order, from
-# ours ours_chunked trl_distill trl_gkd easydel; ours_chunked: --loss-impl chunked).
+# ours ours_chunked ours_full trl_distill trl_gkd easydel; ours: the default loss_impl, auto;
+# ours_chunked / ours_full: --loss-impl chunked / full).
 set -u
 ROUNDS=${1:-2}
 CLOCK=${2:-wall}
@@ -48,6 +49,8 @@ for r in $(seq 1 "$ROUNDS"); do
       ours) run ours "$PY" "$HERE/gkd_step.py" --models "$MODELS" --lmbda 1.0 --steps "$STEPS" ;;
       ours_chunked) run ours_chunked "$PY" "$HERE/gkd_step.py" --models "$MODELS" --lmbda 1.0 \
         --steps "$STEPS" --loss-impl chunked ;;
+      ours_full) run ours_full "$PY" "$HERE/gkd_step.py" --models "$MODELS" --lmbda 1.0 \
+        --steps "$STEPS" --loss-impl full ;;
       trl_distill) run trl_distill "$REF_PY" "$BENCH/trl_distill_anchor.py" --models "$MODELS" --steps "$STEPS" ;;
       trl_gkd) run trl_gkd "$REF_PY" "$BENCH/trl_gkd_anchor.py" --models "$MODELS" --lmbda 1.0 --steps "$STEPS" ;;
       easydel) run easydel "$EASYDEL_PY" "$BENCH/easydel_gkd_anchor.py" --models "$MODELS" --lmbda 1.0 --steps "$STEPS" ;;

@@ -26,13 +26,10 @@ from gkd_jax.rewards import get_reward
 from gkd_jax.rl import BASELINES, KL_TO_START, SAMPLED_DIVERGENCES, policy_gradient
 from gkd_jax.schedules import LMBDA_SCHEDULES
 from gkd_jax.sharding import mesh_shape
+from gkd_jax.step import LOSS_FORM_DIVERGENCES, LOSS_IMPLS, resolved_loss_impl
 from gkd_jax.teacher_cache_store import read_manifest
 
 OBJECTIVES = ("gkd", "sft")
-# How the GKD loss is computed (step.Objective.sum_count); the memory-lean forms are generalized
-# JSDs (loss_forms.py), so they take the divergences that are one.
-LOSS_IMPLS = ("full", "chunked", "fused")
-LOSS_FORM_DIVERGENCES = ("jsd", "fkl", "rkl")
 LMBDA_MODES = ("batch", "example")
 WANDB_FORBIDDEN = "/\\#?%:"  # characters a W&B project name cannot hold
 
@@ -163,7 +160,7 @@ def check_gkd(config: ml_collections.ConfigDict) -> None:
     _one_of("gkd.reduction", g.reduction, REDUCTIONS)
     _one_of("gkd.lmbda_mode", g.lmbda_mode, LMBDA_MODES)
     _one_of("gkd.loss_impl", g.loss_impl, LOSS_IMPLS)
-    if g.loss_impl != "full" and g.divergence not in LOSS_FORM_DIVERGENCES:
+    if g.loss_impl not in ("auto", "full") and g.divergence not in LOSS_FORM_DIVERGENCES:
         _fail(
             "gkd.loss_impl",
             g.loss_impl,
@@ -286,7 +283,7 @@ def check_lora(config: ml_collections.ConfigDict) -> None:
             "cannot train LoRA adapters: Adafactor scales each update by its parameter's RMS "
             "(at least 1e-3), and B starts at zero, so B barely moves; use optim.name='adamw'",
         )
-    if config.gkd.loss_impl == "fused" and config.objective == "gkd" and pattern.search("lm_head"):
+    if resolved_loss_impl(config) == "fused" and pattern.search("lm_head"):
         _fail(
             "lora.targets",
             lo.targets,
@@ -405,8 +402,8 @@ def check_exact_samples(config: ml_collections.ConfigDict, why: str) -> None:
                 f"must be {plain} {why}: the samples must come from the student's own "
                 "distribution, whose log-probabilities the estimator differentiates",
             )
-    if g.loss_impl != "full":
-        _fail("gkd.loss_impl", g.loss_impl, f"must be 'full' {why}")
+    if g.loss_impl not in ("auto", "full"):
+        _fail("gkd.loss_impl", g.loss_impl, f"must be 'full' or 'auto' {why}")
     if config.dropout_rate != 0:
         _fail("dropout_rate", config.dropout_rate, f"must be 0 {why}")
     if g.divergence in SAMPLED_DIVERGENCES and g.loss_temperature != 1.0:
@@ -438,12 +435,12 @@ def check_sparse_teacher(config: ml_collections.ConfigDict) -> None:
             f"exceeds the vocabulary (model.vocab_size={config.model.vocab_size}): use K <= "
             f"{config.model.vocab_size}, or 0 for the full teacher",
         )
-    if g.loss_impl != "full":
+    if g.loss_impl not in ("auto", "full"):
         _fail(
             "gkd.loss_impl",
             g.loss_impl,
-            "must be 'full' with gkd.teacher_top_k > 0 (the sparse loss holds no [B, N, V] "
-            "teacher logits: nothing for the chunked/fused forms to save)",
+            "must be 'full' or 'auto' with gkd.teacher_top_k > 0 (the sparse loss holds no "
+            "[B, N, V] teacher logits: nothing for the chunked/fused forms to save)",
         )
     if g.divergence in SAMPLED_DIVERGENCES:
         _fail(

@@ -197,8 +197,9 @@ def base_config() -> ml_collections.ConfigDict:
     # How the loss is computed (README "Sharding"): "full" holds [B, N, V] logits of both models;
     # "chunked" scores loss_chunk positions at a time from them; "fused" never materializes them
     # (from hidden states and the output head). With mesh.tensor > 1 the last two run
-    # vocabulary-parallel. chunked/fused: divergences jsd/fkl/rkl.
-    c.gkd.loss_impl = "full"
+    # vocabulary-parallel. chunked/fused: divergences jsd/fkl/rkl. "auto": chunked where it
+    # applies, full elsewhere (tv, a sparse teacher, policy gradient; step.resolved_loss_impl).
+    c.gkd.loss_impl = "auto"
     c.gkd.loss_chunk = 0  # positions per chunk per device; 0 = loss_forms.default_chunk
     # Sparse teacher (gkd_jax/sparse_teacher.py): K > 0 scores the loss from the teacher's top-K
     # log-probs per position + one tail bin, the student collapsed onto the same K + 1 bins

@@ -500,7 +500,7 @@ class Planner:
         return dict(
             student=self.config.param_dtype, teacher=self.config.teacher_param_dtype,
             compute=self.config.dtype, opt_state="/".join(sorted(opt)) or "-",
-            remat=self.config.remat,
+            remat=self.config.remat, lora=str(self.config.lora.rank),
         )  # fmt: skip
 
 

@@ -2,40 +2,59 @@
 # The README's memory table (issue 14): every pair on every slice, with and without the memory
 # fields, one JSON line per plan (python -m gkd_jax.plan --json). Needs .[tpu-plan]; no TPU.
 # Each plan compiles two programs for the topology: ~10-25 min of one CPU core per 7-9B pair
-# (measured on a loaded 2-core machine), so the full grid is hours; BATCH=bisect multiplies it by
-# the number of compiles (~4-7).
+# (measured on a loaded 2-core machine), so the full grid is hours. It resumes: a plan already
+# in $OUT.done (one line per finished plan, fitting or not) is skipped, so rerun it after an
+# interruption. A plan that does not fit at $BATCH leaves no JSON line, only a done line that
+# says so (the compiler stops at the first buffer that does not fit; there is no peak to report).
 #
 #   OUT=plans.jsonl BATCH=8 bash launch/plan_table.sh [PAIR_FILTER]
+#   python launch/plan_markdown.py plans.jsonl     # the README's table
 set -u
 OUT=${OUT:-plans.jsonl}
 BATCH=${BATCH:-8}
 FILTER=${1:-}
-SLICES=${SLICES:-"v5e-8 v5e-16 v5p-8 v6e-8"}
+SLICES=${SLICES:-"v5e-8 v5p-8 v6e-8 v5e-16"}
+PY=${PY:-python}
 # student teacher prompt new_tokens (the paper's XSum lengths for T5, TRL's for the rest)
 PAIRS=(
   "qwen2.5-1.5b qwen2.5-7b 512 128"
-  "llama-3.2-1b llama-3.1-8b 512 128"
   "llama-3.1-8b llama-3.1-8b 512 128"
+  "llama-3.2-1b llama-3.1-8b 512 128"
   "gemma-2-2b gemma-2-9b 512 128"
-  "flan-t5-small flan-t5-xl 1024 64"
-  "flan-t5-base flan-t5-xl 1024 64"
   "flan-t5-large flan-t5-xl 1024 64"
 )
+# label|flags: the defaults (float32 student, optimizer state and teacher); the memory fields a
+# large run would turn on; and a LoRA student on top of them.
 VARIANTS=(
-  ""
-  "--config.remat=full --config.teacher_param_dtype=bfloat16"
+  "defaults|"
+  "remat+bf16-teacher|--config.remat=full --config.teacher_param_dtype=bfloat16"
+  "lora16+remat+bf16-teacher|--config.remat=full --config.teacher_param_dtype=bfloat16 --config.lora.rank=16"
 )
-for pair in "${PAIRS[@]}"; do
-  read -r student teacher prompt new <<<"$pair"
-  [[ -n "$FILTER" && "$student $teacher" != *"$FILTER"* ]] && continue
-  for slice in $SLICES; do
+touch "$OUT.done"
+for slice in $SLICES; do
+  for pair in "${PAIRS[@]}"; do
+    read -r student teacher prompt new <<<"$pair"
+    [[ -n "$FILTER" && "$student $teacher" != *"$FILTER"* ]] && continue
     for variant in "${VARIANTS[@]}"; do
-      echo "=== $student <- $teacher on $slice ${variant:-(defaults)}"
+      label=${variant%%|*}
+      flags=${variant#*|}
+      key="$student $teacher $slice $BATCH $label"
+      grep -qxF "$key ok" "$OUT.done" && continue
+      grep -qxF "$key does-not-fit" "$OUT.done" && continue
+      echo "=== $key ($(date -u +%H:%M:%S))"
       # shellcheck disable=SC2086
-      python -m gkd_jax.plan --config=configs/chat.py --student="$student" --teacher="$teacher" \
+      $PY -m gkd_jax.plan --config=configs/chat.py --student="$student" --teacher="$teacher" \
         --topology="$slice" --config.mesh.data=1 --config.mesh.fsdp=-1 \
         --config.data.max_prompt_len="$prompt" --config.max_new_tokens="$new" \
-        --batch="$BATCH" --json="$OUT" $variant || echo "(plan failed: $?)"
+        --batch="$BATCH" --json="$OUT" $flags 2>&1 | tee "$OUT.last.log" |
+        grep -E "^\[plan\]|^  |^topology|^student|Error"
+      if grep -q "runs out of memory" "$OUT.last.log"; then
+        echo "$key does-not-fit" >>"$OUT.done"
+      elif grep -q "step peak" "$OUT.last.log"; then
+        echo "$key ok" >>"$OUT.done"
+      else
+        echo "(plan failed; see $OUT.last.log)"
+      fi
     done
   done
 done

@@ -13,3 +13,21 @@ try:  # torch is the parity reference; its intra-op threads fight XLA's for 2 co
     torch.set_num_threads(1)
 except ImportError:
     pass
+
+import jax  # noqa: E402  (after XLA_FLAGS: the fake devices are fixed at import)
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """One persistent XLA compilation cache per test process (tmp_path_factory is per xdist
+    worker, so no two processes write one file): many tests train the same tiny configs in
+    process, and a program compiled once is then read back instead of compiled again. Programs
+    that compile in under 0.2 s are not worth the disk."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    cc.reset_cache()
+    yield

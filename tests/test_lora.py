@@ -10,7 +10,6 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from jax.experimental.compilation_cache import compilation_cache
 from jax.sharding import PartitionSpec as P
 from test_resume import tiny_config, tiny_models  # noqa: F401  (tiny_models: a fixture)
 from tiny_step_pair import STUDENT, TEACHER, random_batch
@@ -55,22 +54,6 @@ def one_device_state(params, tx):
 
 def nbytes(tree) -> int:
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-    """A persistent compilation cache for this module: the resume test's three runs compile the
-    same programs, and the one-device LoRA step recurs (as test_paper_configs.py does)."""
-    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-            "jax_persistent_cache_min_entry_size_bytes")  # fmt: skip
-    before = {k: getattr(jax.config, k) for k in keys}
-    for k, v in zip(keys, (str(tmp_path_factory.mktemp("xla_cache")), 0.0, 0), strict=True):
-        jax.config.update(k, v)
-    compilation_cache.reset_cache()
-    yield
-    for k, v in before.items():
-        jax.config.update(k, v)
-    compilation_cache.reset_cache()
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +103,31 @@ def test_only_the_adapters_train_and_hold_optimizer_state(three_lora_steps):
     assert len(adapter_shapes) == 2 * 7  # A and B of q, k, v, o, gate, up, down
     print(f"adapters {nbytes(ad_after)} B, base {nbytes(base_after)} B, Adam {nbytes(moments)} B")
     assert nbytes(moments) == 2 * nbytes(ad_after) == 2 * 4 * 1_024  # r (in + out) per layer
+
+
+def test_remat_with_lora_is_the_plain_lora_step(pair):
+    """config.remat on a LoRA student: two steps with each policy give the remat="none" loss
+    and adapters (to 1e-6). The adapters' gradient closes over the frozen base, whose
+    Variables nnx.remat once refused to merge from another trace level (TraceContextError)."""
+    from gkd_jax.models.remat import REMAT_POLICIES, set_remat
+
+    t_params, t_fns, batch = pair
+    tx = optax.adam(1e-2)
+    runs = {}
+    for remat in REMAT_POLICIES:
+        config = step_config()
+        config.remat = remat
+        params, fns = functional_lm(set_remat(lora_student(b_scale=0.1), remat))
+        state = one_device_state(params, tx)
+        step = make_train_step(config, fns, t_fns, tx)
+        for _ in range(2):
+            state, m = step(state, t_params, batch)
+        runs[remat] = float(m["loss"]), jax.device_get(lora.trainable_params(state["params"]))
+    loss, adapters = runs["none"]
+    for remat in REMAT_POLICIES[1:]:
+        assert abs(runs[remat][0] - loss) <= 1e-6, (remat, runs[remat][0], loss)
+        for x, y in zip(jax.tree.leaves(adapters), jax.tree.leaves(runs[remat][1]), strict=True):
+            np.testing.assert_allclose(y, x, rtol=1e-6, atol=1e-6)
 
 
 def dot_shapes(jaxpr) -> set[tuple[int, ...]]:

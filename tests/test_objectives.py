@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from gkd_jax import losses, trainer
+from gkd_jax.config_checks import validate_config
 from gkd_jax.config_defaults import base_config
 from gkd_jax.models import DecoderConfig, build_decoder, functional_lm
 from gkd_jax.sampling import SampleOutput
-from gkd_jax.step import Objective
+from gkd_jax.step import Objective, resolved_loss_impl
 
 V = 99
 STUDENT = DecoderConfig(V, 16, 1, 2, 1, 32)
@@ -42,10 +43,38 @@ def test_token_losses_use_the_named_divergence(name, reference):
     params, student = functional_lm(build_decoder(STUDENT, seed=1))
     t_params, teacher = functional_lm(build_decoder(TEACHER, seed=2))
     mb = micro_batch()
-    got = Objective(config, student, teacher).token_losses(params, t_params, mb)
+    # jitted: eager model code compiles one program per primitive, which is the slow part
+    got = jax.jit(Objective(config, student, teacher).token_losses)(params, t_params, mb)
     args = (mb["prompt"], mb["prompt_mask"], mb["completion"], mb["completion_mask"])
-    want = reference(student.score(params, *args), teacher.score(t_params, *args))
+    want = reference(jax.jit(student.score)(params, *args), jax.jit(teacher.score)(t_params, *args))
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "fields,want",
+    [
+        ({}, "chunked"),
+        (dict(gkd=dict(divergence="fkl")), "chunked"),
+        (dict(gkd=dict(divergence="rkl")), "chunked"),
+        (dict(gkd=dict(divergence="tv")), "full"),  # not a generalized JSD
+        (dict(gkd=dict(teacher_top_k=8)), "full"),  # the sparse loss holds no [B, N, V]
+        (dict(gkd=dict(divergence="sampled_rkl")), "full"),  # policy gradient
+        (dict(rl=dict(alpha=0.5, reward="exact_answer")), "full"),
+        (dict(objective="sft"), "full"),
+        (dict(gkd=dict(loss_impl="full")), "full"),
+        (dict(gkd=dict(loss_impl="fused")), "fused"),
+    ],
+)
+def test_auto_loss_impl_is_chunked_where_a_lean_form_applies(fields, want):
+    """gkd.loss_impl="auto" (the default): the chunked loss wherever it computes the same
+    objective, the full one elsewhere; every config here validates, so auto never picks a form
+    that the checks would refuse. The Objective builds what it resolves to."""
+    config = base_config()
+    config.update(fields)
+    validate_config(config)
+    assert resolved_loss_impl(config) == want
+    objective = Objective(config, *(functional_lm(build_decoder(c))[1] for c in (STUDENT, TEACHER)))
+    assert objective.loss_impl == want and objective.memory_lean == (want != "full")
 
 
 def fake_samplers(b, n):

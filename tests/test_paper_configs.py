@@ -5,10 +5,8 @@ real loop on JSONL fixtures, with tiny random T5 models (Hugging Face dirs made 
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -107,23 +105,7 @@ def record(task, rng):
 
 
 @pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    """The nine runs compile mostly the same programs (one shape for all models, the same
-    lengths in every task): a persistent compilation cache compiles each once."""
-    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-            "jax_persistent_cache_min_entry_size_bytes")  # fmt: skip
-    before = {k: getattr(jax.config, k) for k in keys}
-    for k, v in zip(keys, (str(tmp_path_factory.mktemp("xla_cache")), 0.0, 0), strict=True):
-        jax.config.update(k, v)
-    compilation_cache.reset_cache()
-    yield
-    for k, v in before.items():
-        jax.config.update(k, v)
-    compilation_cache.reset_cache()
-
-
-@pytest.fixture(scope="module")
-def fixtures(tmp_path_factory, compile_cache):
+def fixtures(tmp_path_factory):
     """Tiny T5 student ("small") and teacher ("xl") sharing a tokenizer, and JSONL per task.
     One shape for both (different weights): the wiring is under test, not the sizes."""
     root = tmp_path_factory.mktemp("paper")

@@ -5,6 +5,7 @@ whole path runs without libtpu; the TPU test runs where jax[tpu] is installed (.
 import dataclasses
 import json
 import os
+import sys
 
 import pytest
 
@@ -80,6 +81,17 @@ def test_plan_on_cpu_devices(tmp_path):
     assert p.fits and update.flops > 0 and p.peak >= update.peak
     row = json.loads(out.read_text())
     assert row["batch"] == 8 and row["fits"] is True and row["dtypes"]["opt_state"] == "float32"
+    # the README's table from it (launch/plan_markdown.py), with a plan that did not fit
+    (tmp_path / "plan.jsonl.done").write_text("a b v5e-8 8 remat+bf16-teacher does-not-fit\n")
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "launch"))
+    import plan_markdown
+
+    lines = plan_markdown.table(str(out)).splitlines()
+    assert len(lines) == 4
+    cells = [c.strip() for c in lines[2].split("|")[1:-1]]
+    assert cells[1:6] == ["cpu:8 (8)", "defaults", "8", "yes", f"{p.peak / 2**30:.2f} / 1.00"]
+    assert cells[6:9] == [f"{parts[k] / 2**30:.2f}" for k in ("params", "opt_state", "teacher")]
+    assert lines[3].startswith("| a ← b | v5e-8 | remat + bf16 teacher | 8 | **no**")
 
 
 def test_memory_fields_change_the_parts():

@@ -33,7 +33,7 @@ def fresh_state(params, tx):
     "fields",
     [
         {},
-        dict(grad_accum=2, gkd=dict(divergence="fkl", reduction="token")),
+        dict(grad_accum=2, gkd=dict(divergence="fkl", reduction="token", loss_impl="full")),
         dict(gkd=dict(loss_impl="chunked", loss_chunk=7)),
     ],
     ids=["default", "accum2_fkl_token", "chunked"],
@@ -50,6 +50,8 @@ def test_alpha_1_is_the_gkd_step_bit_for_bit(fields):
     )  # fmt: skip
     validate_config(config)
     assert not rl.policy_gradient(config) and not rl.kl_to_start(config)
+    # the old step predates loss_impl="auto": give it the form that auto resolves to
+    config.gkd.loss_impl = step.resolved_loss_impl(config)
     params, s_fns, t_params, t_fns = models()
     tx = optax.adamw(1e-2)
     runs = []
@@ -131,7 +133,10 @@ def test_step_gradient_is_the_objectives(case):
         config.rl.update(alpha=0.3, gamma=0.5)
     params, s_fns, t_params, t_fns = models()
     batch = random_batch()
-    expected = jax.grad(reference_loss)(params, t_params, s_fns, t_fns, batch, config)
+    # jitted: one compile, not one per primitive of the eager backward pass
+    expected = jax.jit(
+        jax.grad(lambda p: reference_loss(p, t_params, s_fns, t_fns, batch, config))
+    )(params)
     tx = optax.sgd(1.0)  # new params = params - gradient
     train_step = make_rl_train_step(config, s_fns, t_fns, tx)
     state, m = train_step(fresh_state(params, tx), t_params, batch)

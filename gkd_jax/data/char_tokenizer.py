@@ -15,7 +15,9 @@ import json
 import os
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
+
+from gkd_jax.data.hf_tokenizer import load_local_tokenizer
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
@@ -75,4 +77,4 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerFast:
             "gkd_jax.data.char_tokenizer.build_char_tokenizer(path), or save a Hugging Face "
             "tokenizer there with tokenizer.save_pretrained(path)."
         )
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return load_local_tokenizer(path, local_files_only=True)

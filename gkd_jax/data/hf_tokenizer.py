@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from gkd_jax.resources import resolve_model_dir
 
@@ -15,19 +15,26 @@ def load_hf_tokenizer(name_or_path: str):
     """`AutoTokenizer` from a local directory (or hub id), with a pad token guaranteed: models
     such as Llama 3 ship none, and pads are masked everywhere, so EOS serves."""
     path = resolve_model_dir(name_or_path)
-    if _generic_fast_tokenizer(path):
-        # transformers 5 maps a generic tokenizer.json in a model directory to the model type's
-        # own class (config.json says qwen2 -> Qwen2Tokenizer), which rebuilds the pipeline from
-        # the vocabulary and drops the file's pre-tokenizer: a word-level tokenizer then encodes
-        # "w1 w2" as []. The file itself is the tokenizer, so load exactly that.
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = load_local_tokenizer(path)
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token_id is None:
             raise ValueError(f"the tokenizer at {path} has neither a pad nor an EOS token")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def load_local_tokenizer(path: str, **kwargs) -> PreTrainedTokenizerFast:
+    """The tokenizer saved in `path` (a directory, or a hub id where downloads are allowed)."""
+    if _generic_fast_tokenizer(path):
+        # transformers 5 maps a generic tokenizer.json in a model directory to the model type's
+        # own class (config.json says qwen2 -> Qwen2Tokenizer), which rebuilds the pipeline from
+        # the vocabulary and drops the file's pre-tokenizer: a word-level tokenizer then encodes
+        # "w1 w2" as []. The file itself is the tokenizer, so load exactly that. It also spares
+        # the import of AutoTokenizer, which imports torch where it is installed (~2 s).
+        return PreTrainedTokenizerFast.from_pretrained(path, **kwargs)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, **kwargs)
 
 
 def _generic_fast_tokenizer(path: str) -> bool:

@@ -228,6 +228,10 @@ def on_trainable(fn: Callable, frozen: nnx.State | None) -> Callable:
         return fn
 
     def g(trainable, *args, **kwargs):
-        return fn(join(trainable, frozen), *args, **kwargs)
+        # Fresh Variables for the frozen part, made in this trace: the closed-over ones belong
+        # to the trace that holds the train state, and nnx.remat (config.remat) refuses to
+        # update Variables of another trace level when it merges a layer inside its own.
+        fresh = jax.tree.map(lambda x: x, frozen)
+        return fn(join(trainable, fresh), *args, **kwargs)
 
     return g

@@ -1,0 +1,96 @@
+"""The README's memory table from launch/plan_table.sh's output: one Markdown row per plan.
+
+    python launch/plan_markdown.py plans.jsonl        # reads plans.jsonl and plans.jsonl.done
+
+Every figure is per device and comes from the TPU compiler's memory analysis (gkd_jax.plan's
+JSON line); a plan that did not fit at its batch is listed from the .done file, since the
+compiler stops at the first buffer that does not fit and reports no peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+GIB = 1 << 30
+HEADER = (
+    "| student ← teacher | slice (chips) | variant | batch | fits | peak / HBM GiB | student "
+    "params | optimizer | teacher | update temp. | sampler temp. | model TFLOP/step/chip |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def variant(row: dict[str, Any]) -> str:
+    """The memory fields a plan ran with, in plan_table.sh's words."""
+    d = row["dtypes"]
+    parts = []
+    if d.get("lora", "0") not in ("0", ""):
+        parts.append(f"lora{d['lora']}")
+    if d["remat"] != "none":
+        parts.append(f"remat {d['remat']}" if d["remat"] != "full" else "remat")
+    if d["teacher"] == "bfloat16":
+        parts.append("bf16 teacher")
+    if d["student"] == "bfloat16":
+        parts.append("bf16 student")
+    return " + ".join(parts) or "defaults"
+
+
+def gib(n: float) -> str:
+    return f"{n / GIB:.2f}"
+
+
+def row_line(row: dict[str, Any]) -> str:
+    p, progs = row["parts"], row["programs"]
+    chips = _chips(row)
+    flops = row.get("model_flops")  # rows from before 2026-12-02 lack it
+    tflop = f"{sum(flops.values()) / 1e12:.1f}" if flops else "?"
+    sampler = progs.get("sampler", {})
+    return (
+        f"| {row['student']} ← {row['teacher']} | {row['topology']} ({chips}) | {variant(row)} "
+        f"| {row['batch']} | {'yes' if row['fits'] else 'no'} | {gib(row['peak'])} / "
+        f"{gib(row['hbm'])} | {gib(p['params'])} | {gib(p['opt_state'])} | {gib(p['teacher'])} "
+        f"| {gib(progs['update']['temporaries'])} | {gib(sampler.get('temporaries', 0))} "
+        f"| {tflop} |"
+    )
+
+
+def _chips(row: dict[str, Any]) -> int:
+    n = 1
+    for v in row["mesh"].values():
+        n *= v
+    return n
+
+
+def does_not_fit_line(key: str) -> str:
+    """A .done line `student teacher slice batch label does-not-fit` as a table row."""
+    student, teacher, topo, batch, label = key.split()[:5]
+    label = label.replace("+", " + ").replace("bf16-teacher", "bf16 teacher")
+    return (
+        f"| {student} ← {teacher} | {topo} | {label} | {batch} | **no**: out of memory at "
+        "compile time | | | | | | | |"
+    )
+
+
+def table(jsonl: str) -> str:
+    lines = [HEADER]
+    with open(jsonl) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    for row in rows:
+        lines.append(row_line(row))
+    done = jsonl + ".done"
+    if os.path.exists(done):
+        with open(done) as f:
+            lines += [does_not_fit_line(k) for k in f.read().splitlines() if "does-not-fit" in k]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("jsonl")
+    print(table(ap.parse_args().jsonl))
+
+
+if __name__ == "__main__":
+    main()
