@@ -94,7 +94,8 @@ def cpu_env(devices: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_"))}
     return dict(
         env,
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+        "--xla_backend_optimization_level=0",
         JAX_PLATFORMS="cpu",
         PYTHONPATH=REPO,
         **extra,

@@ -316,7 +316,7 @@ class Runs:
         self.flags = tiny_flags(models)
         self.env = dict(
             os.environ,
-            XLA_FLAGS="--xla_force_host_platform_device_count=2",
+            XLA_FLAGS="--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0",
             JAX_COMPILATION_CACHE_DIR=str(cache),
             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
