@@ -167,3 +167,33 @@ def test_tpu_plan(monkeypatch):
     p = plan.Planner(tiny_config(), target).plan(8)
     assert p.kind == "TPU v5 lite" and p.hbm == 16 * plan.GIB
     assert p.fits and p.programs["update"].flops > 0
+
+
+def test_plan_table_resumes_and_records_plans_that_do_not_fit(tmp_path):
+    """launch/plan_table.sh with a stand-in planner: one line per finished plan in $OUT.done
+    (fits, or does not at this batch), and a rerun skips every finished plan."""
+    import subprocess
+
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "fake_plan.sh"
+    fake.write_text(
+        '#!/bin/bash\necho "$*" >> ' + str(calls) + "\n"
+        'if [[ "$*" == *lora.rank* ]]; then\n'
+        '  echo "ValueError: batch 8 runs out of memory on v5e-8 at compile time"; exit 1\nfi\n'
+        'echo "  step peak  1.00 of 16.00 HBM: FITS"\n'
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "plans.jsonl"
+    env = dict(os.environ, OUT=str(out), SLICES="v5e-8", PY=f"bash {fake}")
+    cmd = ["bash", os.path.join(repo, "launch", "plan_table.sh"), "qwen2.5-7b"]
+    subprocess.run(cmd, env=env, cwd=repo, check=True, capture_output=True, timeout=60)
+    done = (tmp_path / "plans.jsonl.done").read_text().splitlines()
+    assert done == [
+        "qwen2.5-1.5b qwen2.5-7b v5e-8 8 defaults ok",
+        "qwen2.5-1.5b qwen2.5-7b v5e-8 8 remat+bf16-teacher ok",
+        "qwen2.5-1.5b qwen2.5-7b v5e-8 8 lora16+remat+bf16-teacher does-not-fit",
+    ]
+    assert len(calls.read_text().splitlines()) == 3
+    assert "--topology=v5e-8" in calls.read_text() and "--batch=8" in calls.read_text()
+    subprocess.run(cmd, env=env, cwd=repo, check=True, capture_output=True, timeout=60)
+    assert len(calls.read_text().splitlines()) == 3  # nothing planned twice
