@@ -63,14 +63,26 @@ def _chips(row: dict[str, Any]) -> int:
     return n
 
 
-def does_not_fit_line(key: str) -> str:
-    """A .done line `student teacher slice batch label does-not-fit` as a table row."""
+def does_not_fit_line(key: str, why: str = "") -> str:
+    """A .done line `student teacher slice batch label does-not-fit` as a table row; `why`: the
+    compiler's message from the .oom file ("the total memory required for HLO temporaries
+    (19.93G) exceeds available HBM (15.75G)."), if any."""
     student, teacher, topo, batch, label = key.split()[:5]
     label = label.replace("+", " + ").replace("bf16-teacher", "bf16 teacher")
+    why = f" ({why.rstrip('.')})" if why else ""
     return (
         f"| {student} ← {teacher} | {topo} | {label} | {batch} | **no**: out of memory at "
-        "compile time | | | | | | | |"
+        f"compile time{why} | | | | | | | |"
     )
+
+
+def _reasons(path: str) -> dict[str, str]:
+    """plan_table.sh's .oom file: `student teacher slice batch label<TAB>message` lines."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        pairs = (line.rstrip("\n").split("\t", 1) for line in f if "\t" in line)
+        return {k: v for k, v in pairs}
 
 
 def table(jsonl: str) -> str:
@@ -79,10 +91,11 @@ def table(jsonl: str) -> str:
         rows = [json.loads(line) for line in f if line.strip()]
     for row in rows:
         lines.append(row_line(row))
-    done = jsonl + ".done"
+    done, why = jsonl + ".done", _reasons(jsonl + ".oom")
     if os.path.exists(done):
         with open(done) as f:
-            lines += [does_not_fit_line(k) for k in f.read().splitlines() if "does-not-fit" in k]
+            keys = [k.removesuffix(" does-not-fit") for k in f.read().splitlines()]
+        lines += [does_not_fit_line(k, why.get(k, "")) for k in keys if not k.endswith(" ok")]
     return "\n".join(lines)
 
 

@@ -5,7 +5,8 @@
 # (measured on a loaded 2-core machine), so the full grid is hours. It resumes: a plan already
 # in $OUT.done (one line per finished plan, fitting or not) is skipped, so rerun it after an
 # interruption. A plan that does not fit at $BATCH leaves no JSON line, only a done line that
-# says so (the compiler stops at the first buffer that does not fit; there is no peak to report).
+# says so (the compiler stops at the first buffer that does not fit; there is no peak to report)
+# and the compiler's message in $OUT.oom.
 #
 #   OUT=plans.jsonl BATCH=8 bash launch/plan_table.sh [PAIR_FILTER]
 #   python launch/plan_markdown.py plans.jsonl     # the README's table
@@ -50,6 +51,9 @@ for slice in $SLICES; do
         grep -E "^\[plan\]|^  |^topology|^student|Error"
       if grep -q "runs out of memory" "$OUT.last.log"; then
         echo "$key does-not-fit" >>"$OUT.done"
+        # the compiler's own words (how much it needed), for the table
+        why=$(grep -o "the total memory required.*" "$OUT.last.log" | head -n 1)
+        printf '%s\t%s\n' "$key" "$why" >>"$OUT.oom"
       elif grep -q "step peak" "$OUT.last.log"; then
         echo "$key ok" >>"$OUT.done"
       else

@@ -83,6 +83,7 @@ def test_plan_on_cpu_devices(tmp_path):
     assert row["batch"] == 8 and row["fits"] is True and row["dtypes"]["opt_state"] == "float32"
     # the README's table from it (launch/plan_markdown.py), with a plan that did not fit
     (tmp_path / "plan.jsonl.done").write_text("a b v5e-8 8 remat+bf16-teacher does-not-fit\n")
+    (tmp_path / "plan.jsonl.oom").write_text("a b v5e-8 8 remat+bf16-teacher\tneeds 20G.\n")
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "launch"))
     import plan_markdown
 
@@ -92,6 +93,7 @@ def test_plan_on_cpu_devices(tmp_path):
     assert cells[1:6] == ["cpu:8 (8)", "defaults", "8", "yes", f"{p.peak / 2**30:.2f} / 1.00"]
     assert cells[6:9] == [f"{parts[k] / 2**30:.2f}" for k in ("params", "opt_state", "teacher")]
     assert lines[3].startswith("| a ← b | v5e-8 | remat + bf16 teacher | 8 | **no**")
+    assert "compile time (needs 20G) |" in lines[3]
 
 
 def test_memory_fields_change_the_parts():
@@ -179,6 +181,9 @@ def test_plan_table_resumes_and_records_plans_that_do_not_fit(tmp_path):
     fake.write_text(
         '#!/bin/bash\necho "$*" >> ' + str(calls) + "\n"
         'if [[ "$*" == *lora.rank* ]]; then\n'
+        '  echo "[plan] batch 8: out of memory at compile (1 s): RESOURCE_EXHAUSTED: Ran out of '
+        "memory on HBM, the total memory required for HLO temporaries (19.93G) exceeds "
+        'available HBM (15.75G)."\n'
         '  echo "ValueError: batch 8 runs out of memory on v5e-8 at compile time"; exit 1\nfi\n'
         'echo "  step peak  1.00 of 16.00 HBM: FITS"\n'
     )
@@ -195,5 +200,9 @@ def test_plan_table_resumes_and_records_plans_that_do_not_fit(tmp_path):
     ]
     assert len(calls.read_text().splitlines()) == 3
     assert "--topology=v5e-8" in calls.read_text() and "--batch=8" in calls.read_text()
+    assert (tmp_path / "plans.jsonl.oom").read_text() == (
+        "qwen2.5-1.5b qwen2.5-7b v5e-8 8 lora16+remat+bf16-teacher\tthe total memory required "
+        "for HLO temporaries (19.93G) exceeds available HBM (15.75G).\n"
+    )
     subprocess.run(cmd, env=env, cwd=repo, check=True, capture_output=True, timeout=60)
     assert len(calls.read_text().splitlines()) == 3  # nothing planned twice
