@@ -199,14 +199,16 @@ def param_count(params) -> int:
     return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
 
 
-def matmul_params(params) -> dict[str, int]:
+def matmul_params(params, *, only_adapters: bool = False) -> dict[str, int]:
     """Parameters a token multiplies by, per stack: {"encoder", "decoder" (the layers), "head"
     (the output projection, tied or not)}; embedding lookups excluded. A decoder-only model's
-    layers count as "decoder"."""
+    layers count as "decoder". `only_adapters`: the LoRA adapters alone."""
     out = {"encoder": 0, "decoder": 0, "head": 0}
     embed = 0
     for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
         name, n = sharding.path_string(path), math.prod(x.shape)
+        if only_adapters and not re.search(r"/lora_[ab]\b", name):
+            continue
         if re.search(r"(embed_tokens|shared)/embedding", name):
             embed = n
         elif "lm_head" in name:
@@ -223,7 +225,9 @@ def model_flops(student, teacher, batch: int, prompt: int, new: int) -> dict[str
     """Model FLOPs of one step (all devices): 2 per multiply-add of each token with the weights
     it passes (the student's forward + backward 3x), attention scores not counted. Decoder-only:
     prompt + completion through the layers, the head on the completion; T5: the prompt through
-    the encoder, the completion through the decoder. Sampler: prefill + new tokens decoded."""
+    the encoder, the completion through the decoder. Sampler: prefill + new tokens decoded.
+    A LoRA student (adapters in `student`) computes no gradient for its frozen weights: its
+    backward is the activations' gradient (1x forward) plus the adapters' weight gradient."""
 
     def fwd(m, rows_through_layers, rows_head, rows_encoder):
         return 2 * (
@@ -235,9 +239,11 @@ def model_flops(student, teacher, batch: int, prompt: int, new: int) -> dict[str
 
     s, t = matmul_params(student), matmul_params(teacher)
     (s_dec, s_enc), (t_dec, t_enc) = tokens(s), tokens(t)
-    update = 3 * fwd(s, batch * s_dec, batch * new, batch * s_enc) + fwd(
-        t, batch * t_dec, batch * new, batch * t_enc
-    )
+    adapters = matmul_params(student, only_adapters=True)
+    weight_grads = adapters if any(adapters.values()) else s  # the trained weights' gradient
+    s_rows = (batch * s_dec, batch * new, batch * s_enc)
+    update = 2 * fwd(s, *s_rows) + fwd(weight_grads, *s_rows)
+    update += fwd(t, batch * t_dec, batch * new, batch * t_enc)
     prefill = batch * (1 if s["encoder"] else prompt)
     sampler = fwd(
         s, prefill + batch * new, batch * (new + 1), batch * prompt if s["encoder"] else 0

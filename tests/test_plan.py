@@ -206,3 +206,41 @@ def test_plan_table_resumes_and_records_plans_that_do_not_fit(tmp_path):
     )
     subprocess.run(cmd, env=env, cwd=repo, check=True, capture_output=True, timeout=60)
     assert len(calls.read_text().splitlines()) == 3  # nothing planned twice
+
+
+def test_model_flops_of_a_lora_student_skip_the_frozen_weight_gradients():
+    """2 FLOPs per multiply-add: the plain student's update is forward + 2x backward (3x), a
+    LoRA student's is forward + the activations' gradient (2x) + the adapters' weight gradient;
+    the teacher's forward and the sampler are as for the plain student (adapters included)."""
+    import math
+
+    import jax
+    from tiny_step_pair import STUDENT, TEACHER
+
+    from gkd_jax.models import build_decoder, functional_lm, lora
+
+    def counts(params):  # (layer matmul params, adapter params, head) by path, from the shapes
+        layers = adapters = head = 0
+        for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+            name, n = jax.tree_util.keystr(path), math.prod(x.shape)
+            if "embedding" in name:
+                head = n  # tied
+            else:
+                layers += n
+                adapters += n if "lora_" in name else 0
+        return layers, adapters, head
+
+    b, p, n = 2, 5, 3
+    plain, _ = functional_lm(build_decoder(STUDENT, seed=1))
+    adapted, _ = functional_lm(lora.add_lora(build_decoder(STUDENT, seed=1), rank=4, alpha=8.0))
+    teacher, _ = functional_lm(build_decoder(TEACHER, seed=2))
+    tl, _, th = counts(teacher)
+    teacher_fwd = 2 * (tl * b * (p + n) + th * b * n)
+    for params, lora_on in ((plain, False), (adapted, True)):
+        layers, ad, head = counts(params)
+        fwd = 2 * (layers * b * (p + n) + head * b * n)
+        grads = 2 * ad * b * (p + n) if lora_on else fwd
+        got = plan.model_flops(params, teacher, b, p, n)
+        assert got["update"] == 2 * fwd + grads + teacher_fwd
+        assert got["sampler"] == 2 * (layers * (b * p + b * n) + head * b * (n + 1))
+    assert counts(adapted)[1] > 0
