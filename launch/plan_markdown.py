@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from typing import Any
 
@@ -43,7 +44,7 @@ def gib(n: float) -> str:
 
 def row_line(row: dict[str, Any]) -> str:
     p, progs = row["parts"], row["programs"]
-    chips = _chips(row)
+    chips = math.prod(row["mesh"].values())
     flops = row.get("model_flops")  # rows from before 2026-12-02 lack it
     tflop = f"{sum(flops.values()) / 1e12:.1f}" if flops else "?"
     sampler = progs.get("sampler", {})
@@ -54,13 +55,6 @@ def row_line(row: dict[str, Any]) -> str:
         f"| {gib(progs['update']['temporaries'])} | {gib(sampler.get('temporaries', 0))} "
         f"| {tflop} |"
     )
-
-
-def _chips(row: dict[str, Any]) -> int:
-    n = 1
-    for v in row["mesh"].values():
-        n *= v
-    return n
 
 
 def does_not_fit_line(key: str, why: str = "") -> str:
