@@ -112,12 +112,9 @@ def test_memory_fields_change_the_parts():
 @dataclasses.dataclass
 class FakePlan:
     batch: int
+    peak: int
     hbm: int = 40
     programs: dict = dataclasses.field(default_factory=dict)
-
-    @property
-    def peak(self):
-        return self.batch
 
     @property
     def fits(self):
@@ -125,10 +122,12 @@ class FakePlan:
 
 
 class FakePlanner:
-    """A planner whose batch b needs b bytes: the bisection alone, without compiling."""
+    """A planner whose batch b needs need(b) bytes: the search alone, without compiling. Above
+    `oom_from` the compile fails as the TPU compiler's does (no peak to report)."""
 
-    def __init__(self, hbm):
+    def __init__(self, hbm, need=lambda b: b, oom_from=None):
         self.target = plan.Target("fake", (), hbm, "fake")
+        self.need, self.oom_from = need, oom_from
         self.calls = []
 
     def batch_unit(self):
@@ -136,14 +135,48 @@ class FakePlanner:
 
     def plan(self, batch):
         self.calls.append(batch)
-        return FakePlan(batch, self.target.hbm_bytes)
+        if self.oom_from is not None and batch >= self.oom_from:
+            raise RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm")
+        return FakePlan(batch, self.need(batch), self.target.hbm_bytes)
 
 
-def test_bisection_finds_the_largest_batch():
+def brute_force(planner_args, limit=4096):
+    """The largest multiple of 8 that fits, by trying every one (the reference)."""
+    hbm, need, oom_from = planner_args
+    fits = [b for b in range(8, limit + 1, 8) if need(b) <= hbm]
+    return max(b for b in fits if oom_from is None or b < oom_from)
+
+
+def test_search_finds_the_largest_batch_in_four_compiles_when_the_peak_is_affine():
     planner = FakePlanner(hbm=100)
     best, p, over = plan.largest_batch(planner, log=lambda s: None)
     assert (best, over, p.batch) == (96, 104, 96)
-    assert planner.calls == [8, 16, 32, 64, 128, 96, 112, 104]  # doubling, then bisection
+    assert planner.calls == [8, 16, 96, 104]  # two points, the line's answer, one above it
+    # a resident 7 GB + 0.3 GB per row in 95 GB: doubling then bisecting took 12 compiles
+    planner = FakePlanner(hbm=95_000, need=lambda b: 7_000 + 300 * b)
+    best, _, over = plan.largest_batch(planner, log=lambda s: None)
+    assert (best, over) == (288, 296) and len(planner.calls) == 4
+
+
+@pytest.mark.parametrize(
+    "hbm,need,oom_from",
+    [
+        (100, lambda b: b, None),
+        (1000, lambda b: b * b // 8, None),  # superlinear: the line overshoots
+        (1000, lambda b: 200 + 40 * b**0.5, None),  # sublinear: it undershoots
+        (1000, lambda b: 100 + b, 200),  # the compiler runs out of memory before the peak says so
+        (500, lambda b: 100 if b < 64 else 100 + 10 * b, None),  # a step in the curve
+        (10**9, lambda b: b, None),  # everything fits: stops at the limit
+    ],
+)
+def test_search_agrees_with_trying_every_batch(hbm, need, oom_from):
+    planner = FakePlanner(hbm, need, oom_from)
+    best, p, over = plan.largest_batch(planner, log=lambda s: None)
+    want = brute_force((hbm, need, oom_from))
+    assert best == want and p.batch == want
+    assert over == (None if want == 4096 else want + 8)
+    assert len(set(planner.calls)) == len(planner.calls)  # no batch compiled twice
+    assert len(planner.calls) <= 2 * 10 + 2  # about twice bisection's count at worst
 
 
 def test_nothing_fits_at_the_smallest_batch():
