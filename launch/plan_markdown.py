@@ -48,9 +48,13 @@ def row_line(row: dict[str, Any]) -> str:
     flops = row.get("model_flops")  # rows from before 2026-12-02 lack it
     tflop = f"{sum(flops.values()) / 1e12:.1f}" if flops else "?"
     sampler = progs.get("sampler", {})
+    batch = str(row["batch"])
+    if "largest_batch" in row:  # a --batch=bisect plan: the largest batch's figures
+        over = row["smallest_not_fitting"]
+        batch = f"**{batch}** largest" + (f" ({over} does not fit)" if over else " tried")
     return (
         f"| {row['student']} ← {row['teacher']} | {row['topology']} ({chips}) | {variant(row)} "
-        f"| {row['batch']} | {'yes' if row['fits'] else 'no'} | {gib(row['peak'])} / "
+        f"| {batch} | {'yes' if row['fits'] else 'no'} | {gib(row['peak'])} / "
         f"{gib(row['hbm'])} | {gib(p['params'])} | {gib(p['opt_state'])} | {gib(p['teacher'])} "
         f"| {gib(progs['update']['temporaries'])} | {gib(sampler.get('temporaries', 0))} "
         f"| {tflop} |"

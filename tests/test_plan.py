@@ -87,13 +87,16 @@ def test_plan_on_cpu_devices(tmp_path):
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "launch"))
     import plan_markdown
 
+    with open(out, "a") as f:  # a --batch=bisect line: the largest batch's plan
+        f.write(json.dumps(row | {"largest_batch": 8, "smallest_not_fitting": 16}) + "\n")
     lines = plan_markdown.table(str(out)).splitlines()
-    assert len(lines) == 4
+    assert len(lines) == 5
+    assert lines[3].split("|")[4].strip() == "**8** largest (16 does not fit)"
     cells = [c.strip() for c in lines[2].split("|")[1:-1]]
     assert cells[1:6] == ["cpu:8 (8)", "defaults", "8", "yes", f"{p.peak / 2**30:.2f} / 1.00"]
     assert cells[6:9] == [f"{parts[k] / 2**30:.2f}" for k in ("params", "opt_state", "teacher")]
-    assert lines[3].startswith("| a ← b | v5e-8 | remat + bf16 teacher | 8 | **no**")
-    assert "compile time (needs 20G) |" in lines[3]
+    assert lines[4].startswith("| a ← b | v5e-8 | remat + bf16 teacher | 8 | **no**")
+    assert "compile time (needs 20G) |" in lines[4]
 
 
 def test_memory_fields_change_the_parts():
