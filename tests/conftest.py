@@ -12,6 +12,10 @@ os.environ["XLA_FLAGS"] = (
     + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
 ).strip()
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# The test extras install jax[tpu] (libtpu: test_plan compiles for a TPU topology, which needs no
+# TPU). Without this JAX would try to open a TPU at first use in every worker, and libtpu's
+# host-wide lock would make the two xdist workers fight over one that is not there.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 try:  # torch is the parity reference; its intra-op threads fight XLA's for 2 cores otherwise
     import torch

@@ -1,6 +1,7 @@
 """The planner (gkd_jax/plan.py): abstract models, the trainer's two programs compiled for a
 target, the per-device parts, the bisection, and its errors. On host CPU devices (cpu:8) the
-whole path runs without libtpu; the TPU test runs where jax[tpu] is installed (.[tpu-plan])."""
+whole path runs without libtpu; the TPU test runs where jax[tpu] is installed (.[test] and
+.[tpu-plan] install it)."""
 
 import dataclasses
 import json
