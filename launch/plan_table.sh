@@ -2,7 +2,8 @@
 # The README's memory table (issue 14): every pair on every slice, with and without the memory
 # fields, one JSON line per plan (python -m gkd_jax.plan --json). Needs .[tpu-plan]; no TPU.
 # Each plan compiles two programs for the topology: ~10-25 min of one CPU core per 7-9B pair
-# (measured on a loaded 2-core machine), so the full grid is hours. It resumes: a plan already
+# (measured on a loaded 2-core machine), so the full grid is hours. Run one grid at a time on a
+# 24 GB host: the TPU compiler holds ~14 GB of host RAM for a 7-9B pair. It resumes: a plan already
 # in $OUT.done (one line per finished plan, fitting or not) is skipped, so rerun it after an
 # interruption. A plan that does not fit at $BATCH leaves no JSON line, only a done line that
 # says so (the compiler stops at the first buffer that does not fit; there is no peak to report)
@@ -48,7 +49,8 @@ for slice in $SLICES; do
         --topology="$slice" --config.mesh.data=1 --config.mesh.fsdp=-1 \
         --config.data.max_prompt_len="$prompt" --config.max_new_tokens="$new" \
         --batch="$BATCH" --json="$OUT" $flags 2>&1 | tee "$OUT.last.log" |
-        grep -E "^\[plan\]|^  |^topology|^student|Error"
+        grep --line-buffered -E "^\[plan\]|^  |^topology|^student|Error"
+      status=${PIPESTATUS[0]}
       if grep -q "runs out of memory" "$OUT.last.log"; then
         echo "$key does-not-fit" >>"$OUT.done"
         # the compiler's own words (how much it needed), for the table
@@ -57,7 +59,11 @@ for slice in $SLICES; do
       elif grep -q "step peak" "$OUT.last.log"; then
         echo "$key ok" >>"$OUT.done"
       else
-        echo "(plan failed; see $OUT.last.log)"
+        # kept, so the next plan does not overwrite it; 137 = killed, e.g. by the kernel when the
+        # host ran out of RAM (a 7-9B compile holds ~14 GB: one planner at a time on 24 GB)
+        failed="$OUT.failed.$(date -u +%Y%m%dT%H%M%S).log"
+        cp "$OUT.last.log" "$failed"
+        echo "(plan failed with exit status $status; see $failed)"
       fi
     done
   done
