@@ -345,6 +345,10 @@ class Plan:
             programs={k: dataclasses.asdict(v) | {"peak": v.peak}
                       for k, v in self.programs.items()},
         )  # fmt: skip
+        # the TPU compiler's own flags change what fits (the scheduler's memory limit, its
+        # reruns on running out of memory): a plan made with them says so
+        if flags := os.environ.get("LIBTPU_INIT_ARGS", "").strip():
+            d["libtpu_init_args"] = flags
         return d
 
 

@@ -35,7 +35,9 @@ def variant(row: dict[str, Any]) -> str:
         parts.append("bf16 teacher")
     if d["student"] == "bfloat16":
         parts.append("bf16 student")
-    return " + ".join(parts) or "defaults"
+    label = " + ".join(parts) or "defaults"
+    flags = row.get("libtpu_init_args")  # the compiler's flags, e.g. its scheduler's reruns
+    return f"{label} (`LIBTPU_INIT_ARGS={flags}`)" if flags else label
 
 
 def gib(n: float) -> str:

@@ -66,10 +66,11 @@ def test_shapes_are_the_published_sizes():
         assert round(plan.param_count(params) / 1e9, 2) == billions, name
 
 
-def test_plan_on_cpu_devices(tmp_path):
+def test_plan_on_cpu_devices(tmp_path, monkeypatch):
     """Both programs compile for 8 CPU devices; the argument parts add up to what the compiler
-    counts; the JSON line carries the figures."""
+    counts; the JSON line carries the figures, and the TPU compiler's flags it was made with."""
     out = tmp_path / "plan.jsonl"
+    monkeypatch.setenv("LIBTPU_INIT_ARGS", " --xla_latency_hiding_scheduler_rerun=2 ")
     p = plan.run(tiny_config(), "cpu:8", hbm_gib=1.0, json_path=str(out), log=lambda s: None)
     assert set(p.programs) == {"sampler", "update"}
     parts, update = p.parts, p.programs["update"]
@@ -82,6 +83,7 @@ def test_plan_on_cpu_devices(tmp_path):
     assert p.fits and update.flops > 0 and p.peak >= update.peak
     row = json.loads(out.read_text())
     assert row["batch"] == 8 and row["fits"] is True and row["dtypes"]["opt_state"] == "float32"
+    assert row["libtpu_init_args"] == "--xla_latency_hiding_scheduler_rerun=2"
     # the README's table from it (launch/plan_markdown.py), with a plan that did not fit
     (tmp_path / "plan.jsonl.done").write_text("a b v5e-8 8 remat+bf16-teacher does-not-fit\n")
     (tmp_path / "plan.jsonl.oom").write_text("a b v5e-8 8 remat+bf16-teacher\tneeds 20G.\n")
@@ -94,7 +96,8 @@ def test_plan_on_cpu_devices(tmp_path):
     assert len(lines) == 5
     assert lines[3].split("|")[4].strip() == "**8** largest (16 does not fit)"
     cells = [c.strip() for c in lines[2].split("|")[1:-1]]
-    assert cells[1:6] == ["cpu:8 (8)", "defaults", "8", "yes", f"{p.peak / 2**30:.2f} / 1.00"]
+    flags = "defaults (`LIBTPU_INIT_ARGS=--xla_latency_hiding_scheduler_rerun=2`)"
+    assert cells[1:6] == ["cpu:8 (8)", flags, "8", "yes", f"{p.peak / 2**30:.2f} / 1.00"]
     assert cells[6:9] == [f"{parts[k] / 2**30:.2f}" for k in ("params", "opt_state", "teacher")]
     assert lines[4].startswith("| a ← b | v5e-8 | remat + bf16 teacher | 8 | **no**")
     assert "compile time (needs 20G) |" in lines[4]
