@@ -11,10 +11,14 @@
 #
 #   OUT=plans.jsonl BATCH=8 bash launch/plan_table.sh [PAIR_FILTER]
 #   python launch/plan_markdown.py plans.jsonl     # the README's table
+#
+# CASCADE=1 answers "which slice to rent" in fewer compiles: per pair and slice, the variants in
+# order until the first that fits (the defaults, else remat + a bfloat16 teacher, else LoRA).
 set -u
 OUT=${OUT:-plans.jsonl}
 BATCH=${BATCH:-8}
 FILTER=${1:-}
+CASCADE=${CASCADE:-0}
 SLICES=${SLICES:-"v5e-8 v5p-8 v6e-8 v5e-16"}
 PY=${PY:-python}
 # student teacher prompt new_tokens (the paper's XSum lengths for T5, TRL's for the rest)
@@ -41,7 +45,10 @@ for slice in $SLICES; do
       label=${variant%%|*}
       flags=${variant#*|}
       key="$student $teacher $slice $BATCH $label"
-      grep -qxF "$key ok" "$OUT.done" && continue
+      if grep -qxF "$key ok" "$OUT.done"; then
+        [[ "$CASCADE" == 1 ]] && break
+        continue
+      fi
       grep -qxF "$key does-not-fit" "$OUT.done" && continue
       echo "=== $key ($(date -u +%H:%M:%S))"
       # shellcheck disable=SC2086
@@ -58,6 +65,7 @@ for slice in $SLICES; do
         printf '%s\t%s\n' "$key" "$why" >>"$OUT.oom"
       elif grep -q "step peak" "$OUT.last.log"; then
         echo "$key ok" >>"$OUT.done"
+        [[ "$CASCADE" == 1 ]] && break
       else
         # kept, so the next plan does not overwrite it; 137 = killed, e.g. by the kernel when the
         # host ran out of RAM (a 7-9B compile holds ~14 GB: one planner at a time on 24 GB)

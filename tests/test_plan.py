@@ -293,3 +293,31 @@ def test_model_flops_of_a_lora_student_skip_the_frozen_weight_gradients():
         assert got["update"] == 2 * fwd + grads + teacher_fwd
         assert got["sampler"] == 2 * (layers * (b * p + b * n) + head * b * (n + 1))
     assert counts(adapted)[1] > 0
+
+
+def test_plan_table_cascade_stops_at_the_first_variant_that_fits(tmp_path):
+    """CASCADE=1: per pair and slice, the defaults, then remat + bf16 teacher, then LoRA, until
+    one fits; finished cells are not planned again."""
+    import subprocess
+
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "fake_plan.sh"
+    fake.write_text(
+        '#!/bin/bash\necho "$*" >> ' + str(calls) + "\n"
+        # the defaults run out of memory on v5e-8 only; remat fits everywhere
+        'if [[ "$*" != *remat* && "$*" == *v5e-8* ]]; then\n'
+        '  echo "ValueError: batch 8 runs out of memory on v5e-8 at compile time"; exit 1\nfi\n'
+        'echo "  step peak  1.00 of 16.00 HBM: FITS"\n'
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "plans.jsonl"
+    env = dict(os.environ, OUT=str(out), SLICES="v5e-8 v6e-8", PY=f"bash {fake}", CASCADE="1")
+    cmd = ["bash", os.path.join(repo, "launch", "plan_table.sh"), "qwen2.5-7b"]
+    for _ in range(2):  # the second run plans nothing
+        subprocess.run(cmd, env=env, cwd=repo, check=True, capture_output=True, timeout=60)
+        assert (tmp_path / "plans.jsonl.done").read_text().splitlines() == [
+            "qwen2.5-1.5b qwen2.5-7b v5e-8 8 defaults does-not-fit",
+            "qwen2.5-1.5b qwen2.5-7b v5e-8 8 remat+bf16-teacher ok",
+            "qwen2.5-1.5b qwen2.5-7b v6e-8 8 defaults ok",
+        ]
+        assert len(calls.read_text().splitlines()) == 3
