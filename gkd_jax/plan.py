@@ -549,8 +549,9 @@ def largest_batch(planner: Planner, log: Callable[[str], None], limit: int = 409
     the smallest batch the trainer accepts (the unit), one compile per probe. ValueError when
     even the unit does not fit.
 
-    A 7-9B plan compiles for 10-20 min of a CPU core, so probes are few: the peak is close to
-    affine in the batch (resident state + per-row activations), so after two compiles the next
+    A 7-9B plan compiles for 10-20 min of a CPU core, so probes are few: the peak is roughly
+    affine in the batch (resident state + per-row activations; the TPU scheduler's overlap, which
+    grows into free HBM, bends it down a little), so after two compiles the next
     probe is where the line through the nearest two measured peaks meets the HBM, then one
     above it to confirm: 4 compiles when the line holds, where doubling then bisecting takes
     2 log2 of the answer. When a probe's outcome contradicts the line (the compiler chose a
