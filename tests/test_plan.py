@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from gkd_jax import plan
+from gkd_jax import plan, plan_search
 from gkd_jax.config_defaults import base_config
 
 
@@ -156,12 +156,12 @@ def brute_force(planner_args, limit=4096):
 
 def test_search_finds_the_largest_batch_in_four_compiles_when_the_peak_is_affine():
     planner = FakePlanner(hbm=100)
-    best, p, over = plan.largest_batch(planner, log=lambda s: None)
+    best, p, over = plan_search.largest_batch(planner, log=lambda s: None)
     assert (best, over, p.batch) == (96, 104, 96)
     assert planner.calls == [8, 16, 96, 104]  # two points, the line's answer, one above it
     # a resident 7 GB + 0.3 GB per row in 95 GB: doubling then bisecting took 12 compiles
     planner = FakePlanner(hbm=95_000, need=lambda b: 7_000 + 300 * b)
-    best, _, over = plan.largest_batch(planner, log=lambda s: None)
+    best, _, over = plan_search.largest_batch(planner, log=lambda s: None)
     assert (best, over) == (288, 296) and len(planner.calls) == 4
 
 
@@ -178,7 +178,7 @@ def test_search_finds_the_largest_batch_in_four_compiles_when_the_peak_is_affine
 )
 def test_search_agrees_with_trying_every_batch(hbm, need, oom_from):
     planner = FakePlanner(hbm, need, oom_from)
-    best, p, over = plan.largest_batch(planner, log=lambda s: None)
+    best, p, over = plan_search.largest_batch(planner, log=lambda s: None)
     want = brute_force((hbm, need, oom_from))
     assert best == want and p.batch == want
     assert over == (None if want == 4096 else want + 8)
@@ -188,12 +188,12 @@ def test_search_agrees_with_trying_every_batch(hbm, need, oom_from):
 
 def test_nothing_fits_at_the_smallest_batch():
     with pytest.raises(ValueError, match="does not fit on fake even at batch 8"):
-        plan.largest_batch(FakePlanner(hbm=5), log=lambda s: None)
+        plan_search.largest_batch(FakePlanner(hbm=5), log=lambda s: None)
 
 
 def test_bisect_needs_a_capacity():
     with pytest.raises(ValueError, match="needs a capacity"):
-        plan.largest_batch(FakePlanner(hbm=None), log=lambda s: None)
+        plan_search.largest_batch(FakePlanner(hbm=None), log=lambda s: None)
 
 
 def test_tpu_plan(monkeypatch):
