@@ -85,18 +85,38 @@ def _reasons(path: str) -> dict[str, str]:
         return {k: v for k, v in pairs}
 
 
+# plan_table.sh's order: pairs, slices, variants (anything else after, by name)
+PAIRS = ["qwen2.5-1.5b", "llama-3.1-8b", "llama-3.2-1b", "gemma-2-2b", "flan-t5-large"]
+SLICES = ["v5e-8", "v5p-8", "v6e-8", "v5e-16"]
+
+
+def _rank(items: list[str], x: str) -> tuple[int, str]:
+    return (items.index(x), "") if x in items else (len(items), x)
+
+
+def _order(student: str, topology: str, label: str) -> tuple:
+    """Rows of one pair together, by slice, then the defaults before remat before LoRA."""
+    kind = 2 if "lora" in label else 1 if "remat" in label else 0
+    return (_rank(PAIRS, str(student)), _rank(SLICES, topology), kind)
+
+
 def table(jsonl: str) -> str:
-    lines = [HEADER]
+    entries = []  # (order, line); sorted stably, so repeated cells keep their file order
     with open(jsonl) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     for row in rows:
-        lines.append(row_line(row))
+        entries.append((_order(row["student"], row["topology"], variant(row)), row_line(row)))
     done, why = jsonl + ".done", _reasons(jsonl + ".oom")
     if os.path.exists(done):
         with open(done) as f:
             keys = [k.removesuffix(" does-not-fit") for k in f.read().splitlines()]
-        lines += [does_not_fit_line(k, why.get(k, "")) for k in keys if not k.endswith(" ok")]
-    return "\n".join(lines)
+        for k in keys:
+            if not k.endswith(" ok"):
+                student, _, topology, _, label = k.split()[:5]
+                line = does_not_fit_line(k, why.get(k, ""))
+                entries.append((_order(student, topology, label), line))
+    entries.sort(key=lambda e: e[0])
+    return "\n".join([HEADER] + [line for _, line in entries])
 
 
 def main() -> None:

@@ -321,3 +321,25 @@ def test_plan_table_cascade_stops_at_the_first_variant_that_fits(tmp_path):
             "qwen2.5-1.5b qwen2.5-7b v6e-8 8 defaults ok",
         ]
         assert len(calls.read_text().splitlines()) == 3
+
+
+def test_plan_markdown_orders_rows_by_pair_slice_and_variant(tmp_path):
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "launch"))
+    import plan_markdown
+
+    out = tmp_path / "plans.jsonl"
+    out.write_text("")
+    keys = [
+        "gemma-2-2b gemma-2-9b v5e-8 8 lora16+remat+bf16-teacher",
+        "qwen2.5-1.5b qwen2.5-7b v5e-16 8 defaults",
+        "qwen2.5-1.5b qwen2.5-7b v5e-8 8 remat+bf16-teacher",
+        "qwen2.5-1.5b qwen2.5-7b v5e-8 8 defaults",
+    ]
+    (tmp_path / "plans.jsonl.done").write_text("".join(f"{k} does-not-fit\n" for k in keys))
+    cells = [line.split("|")[1:4] for line in plan_markdown.table(str(out)).splitlines()[2:]]
+    assert [[c.strip() for c in cell] for cell in cells] == [
+        ["qwen2.5-1.5b ← qwen2.5-7b", "v5e-8", "defaults"],
+        ["qwen2.5-1.5b ← qwen2.5-7b", "v5e-8", "remat + bf16 teacher"],
+        ["qwen2.5-1.5b ← qwen2.5-7b", "v5e-16", "defaults"],
+        ["gemma-2-2b ← gemma-2-9b", "v5e-8", "lora16 + remat + bf16 teacher"],
+    ]
