@@ -211,15 +211,21 @@ def test_tpu_plan(monkeypatch):
     assert p.fits and p.programs["update"].flops > 0
 
 
+def stand_in_planner(tmp_path, body: str):
+    """A bash script that plan_table.sh runs as its planner ($PY): it logs its arguments to
+    calls.txt, then runs `body`. Returns (calls file, the environment for plan_table.sh)."""
+    calls, fake = tmp_path / "calls.txt", tmp_path / "fake_plan.sh"
+    fake.write_text('#!/bin/bash\necho "$*" >> ' + str(calls) + "\n" + body)
+    return calls, dict(os.environ, OUT=str(tmp_path / "plans.jsonl"), PY=f"bash {fake}")
+
+
 def test_plan_table_resumes_and_records_plans_that_do_not_fit(tmp_path):
     """launch/plan_table.sh with a stand-in planner: one line per finished plan in $OUT.done
     (fits, or does not at this batch), and a rerun skips every finished plan."""
     import subprocess
 
-    calls = tmp_path / "calls.txt"
-    fake = tmp_path / "fake_plan.sh"
-    fake.write_text(
-        '#!/bin/bash\necho "$*" >> ' + str(calls) + "\n"
+    calls, env = stand_in_planner(
+        tmp_path,
         'if [[ "$*" == *lora.rank* ]]; then\n'
         '  echo "[plan] batch 8: out of memory at compile (1 s): RESOURCE_EXHAUSTED: Ran out of '
         "memory on HBM, the total memory required for HLO temporaries (19.93G) exceeds "
@@ -228,11 +234,10 @@ def test_plan_table_resumes_and_records_plans_that_do_not_fit(tmp_path):
         # the first remat plan dies as one does when the kernel kills it for host RAM
         f'if [[ "$*" == *remat* && ! -e {tmp_path}/killed ]]; then\n'
         f'  touch {tmp_path}/killed; echo "[plan] compiling"; kill -KILL $$\nfi\n'
-        'echo "  step peak  1.00 of 16.00 HBM: FITS"\n'
+        'echo "  step peak  1.00 of 16.00 HBM: FITS"\n',
     )
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = tmp_path / "plans.jsonl"
-    env = dict(os.environ, OUT=str(out), SLICES="v5e-8", PY=f"bash {fake}")
+    env["SLICES"] = "v5e-8"
     cmd = ["bash", os.path.join(repo, "launch", "plan_table.sh"), "qwen2.5-7b"]
     r = subprocess.run(cmd, env=env, cwd=repo, check=True, capture_output=True, timeout=60)
     done = (tmp_path / "plans.jsonl.done").read_text().splitlines()
@@ -300,18 +305,15 @@ def test_plan_table_cascade_stops_at_the_first_variant_that_fits(tmp_path):
     one fits; finished cells are not planned again."""
     import subprocess
 
-    calls = tmp_path / "calls.txt"
-    fake = tmp_path / "fake_plan.sh"
-    fake.write_text(
-        '#!/bin/bash\necho "$*" >> ' + str(calls) + "\n"
-        # the defaults run out of memory on v5e-8 only; remat fits everywhere
+    # the defaults run out of memory on v5e-8 only; remat fits everywhere
+    calls, env = stand_in_planner(
+        tmp_path,
         'if [[ "$*" != *remat* && "$*" == *v5e-8* ]]; then\n'
         '  echo "ValueError: batch 8 runs out of memory on v5e-8 at compile time"; exit 1\nfi\n'
-        'echo "  step peak  1.00 of 16.00 HBM: FITS"\n'
+        'echo "  step peak  1.00 of 16.00 HBM: FITS"\n',
     )
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = tmp_path / "plans.jsonl"
-    env = dict(os.environ, OUT=str(out), SLICES="v5e-8 v6e-8", PY=f"bash {fake}", CASCADE="1")
+    env |= {"SLICES": "v5e-8 v6e-8", "CASCADE": "1"}
     cmd = ["bash", os.path.join(repo, "launch", "plan_table.sh"), "qwen2.5-7b"]
     for _ in range(2):  # the second run plans nothing
         subprocess.run(cmd, env=env, cwd=repo, check=True, capture_output=True, timeout=60)
