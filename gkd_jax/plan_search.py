@@ -72,8 +72,10 @@ def largest_batch(planner: Any, log: Callable[[str], None], limit: int = 4096):
             "config.teacher_param_dtype='bfloat16' or config.param_dtype='bfloat16'"
         )
     lo, best, hi, trust = 1, plan, None, True
-    while (k := next_probe(lo, hi, peaks, hbm, cap, trust)) is not None:
+    while True:
         predicted = line_prediction(lo, peaks, hbm)
+        if (k := next_probe(lo, hi, cap, predicted if trust else None)) is None:
+            break
         plan, ok = fits(k)
         # the line predicted "fits" for k <= predicted; a contradiction bisects next time
         trust = predicted is None or ok == (k <= predicted)
@@ -97,16 +99,13 @@ def line_prediction(lo: int, peaks: dict[int, int], hbm: int) -> int | None:
     return lo + math.floor((hbm - peaks[lo]) / slope)
 
 
-def next_probe(
-    lo: int, hi: int | None, peaks: dict[int, int], hbm: int, cap: int, trust: bool
-) -> int | None:
-    """The next k to compile, within the bracket (lo fits, hi does not), or None when done."""
+def next_probe(lo: int, hi: int | None, cap: int, predicted: int | None) -> int | None:
+    """The next k to compile, within the bracket (lo fits, hi does not), or None when done;
+    `predicted`: the line's largest k, None to double (no hi yet) or bisect."""
     top = cap if hi is None else hi - 1  # the largest k still open
     if top <= lo:
         return None
-    fallback = min(2 * lo, top) if hi is None else (lo + hi) // 2
-    predicted = line_prediction(lo, peaks, hbm) if trust else None
     if predicted is None:
-        return fallback
+        return min(2 * lo, top) if hi is None else (lo + hi) // 2
     # the predicted largest, or one above lo to confirm lo when the line says lo is the largest
     return min(max(predicted, lo + 1), top)

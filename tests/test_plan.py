@@ -219,6 +219,10 @@ def stand_in_planner(tmp_path, body: str):
     return calls, dict(os.environ, OUT=str(tmp_path / "plans.jsonl"), PY=f"bash {fake}")
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PLAN_TABLE = ["bash", os.path.join(REPO, "launch", "plan_table.sh"), "qwen2.5-7b"]
+
+
 def test_plan_table_resumes_and_records_plans_that_do_not_fit(tmp_path):
     """launch/plan_table.sh with a stand-in planner: one line per finished plan in $OUT.done
     (fits, or does not at this batch), and a rerun skips every finished plan."""
@@ -236,9 +240,8 @@ def test_plan_table_resumes_and_records_plans_that_do_not_fit(tmp_path):
         f'  touch {tmp_path}/killed; echo "[plan] compiling"; kill -KILL $$\nfi\n'
         'echo "  step peak  1.00 of 16.00 HBM: FITS"\n',
     )
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["SLICES"] = "v5e-8"
-    cmd = ["bash", os.path.join(repo, "launch", "plan_table.sh"), "qwen2.5-7b"]
+    cmd, repo = PLAN_TABLE, REPO
     r = subprocess.run(cmd, env=env, cwd=repo, check=True, capture_output=True, timeout=60)
     done = (tmp_path / "plans.jsonl.done").read_text().splitlines()
     assert done == [
@@ -312,9 +315,8 @@ def test_plan_table_cascade_stops_at_the_first_variant_that_fits(tmp_path):
         '  echo "ValueError: batch 8 runs out of memory on v5e-8 at compile time"; exit 1\nfi\n'
         'echo "  step peak  1.00 of 16.00 HBM: FITS"\n',
     )
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env |= {"SLICES": "v5e-8 v6e-8", "CASCADE": "1"}
-    cmd = ["bash", os.path.join(repo, "launch", "plan_table.sh"), "qwen2.5-7b"]
+    cmd, repo = PLAN_TABLE, REPO
     for _ in range(2):  # the second run plans nothing
         subprocess.run(cmd, env=env, cwd=repo, check=True, capture_output=True, timeout=60)
         assert (tmp_path / "plans.jsonl.done").read_text().splitlines() == [
