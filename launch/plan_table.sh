@@ -12,6 +12,9 @@
 #   OUT=plans.jsonl BATCH=8 bash launch/plan_table.sh [PAIR_FILTER]
 #   python launch/plan_markdown.py plans.jsonl     # the README's table
 #
+# A plan the compiler accepts whose peak (arguments + temporaries) still exceeds the chip's HBM
+# has a JSON line with fits: false and a done line `over-hbm`.
+#
 # CASCADE=1 answers "which slice to rent" in fewer compiles: per pair and slice, the variants in
 # order until the first that fits (the defaults, else remat + a bfloat16 teacher, else LoRA).
 set -u
@@ -50,6 +53,7 @@ for slice in $SLICES; do
         continue
       fi
       grep -qxF "$key does-not-fit" "$OUT.done" && continue
+      grep -qxF "$key over-hbm" "$OUT.done" && continue
       echo "=== $key ($(date -u +%H:%M:%S))"
       # shellcheck disable=SC2086
       $PY -m gkd_jax.plan --config=configs/chat.py --student="$student" --teacher="$teacher" \
@@ -63,9 +67,13 @@ for slice in $SLICES; do
         # the compiler's own words (how much it needed), for the table
         why=$(grep -o "the total memory required.*" "$OUT.last.log" | head -n 1)
         printf '%s\t%s\n' "$key" "$why" >>"$OUT.oom"
-      elif grep -q "step peak" "$OUT.last.log"; then
+      elif grep -q "step peak.*: FITS" "$OUT.last.log"; then
         echo "$key ok" >>"$OUT.done"
         [[ "$CASCADE" == 1 ]] && break
+      elif grep -q "step peak" "$OUT.last.log"; then
+        # compiled, but arguments + temporaries exceed the chip: its JSON line says so (fits:
+        # false), and the cascade goes on to the next variant
+        echo "$key over-hbm" >>"$OUT.done"
       else
         # kept, so the next plan does not overwrite it; 137 = killed, e.g. by the kernel when the
         # host ran out of RAM (a 7-9B compile holds ~14 GB: one planner at a time on 24 GB)

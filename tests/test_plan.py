@@ -308,23 +308,28 @@ def test_plan_table_cascade_stops_at_the_first_variant_that_fits(tmp_path):
     one fits; finished cells are not planned again."""
     import subprocess
 
-    # the defaults run out of memory on v5e-8 only; remat fits everywhere
+    # the defaults run out of memory on v5e-8 and compile on v5p-8 but past its HBM (no
+    # verdict of FITS: the cascade goes on); remat fits everywhere
     calls, env = stand_in_planner(
         tmp_path,
         'if [[ "$*" != *remat* && "$*" == *v5e-8* ]]; then\n'
         '  echo "ValueError: batch 8 runs out of memory on v5e-8 at compile time"; exit 1\nfi\n'
+        'if [[ "$*" != *remat* && "$*" == *v5p-8* ]]; then\n'
+        '  echo "  step peak  96.00 of 95.00 HBM: DOES NOT FIT"; exit 0\nfi\n'
         'echo "  step peak  1.00 of 16.00 HBM: FITS"\n',
     )
-    env |= {"SLICES": "v5e-8 v6e-8", "CASCADE": "1"}
+    env |= {"SLICES": "v5e-8 v5p-8 v6e-8", "CASCADE": "1"}
     cmd, repo = PLAN_TABLE, REPO
     for _ in range(2):  # the second run plans nothing
         subprocess.run(cmd, env=env, cwd=repo, check=True, capture_output=True, timeout=60)
         assert (tmp_path / "plans.jsonl.done").read_text().splitlines() == [
             "qwen2.5-1.5b qwen2.5-7b v5e-8 8 defaults does-not-fit",
             "qwen2.5-1.5b qwen2.5-7b v5e-8 8 remat+bf16-teacher ok",
+            "qwen2.5-1.5b qwen2.5-7b v5p-8 8 defaults over-hbm",
+            "qwen2.5-1.5b qwen2.5-7b v5p-8 8 remat+bf16-teacher ok",
             "qwen2.5-1.5b qwen2.5-7b v6e-8 8 defaults ok",
         ]
-        assert len(calls.read_text().splitlines()) == 3
+        assert len(calls.read_text().splitlines()) == 5
 
 
 def test_plan_markdown_orders_rows_by_pair_slice_and_variant(tmp_path):
@@ -339,7 +344,12 @@ def test_plan_markdown_orders_rows_by_pair_slice_and_variant(tmp_path):
         "qwen2.5-1.5b qwen2.5-7b v5e-8 8 remat+bf16-teacher",
         "qwen2.5-1.5b qwen2.5-7b v5e-8 8 defaults",
     ]
-    (tmp_path / "plans.jsonl.done").write_text("".join(f"{k} does-not-fit\n" for k in keys))
+    # plans that compiled (ok, or over-hbm: past the chip's HBM) have JSON lines, not done rows
+    compiled = "llama-3.2-1b llama-3.1-8b v5e-8 8 defaults over-hbm\n" + (
+        "llama-3.2-1b llama-3.1-8b v5e-8 8 remat+bf16-teacher ok\n"
+    )
+    done = "".join(f"{k} does-not-fit\n" for k in keys)
+    (tmp_path / "plans.jsonl.done").write_text(done + compiled)
     cells = [line.split("|")[1:4] for line in plan_markdown.table(str(out)).splitlines()[2:]]
     assert [[c.strip() for c in cell] for cell in cells] == [
         ["qwen2.5-1.5b ← qwen2.5-7b", "v5e-8", "defaults"],
