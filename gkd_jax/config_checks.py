@@ -490,3 +490,7 @@ def check_memory(config: ml_collections.ConfigDict) -> None:
     _one_of("param_dtype", config.param_dtype, sorted(COMPUTE_DTYPES))
     _one_of("teacher_param_dtype", config.teacher_param_dtype, sorted(COMPUTE_DTYPES))
     _one_of("remat", config.remat, REMAT_POLICIES)
+    percent = config.sampler_hbm_percent
+    _integer_at_least("sampler_hbm_percent", percent, 0, "(0 = automatic)")
+    if percent > 100:
+        _fail("sampler_hbm_percent", percent, "is a percent of HBM: 0 (automatic) to 100")

@@ -77,6 +77,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.param_dtype = "float32"
     c.teacher_param_dtype = "float32"
     c.remat = "none"
+    # On TPU, the percent of each chip's HBM the compiler may plan the sampler to use (its
+    # latency-hiding overlap of the weights' all-gathers): 0 = the share the resident train
+    # state, teacher and batch leave free, 1-100 = fixed (gkd_jax/sampler_memory.py).
+    c.sampler_hbm_percent = 0
     # LoRA student (gkd_jax/models/lora.py): rank > 0 freezes the student's weights and trains
     # adapters y = x W + (alpha / rank) (x A) B on the linear layers whose path `targets`
     # matches (re.search on e.g. "layers/0/self_attn/q_proj"; default LORA_TARGETS). The

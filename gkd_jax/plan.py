@@ -55,6 +55,7 @@ from gkd_jax.models.remat import set_remat
 from gkd_jax.optim import make_optimizer
 from gkd_jax.plan_search import GIB, gib, largest_batch, try_plan
 from gkd_jax.resources import ASSETS, resolve_path
+from gkd_jax.sampler_memory import SCHEDULER_LIMIT, sampler_compiler_options
 from gkd_jax.sampling import make_sampler
 from gkd_jax.step import make_train_step, training_sampling
 
@@ -253,16 +254,6 @@ def model_flops(student, teacher, batch: int, prompt: int, new: int) -> dict[str
 
 
 # ---------------------------------------------------------------------------- the plan
-def per_device_bytes(tree, shardings) -> int:
-    """Bytes one device holds of a tree of shapes placed in `shardings` (the largest shard)."""
-    leaves = jax.tree.leaves(tree)
-    shards = jax.tree.leaves(shardings, is_leaf=lambda s: isinstance(s, jax.sharding.Sharding))
-    return sum(
-        math.prod(s.shard_shape(tuple(x.shape))) * np.dtype(x.dtype).itemsize
-        for x, s in zip(leaves, shards, strict=True)
-    )
-
-
 def with_shardings(tree, shardings):
     return jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
@@ -316,6 +307,8 @@ class Plan:
     model_flops: dict[str, float]  # per device, by program (model_flops / devices)
     programs: dict[str, Program]
     dtypes: dict[str, str]
+    # per sampler, the compiler options it was compiled with (sampler_memory)
+    compiler_options: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
 
     @property
     def peak(self) -> int:
@@ -342,7 +335,7 @@ class Plan:
         d |= dict(
             student_params=self.student_params, teacher_params=self.teacher_params,
             parts=self.parts, model_flops=self.model_flops, peak=self.peak, fits=self.fits,
-            dtypes=self.dtypes,
+            dtypes=self.dtypes, compiler_options=self.compiler_options,
             programs={k: dataclasses.asdict(v) | {"peak": v.peak}
                       for k, v in self.programs.items()},
         )  # fmt: skip
@@ -373,6 +366,8 @@ def report(plan: Plan) -> str:
     for name, prog in plan.programs.items():
         kv = {"sampler": "kv_cache", "teacher_sampler": "teacher_kv_cache"}.get(name)
         extra = f" (KV cache {gib(p[kv])})" if kv else ""
+        if opts := plan.compiler_options.get(name):
+            extra += f" (scheduler at {opts[SCHEDULER_LIMIT]} % of HBM)"
         mf = plan.model_flops.get(name)
         mf = "" if mf is None else f" (model FLOPs {mf / 1e12:.2f})"
         lines.append(
@@ -452,12 +447,12 @@ class Planner:
         state = with_shardings(self.state, self.state_shardings)
         teacher = with_shardings(self.teacher_params, self.teacher_shardings)
         parts = {
-            "params": per_device_bytes(self.params, self.state_shardings["params"]),
-            "opt_state": per_device_bytes(
+            "params": sharding.per_device_bytes(self.params, self.state_shardings["params"]),
+            "opt_state": sharding.per_device_bytes(
                 self.state["opt_state"], self.state_shardings["opt_state"]
             ),
-            "teacher": per_device_bytes(self.teacher_params, self.teacher_shardings),
-            "batch": per_device_bytes(batch_shapes, {k: rows for k in batch_shapes}),
+            "teacher": sharding.per_device_bytes(self.teacher_params, self.teacher_shardings),
+            "batch": sharding.per_device_bytes(batch_shapes, {k: rows for k in batch_shapes}),
         }
         programs = {}
         g = config.gkd
@@ -470,8 +465,19 @@ class Planner:
             samplers["teacher_sampler"] = (self.teacher_fns, teacher)
         sampling = training_sampling(config, self.stops, 0, self.vocab)
         key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=whole)
+        resident = parts["params"] + parts["opt_state"] + parts["teacher"] + parts["batch"]
+        options = {}
         for name, (fns, params) in samplers.items():
-            sampler = make_sampler(fns.decoding, sampling, rows=rows)
+            # as the trainer compiles it: the scheduler's HBM share capped at what the resident
+            # buffers that are not this sampler's arguments leave free (sampler_memory)
+            own = parts["params"] if name == "sampler" else parts["teacher"]
+            options[name] = sampler_compiler_options(
+                config.sampler_hbm_percent, self.target.devices[0].platform,
+                self.target.hbm_bytes, resident - own,
+            )  # fmt: skip
+            sampler = make_sampler(
+                fns.decoding, sampling, rows=rows, compiler_options=options[name]
+            )
             prompt = (batch_shapes["prompt"], batch_shapes["prompt_mask"])
             programs[name] = compile_program(name, sampler, params, *prompt, key)
             kv = "kv_cache" if name == "sampler" else "teacher_kv_cache"
@@ -489,6 +495,7 @@ class Planner:
              model_flops(self.params, self.teacher_params, batch, p, n).items()},
             programs,
             self.dtypes(),
+            {k: v for k, v in options.items() if v},
         )  # fmt: skip
 
     def kv_cache_bytes(self, fns, params, batch_shapes, n: int) -> int:

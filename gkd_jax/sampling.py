@@ -247,19 +247,22 @@ def sample(
     return SampleOutput(final.tokens, final.mask, prompt_len, final.step)
 
 
-def make_sampler(decoding: Decoding, cfg: SamplingConfig, *, rows=None) -> Callable:
+def make_sampler(
+    decoding: Decoding, cfg: SamplingConfig, *, rows=None, compiler_options=None
+) -> Callable:
     """Jitted `sampler(params, prompt, prompt_mask, rng) -> SampleOutput`, one compile per shape.
 
     `rows`: a sharding for the [B, ...] outputs (sharding.batch_sharding), so that decoding
     keeps each row on the devices that hold its prompt rather than replicating the batch; the
-    models pin their activations so too (sharding.constrain_rows, on under the mesh)."""
+    models pin their activations so too (sharding.constrain_rows, on under the mesh).
+    `compiler_options`: for jax.jit (sampler_memory.sampler_compiler_options on TPU)."""
     out_shardings, on_mesh = None, contextlib.nullcontext
     if rows is not None:
         whole = jax.sharding.NamedSharding(rows.mesh, jax.sharding.PartitionSpec())
         out_shardings = SampleOutput(rows, rows, rows, whole)
         on_mesh = functools.partial(jax.sharding.use_abstract_mesh, rows.mesh.abstract_mesh)
 
-    @functools.partial(jax.jit, out_shardings=out_shardings)
+    @functools.partial(jax.jit, out_shardings=out_shardings, compiler_options=compiler_options)
     def sampler(params, prompt, prompt_mask, rng):
         with on_mesh():
             return sample(decoding, params, prompt, prompt_mask, rng, cfg)

@@ -300,3 +300,13 @@ def init_train_state(
 def put(tree: Any, mesh: Mesh) -> Any:
     """Place the arrays of `tree` (host or device) by the rules, one array at a time."""
     return jax.device_put(tree, tree_shardings(tree, mesh))
+
+
+def per_device_bytes(tree, shardings) -> int:
+    """Bytes one device holds of a tree of shapes placed in `shardings` (the largest shard)."""
+    leaves = jax.tree.leaves(tree)
+    shards = jax.tree.leaves(shardings, is_leaf=lambda s: isinstance(s, jax.sharding.Sharding))
+    return sum(
+        math.prod(s.shard_shape(tuple(x.shape))) * np.dtype(x.dtype).itemsize
+        for x, s in zip(leaves, shards, strict=True)
+    )

@@ -59,6 +59,7 @@ from gkd_jax.models.remat import set_remat
 from gkd_jax.optim import make_optimizer
 from gkd_jax.reward_scoring import INDEX, RewardScorer, repeat_prompts
 from gkd_jax.rl_step import make_rl_train_step
+from gkd_jax.sampler_memory import device_hbm_bytes, sampler_compiler_options
 from gkd_jax.sampling import make_sampler
 from gkd_jax.step import (
     check_loss_impl,
@@ -177,8 +178,11 @@ def setup(config, workdir: str) -> tuple[Run, Any, Progress]:
     samplers = {}
     if teacher is not None:
         sampling = training_sampling(config, stops, tokenizer.pad_token_id, vocab)
-        samplers["student"] = make_sampler(student_fns.decoding, sampling, rows=rows)
-        samplers["teacher"] = make_sampler(teacher_fns.decoding, sampling, rows=rows)
+        options = sampler_options(config, state, state_shardings, teacher_params, teacher_shardings)
+        for name, fns in (("student", student_fns), ("teacher", teacher_fns)):
+            samplers[name] = make_sampler(
+                fns.decoding, sampling, rows=rows, compiler_options=options[name]
+            )
     make_step = make_rl_train_step if rl.policy_gradient(config) else make_train_step
     train_step = make_step(
         config, student_fns, teacher_fns, tx, mesh=mesh, state_shardings=state_shardings,
@@ -197,6 +201,22 @@ def setup(config, workdir: str) -> tuple[Run, Any, Progress]:
         step_extra,
     )  # fmt: skip
     return run, state, progress
+
+
+def sampler_options(config, state, state_shardings, teacher_params, teacher_shardings) -> dict:
+    """Per sampler, its jax.jit compiler options: on TPU, the scheduler's HBM share capped at
+    what the resident buffers that are not its arguments leave (sampler_memory; the batch, a
+    few MB, is left out)."""
+    platform = jax.default_backend()
+    hbm = device_hbm_bytes() if platform == "tpu" else None
+    opt = sharding.per_device_bytes(state["opt_state"], state_shardings["opt_state"])
+    student = sharding.per_device_bytes(state["params"], state_shardings["params"])
+    teacher = sharding.per_device_bytes(teacher_params, teacher_shardings)
+    others = {"student": opt + teacher, "teacher": opt + student}
+    return {
+        k: sampler_compiler_options(config.sampler_hbm_percent, platform, hbm, v)
+        for k, v in others.items()
+    }
 
 
 def add_training_extras(

@@ -15,6 +15,7 @@ BAD = {
     "param_dtype": "float16",
     "teacher_param_dtype": "int8",
     "remat": "sometimes",
+    "sampler_hbm_percent": 101,
     "seed": -1,
     "steps": 0,
     "batch_size": 12,  # not divisible by 8 devices

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from gkd_jax import plan, plan_search
+from gkd_jax import plan, plan_search, sampler_memory, sharding
 from gkd_jax.config_defaults import base_config
 
 
@@ -111,7 +111,7 @@ def test_memory_fields_change_the_parts():
         tiny_config(param_dtype="bfloat16", teacher_param_dtype="bfloat16", remat="full"),
         plan.topology("cpu:8"),
     )
-    b, s = (plan.per_device_bytes(x.teacher_params, x.teacher_shardings) for x in (base, lean))
+    b, s = (sharding.per_device_bytes(x.teacher_params, x.teacher_shardings) for x in (base, lean))
     assert s * 2 == b
     assert lean.dtypes()["opt_state"] == "bfloat16" and lean.dtypes()["remat"] == "full"
 
@@ -209,6 +209,12 @@ def test_tpu_plan(monkeypatch):
     p = plan.Planner(tiny_config(), target).plan(8)
     assert p.kind == "TPU v5 lite" and p.hbm == 16 * plan.GIB
     assert p.fits and p.programs["update"].flops > 0
+    # the sampler was compiled with the scheduler's HBM share capped (the TPU compiler would
+    # reject an option it does not know) at what the other resident buffers leave
+    other = p.parts["opt_state"] + p.parts["teacher"] + p.parts["batch"]
+    limit = sampler_memory.free_percent(p.hbm, other)
+    assert p.compiler_options == {"sampler": {sampler_memory.SCHEDULER_LIMIT: str(limit)}}
+    assert p.row()["compiler_options"] == p.compiler_options
 
 
 def stand_in_planner(tmp_path, body: str):

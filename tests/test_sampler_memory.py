@@ -1,0 +1,65 @@
+"""config.sampler_hbm_percent: the TPU scheduler's HBM share for the sampler (sampler_memory).
+The TPU compiler accepting the option is checked in test_plan.py::test_tpu_plan."""
+
+import jax
+import pytest
+
+from gkd_jax import sampler_memory, sharding, trainer
+from gkd_jax.config_defaults import base_config
+from gkd_jax.model_sources import model_config
+from gkd_jax.models import build_decoder
+from gkd_jax.optim import make_optimizer
+from gkd_jax.sampler_memory import SCHEDULER_LIMIT, free_percent, sampler_compiler_options
+
+GIB = 2**30
+
+
+def test_free_percent_rounds_down_and_keeps_at_least_one():
+    assert free_percent(16 * GIB, 0) == 100
+    assert free_percent(16 * GIB, 7.48 * GIB) == 53  # 53.25 %
+    assert free_percent(16 * GIB, 8 * GIB - 1) == 50  # 50.000...06 %: not 51
+    assert free_percent(16 * GIB, 16 * GIB) == 1  # nothing free: the plan reports the overflow
+    assert free_percent(16 * GIB, 40 * GIB) == 1
+    with pytest.raises(ValueError, match="positive"):
+        free_percent(0, 0)
+
+
+def test_options_only_on_tpu():
+    assert sampler_compiler_options(0, "cpu", 16 * GIB, GIB) is None
+    assert sampler_compiler_options(30, "gpu", 16 * GIB, GIB) is None
+    assert sampler_compiler_options(30, "tpu", None, GIB) == {SCHEDULER_LIMIT: "30"}
+    assert sampler_compiler_options(0, "tpu", None, GIB) is None  # capacity unknown: default
+    assert sampler_compiler_options(0, "tpu", 16 * GIB, 4 * GIB) == {SCHEDULER_LIMIT: "75"}
+
+
+def test_trainer_caps_each_sampler_at_what_the_other_buffers_leave(monkeypatch):
+    """With a TPU backend faked: the student's sampler is capped by the optimizer state and the
+    teacher, the teacher's by the optimizer state and the student, as they lie on 8 devices."""
+    config = base_config()
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    cfg = model_config(config.model)
+    student, _ = trainer.functional_lm(sharding.shard_model(lambda: build_decoder(cfg), mesh))
+    bigger = config.model.copy_and_resolve_references()
+    bigger.num_layers = 3  # the teacher larger than the student, so the two caps differ
+    teacher = sharding.shard_model(lambda: build_decoder(model_config(bigger), seed=1), mesh)
+    teacher_params, _, teacher_shardings = trainer.place_teacher(teacher, mesh)
+    state, shardings, _ = trainer.init_state(config, student, make_optimizer(config), mesh)
+    opt = sharding.per_device_bytes(state["opt_state"], shardings["opt_state"])
+    s = sharding.per_device_bytes(state["params"], shardings["params"])
+    t = sharding.per_device_bytes(teacher_params, teacher_shardings)
+    assert opt > s > 0 and t > s  # AdamW: two moments per parameter
+    args = (config, state, shardings, teacher_params, teacher_shardings)
+    assert trainer.sampler_options(*args) == {"student": None, "teacher": None}  # CPU
+    hbm = 2 * (opt + s + t)  # so that the shares are far from 100 %
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+    monkeypatch.setattr(trainer, "device_hbm_bytes", lambda: hbm)
+    got = trainer.sampler_options(*args)
+    assert got["student"] == {SCHEDULER_LIMIT: str(100 * (hbm - opt - t) // hbm)}
+    assert got["teacher"] == {SCHEDULER_LIMIT: str(100 * (hbm - opt - s) // hbm)}
+    config.sampler_hbm_percent = 40
+    assert trainer.sampler_options(*args)["teacher"] == {SCHEDULER_LIMIT: "40"}
+
+
+def test_device_hbm_bytes_is_none_where_the_runtime_does_not_say():
+    got = sampler_memory.device_hbm_bytes()
+    assert got is None or got > 0
