@@ -469,11 +469,10 @@ class Planner:
         options = {}
         for name, (fns, params) in samplers.items():
             # as the trainer compiles it: the scheduler's HBM share capped at what the resident
-            # buffers that are not this sampler's arguments leave free (sampler_memory)
-            own = parts["params"] if name == "sampler" else parts["teacher"]
+            # train state, teacher and batch leave free (sampler_memory)
             options[name] = sampler_compiler_options(
                 config.sampler_hbm_percent, self.target.devices[0].platform,
-                self.target.hbm_bytes, resident - own,
+                self.target.hbm_bytes, resident,
             )  # fmt: skip
             sampler = make_sampler(
                 fns.decoding, sampling, rows=rows, compiler_options=options[name]

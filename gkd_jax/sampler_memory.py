@@ -4,11 +4,15 @@ The sampler is its own jitted program, compiled without knowing that the train s
 teacher and the batch stay resident in HBM beside it. Given the whole chip, the TPU's latency
 hiding scheduler starts every layer's FSDP all-gather ahead of its use, so the sampler's
 temporaries approach a whole bfloat16 copy of the model: 12.78 GiB per chip for a Llama-3.1-8B
-student on a v5e-16, which with 7.48 GiB of resident train state and teacher is over the 16 GiB
-chip, although the update itself needs 14.38. Capping the scheduler's share of HBM
-(`xla_tpu_scheduler_percent_shared_memory_limit`, per program through jax.jit's
-`compiler_options`) at the share the resident buffers leave keeps the overlap within what is
-free. It changes the schedule, not the result.
+student on a v5e-16 (batch 16 x (512 + 128)), which with 7.48 GiB of resident train state and
+teacher is over the 16 GiB chip, although the update itself needs 14.38.
+`xla_tpu_scheduler_percent_shared_memory_limit` (per program, through jax.jit's
+`compiler_options`) caps that overlap. Measured on that sampler: the limit at 64, 53, 45 and 1 %
+gave 10.61, 8.55, 7.35 and 2.26 GiB of temporaries, i.e. the limit's share of 16 GiB plus
+0.07-0.37 GiB, down to a floor (one layer's gathered weights, the KV cache, the logits). So the
+cap is the share of HBM that everything resident (the sampler's own parameters included) leaves,
+less OVERSHOOT_PERCENT. It changes the schedule (less overlap of the gathers with compute, so
+possibly slower decoding), not the samples.
 
 `config.sampler_hbm_percent`: 0 (default) = that share, computed at start-up; 1-100 = a fixed
 percent; either applies on TPU only (other backends reject the option).
@@ -17,22 +21,26 @@ percent; either applies on TPU only (other backends reject the option).
 from __future__ import annotations
 
 SCHEDULER_LIMIT = "xla_tpu_scheduler_percent_shared_memory_limit"
+# the scheduler went over its limit by up to 0.37 GiB of 16 (2.3 %) in the measurements above
+OVERSHOOT_PERCENT = 3
 
 
 def free_percent(hbm_bytes: int, resident_bytes: int) -> int:
-    """The whole percent of a chip's HBM not held by `resident_bytes` (rounded down, at least 1:
-    a sampler that cannot fit still compiles, and the plan then reports the step over HBM)."""
+    """The whole percent of a chip's HBM not held by `resident_bytes`, less OVERSHOOT_PERCENT
+    (rounded down, at least 1: a sampler that cannot fit still compiles, and a plan then reports
+    the step over HBM)."""
     if hbm_bytes <= 0:
         raise ValueError(f"HBM capacity must be positive, got {hbm_bytes} bytes")
-    return max(1, min(100, (100 * (hbm_bytes - resident_bytes)) // hbm_bytes))
+    free = (100 * (hbm_bytes - resident_bytes)) // hbm_bytes - OVERSHOOT_PERCENT
+    return max(1, min(100, free))
 
 
 def sampler_compiler_options(
     setting: int, platform: str, hbm_bytes: int | None, resident_bytes: int
 ) -> dict[str, str] | None:
     """jax.jit `compiler_options` for a sampler: None off TPU or where the capacity is unknown
-    with the automatic setting (0); `resident_bytes`: per device, what stays in HBM beside the
-    sampler that is not one of its arguments (optimizer state, the other model, the batch)."""
+    with the automatic setting (0); `resident_bytes`: per device, what stays in HBM while it
+    runs (the train state with the student's parameters, the teacher, the batch)."""
     if platform != "tpu":
         return None
     if setting:

@@ -205,18 +205,15 @@ def setup(config, workdir: str) -> tuple[Run, Any, Progress]:
 
 def sampler_options(config, state, state_shardings, teacher_params, teacher_shardings) -> dict:
     """Per sampler, its jax.jit compiler options: on TPU, the scheduler's HBM share capped at
-    what the resident buffers that are not its arguments leave (sampler_memory; the batch, a
-    few MB, is left out)."""
+    what the train state and the teacher leave (sampler_memory; the batch, a few MB, is left
+    out)."""
     platform = jax.default_backend()
     hbm = device_hbm_bytes() if platform == "tpu" else None
-    opt = sharding.per_device_bytes(state["opt_state"], state_shardings["opt_state"])
-    student = sharding.per_device_bytes(state["params"], state_shardings["params"])
-    teacher = sharding.per_device_bytes(teacher_params, teacher_shardings)
-    others = {"student": opt + teacher, "teacher": opt + student}
-    return {
-        k: sampler_compiler_options(config.sampler_hbm_percent, platform, hbm, v)
-        for k, v in others.items()
-    }
+    resident = sharding.per_device_bytes(state, state_shardings) + sharding.per_device_bytes(
+        teacher_params, teacher_shardings
+    )
+    options = sampler_compiler_options(config.sampler_hbm_percent, platform, hbm, resident)
+    return {"student": options, "teacher": options}
 
 
 def add_training_extras(

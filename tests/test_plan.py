@@ -211,8 +211,8 @@ def test_tpu_plan(monkeypatch):
     assert p.fits and p.programs["update"].flops > 0
     # the sampler was compiled with the scheduler's HBM share capped (the TPU compiler would
     # reject an option it does not know) at what the other resident buffers leave
-    other = p.parts["opt_state"] + p.parts["teacher"] + p.parts["batch"]
-    limit = sampler_memory.free_percent(p.hbm, other)
+    resident = p.parts["params"] + p.parts["opt_state"] + p.parts["teacher"] + p.parts["batch"]
+    limit = sampler_memory.free_percent(p.hbm, resident)
     assert p.compiler_options == {"sampler": {sampler_memory.SCHEDULER_LIMIT: str(limit)}}
     assert p.row()["compiler_options"] == p.compiler_options
 
