@@ -50,6 +50,12 @@ def row_line(row: dict[str, Any]) -> str:
     flops = row.get("model_flops")  # rows from before 2026-12-02 lack it
     tflop = f"{sum(flops.values()) / 1e12:.1f}" if flops else "?"
     sampler = progs.get("sampler", {})
+    sampler_temp = gib(sampler.get("temporaries", 0))
+    # the scheduler's HBM share the sampler was compiled with (gkd_jax/sampler_memory.py; rows
+    # from before that cap, 2026-12-02, were compiled with the whole chip)
+    cap = row.get("compiler_options", {}).get("sampler", {})
+    if cap:
+        sampler_temp += f" (cap {next(iter(cap.values()))} %)"
     batch = str(row["batch"])
     if "largest_batch" in row:  # a --batch=bisect plan: the largest batch's figures
         over = row["smallest_not_fitting"]
@@ -58,7 +64,7 @@ def row_line(row: dict[str, Any]) -> str:
         f"| {row['student']} ← {row['teacher']} | {row['topology']} ({chips}) | {variant(row)} "
         f"| {batch} | {'yes' if row['fits'] else 'no'} | {gib(row['peak'])} / "
         f"{gib(row['hbm'])} | {gib(p['params'])} | {gib(p['opt_state'])} | {gib(p['teacher'])} "
-        f"| {gib(progs['update']['temporaries'])} | {gib(sampler.get('temporaries', 0))} "
+        f"| {gib(progs['update']['temporaries'])} | {sampler_temp} "
         f"| {tflop} |"
     )
 

@@ -10,6 +10,8 @@
 # and the compiler's message in $OUT.oom.
 #
 #   OUT=plans.jsonl BATCH=8 bash launch/plan_table.sh [PAIR_FILTER]
+#   OUT=plans.jsonl BATCH=16 SLICES=v5e-16 bash launch/plan_table.sh   # the batch is split over
+#                                         # every chip: 16 chips take a multiple of 16
 #   python launch/plan_markdown.py plans.jsonl     # the README's table
 #
 # A plan the compiler accepts whose peak (arguments + temporaries) still exceeds the chip's HBM

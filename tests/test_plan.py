@@ -90,11 +90,16 @@ def test_plan_on_cpu_devices(tmp_path, monkeypatch):
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "launch"))
     import plan_markdown
 
+    capped = {"compiler_options": {"sampler": {"xla_tpu_x": "50"}}}  # as a TPU plan's row
     with open(out, "a") as f:  # a --batch=bisect line: the largest batch's plan
-        f.write(json.dumps(row | {"largest_batch": 8, "smallest_not_fitting": 16}) + "\n")
+        extra = {"largest_batch": 8, "smallest_not_fitting": 16}
+        f.write(json.dumps(row | extra | capped) + "\n")
     lines = plan_markdown.table(str(out)).splitlines()
     assert len(lines) == 5
     assert lines[3].split("|")[4].strip() == "**8** largest (16 does not fit)"
+    sampler_temp = f"{p.programs['sampler'].temporaries / 2**30:.2f}"
+    assert lines[2].split("|")[11].strip() == sampler_temp  # no cap: CPU
+    assert lines[3].split("|")[11].strip() == f"{sampler_temp} (cap 50 %)"
     cells = [c.strip() for c in lines[2].split("|")[1:-1]]
     flags = "defaults (`LIBTPU_INIT_ARGS=--xla_latency_hiding_scheduler_rerun=2`)"
     assert cells[1:6] == ["cpu:8 (8)", flags, "8", "yes", f"{p.peak / 2**30:.2f} / 1.00"]
