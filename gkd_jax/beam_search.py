@@ -29,6 +29,7 @@ shared). Beams live as rows [B * K, ...], beam k of example b at row b * K + k.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -274,11 +275,14 @@ def beam_search(
     return BeamSearchOutput(tokens, mask, prompt_len, final.step, final.fin_scores[:, 0])
 
 
-def make_beam_search(decoding: Decoding, cfg: BeamSearchConfig) -> Callable:
+def make_beam_search(
+    decoding: Decoding, cfg: BeamSearchConfig, *, compiler_options=None
+) -> Callable:
     """Jitted `search(params, prompt, prompt_mask, rng) -> BeamSearchOutput`, one compile per
-    shape; `rng` is unused (the search is deterministic) so it stands in for a sampler."""
+    shape; `rng` is unused (the search is deterministic) so it stands in for a sampler.
+    `compiler_options`: jax.jit's (sampler_memory on TPU)."""
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=compiler_options)
     def search(params, prompt, prompt_mask, rng):
         del rng
         return beam_search(decoding, params, prompt, prompt_mask, cfg)

@@ -49,11 +49,12 @@ def eval_key(base_key: jax.Array, batch: int) -> jax.Array:
 
 
 def make_eval_decoder(
-    decoding: Decoding, config, *, stop_ids: Sequence[int], pad_id: int, vocab_size: int
-) -> Callable:
+    decoding: Decoding, config, *, stop_ids: Sequence[int], pad_id: int, vocab_size: int,
+    compiler_options=None,
+) -> Callable:  # fmt: skip
     """Jitted `decode(params, prompt [B, P], prompt_mask [B, P], rng) -> tokens/mask [B, N]`
     as config.eval.decoding says, `config.max_new_tokens` long, over the first `vocab_size`
-    ids. The rng matters to "sample" only."""
+    ids. The rng matters to "sample" only. `compiler_options`: jax.jit's (sampler_memory)."""
     e = config.eval
     common = dict(stop_ids=tuple(stop_ids), pad_id=pad_id, vocab_size=vocab_size)
     if e.decoding == "beam":
@@ -65,9 +66,10 @@ def make_eval_decoder(
             early_stopping=EARLY_STOPPING[e.early_stopping],
             **common,
         )
-        return make_beam_search(decoding, cfg)
+        return make_beam_search(decoding, cfg, compiler_options=compiler_options)
     temperature = 0.0 if e.decoding == "greedy" else e.temperature
-    return make_sampler(decoding, SamplingConfig(config.max_new_tokens, temperature, **common))
+    sampling = SamplingConfig(config.max_new_tokens, temperature, **common)
+    return make_sampler(decoding, sampling, compiler_options=compiler_options)
 
 
 def describe_decoding(config) -> str:

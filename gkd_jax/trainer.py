@@ -156,10 +156,6 @@ def setup(config, workdir: str) -> tuple[Run, Any, Progress]:
     params, student_fns = functional_lm(student)
     teacher_params, teacher_fns, teacher_shardings = place_teacher(teacher, mesh)
     check_loss_impl(config, student_fns, teacher_fns)  # before the first compilation
-    evaluator = make_evaluator(
-        config, task, tokenizer, stops, vocab, eval_split, eval_data, mesh,
-        student_fns, teacher_fns, teacher_params,
-    )  # fmt: skip
 
     # Train state: fresh, or the latest checkpoint in WORKDIR/checkpoints (a resumed run).
     tx = make_optimizer(config)
@@ -168,6 +164,14 @@ def setup(config, workdir: str) -> tuple[Run, Any, Progress]:
         os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep
     )
     state, saved = ckpts.restore_latest(state, max_step=config.steps)
+    # Every decoder (training samplers, evaluation) runs beside the train state and teacher.
+    decode_options = sampler_options(
+        config, state, state_shardings, teacher_params, teacher_shardings
+    )
+    evaluator = make_evaluator(
+        config, task, tokenizer, stops, vocab, eval_split, eval_data, mesh,
+        student_fns, teacher_fns, teacher_params, compiler_options=decode_options,
+    )  # fmt: skip
     start_step = int(state["step"])
     if saved:
         log(f"resuming from step {start_step} ({ckpts.path(start_step)})")
@@ -178,10 +182,9 @@ def setup(config, workdir: str) -> tuple[Run, Any, Progress]:
     samplers = {}
     if teacher is not None:
         sampling = training_sampling(config, stops, tokenizer.pad_token_id, vocab)
-        options = sampler_options(config, state, state_shardings, teacher_params, teacher_shardings)
         for name, fns in (("student", student_fns), ("teacher", teacher_fns)):
             samplers[name] = make_sampler(
-                fns.decoding, sampling, rows=rows, compiler_options=options[name]
+                fns.decoding, sampling, rows=rows, compiler_options=decode_options
             )
     make_step = make_rl_train_step if rl.policy_gradient(config) else make_train_step
     train_step = make_step(
@@ -203,17 +206,17 @@ def setup(config, workdir: str) -> tuple[Run, Any, Progress]:
     return run, state, progress
 
 
-def sampler_options(config, state, state_shardings, teacher_params, teacher_shardings) -> dict:
-    """Per sampler, its jax.jit compiler options: on TPU, the scheduler's HBM share capped at
-    what the train state and the teacher leave (sampler_memory; the batch, a few MB, is left
-    out)."""
+def sampler_options(
+    config, state, state_shardings, teacher_params, teacher_shardings
+) -> dict[str, str] | None:
+    """The decoders' jax.jit compiler options: on TPU, the scheduler's HBM share capped at what
+    the train state and the teacher leave (sampler_memory; the batch, a few MB, is left out)."""
     platform = jax.default_backend()
     hbm = device_hbm_bytes() if platform == "tpu" else None
     resident = sharding.per_device_bytes(state, state_shardings) + sharding.per_device_bytes(
         teacher_params, teacher_shardings
     )
-    options = sampler_compiler_options(config.sampler_hbm_percent, platform, hbm, resident)
-    return {"student": options, "teacher": options}
+    return sampler_compiler_options(config.sampler_hbm_percent, platform, hbm, resident)
 
 
 def add_training_extras(
@@ -249,15 +252,16 @@ def place_teacher(teacher: nnx.Module | None, mesh):
 
 def make_evaluator(
     config, task: Task, tokenizer, stops, vocab: int, eval_split, eval_data, mesh,
-    student_fns, teacher_fns, teacher_params,
+    student_fns, teacher_fns, teacher_params, compiler_options=None,
 ) -> Evaluator:  # fmt: skip
     """The run's Evaluator: the student's decoder, the teacher's where the task has a metric to
-    compare it by, and the divergence from the teacher where the task has none."""
+    compare it by, and the divergence from the teacher where the task has none.
+    `compiler_options`: the decoders' (sampler_options)."""
     # One compiled eval decoder (config.eval.decoding) per model: the student's serves every
     # evaluation of the run.
     eval_decoder = functools.partial(
         make_eval_decoder, config=config, stop_ids=stops, pad_id=tokenizer.pad_token_id,
-        vocab_size=vocab,
+        vocab_size=vocab, compiler_options=compiler_options,
     )  # fmt: skip
     divergence = None
     if task.metric is None:  # scored by the student's divergence from the teacher

@@ -35,8 +35,9 @@ def test_options_only_on_tpu():
 
 
 def test_trainer_caps_the_samplers_at_what_the_resident_buffers_leave(monkeypatch):
-    """With a TPU backend faked: both samplers are capped at the HBM share that the train state
-    (parameters, optimizer state, step) and the teacher leave, as they lie on 8 devices."""
+    """With a TPU backend faked: the decoders (training samplers, evaluation) are capped at the
+    HBM share that the train state (parameters, optimizer state, step) and the teacher leave,
+    as they lie on 8 devices."""
     config = base_config()
     mesh = sharding.make_mesh(1, 8, 1)  # FSDP: each device holds an eighth
     cfg = model_config(config.model)
@@ -54,16 +55,43 @@ def test_trainer_caps_the_samplers_at_what_the_resident_buffers_leave(monkeypatc
     )
     assert low < resident < high
     args = (config, state, shardings, teacher_params, teacher_shardings)
-    assert trainer.sampler_options(*args) == {"student": None, "teacher": None}  # CPU
+    assert trainer.sampler_options(*args) is None  # CPU
     hbm = 3 * resident  # a share far from 100 %
     monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
     monkeypatch.setattr(trainer, "device_hbm_bytes", lambda: hbm)
     limit = {SCHEDULER_LIMIT: str(66 - sampler_memory.OVERSHOOT_PERCENT)}
-    assert trainer.sampler_options(*args) == {"student": limit, "teacher": limit}
+    assert trainer.sampler_options(*args) == limit
     config.sampler_hbm_percent = 40
-    assert trainer.sampler_options(*args)["teacher"] == {SCHEDULER_LIMIT: "40"}
+    assert trainer.sampler_options(*args) == {SCHEDULER_LIMIT: "40"}
 
 
 def test_device_hbm_bytes_is_none_where_the_runtime_does_not_say():
     got = sampler_memory.device_hbm_bytes()
     assert got is None or got > 0
+
+
+def test_every_decoder_of_a_run_gets_the_options(tmp_path, monkeypatch):
+    """trainer.setup hands sampler_options to the training samplers and the eval decoders (on
+    CPU they are then built without them: XLA:CPU rejects the TPU option)."""
+    from test_trainer import tiny_run_config
+
+    marker = {SCHEDULER_LIMIT: "37"}
+    seen = []
+
+    def recording(make):
+        def wrapped(*args, compiler_options=None, **kwargs):
+            seen.append((make.__name__, compiler_options))
+            return make(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(trainer, "sampler_options", lambda *a: marker)
+    monkeypatch.setattr(trainer, "make_sampler", recording(trainer.make_sampler))
+    monkeypatch.setattr(trainer, "make_eval_decoder", recording(trainer.make_eval_decoder))
+    trainer.setup(tiny_run_config(), str(tmp_path))
+    # (the smoke config first trains its teacher and student start in the workdir, through
+    # the trainer too: those runs' eval decoders are counted as well)
+    names = [name for name, _ in seen]
+    assert names.count("make_sampler") == 2  # the student's and the teacher's
+    assert names.count("make_eval_decoder") >= 2  # the GKD run's: student and teacher
+    assert all(options == marker for _, options in seen)
