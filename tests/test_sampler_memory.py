@@ -1,6 +1,8 @@
 """config.sampler_hbm_percent: the TPU scheduler's HBM share for the sampler (sampler_memory).
 The TPU compiler accepting the option is checked in test_plan.py::test_tpu_plan."""
 
+import os
+
 import jax
 import pytest
 
@@ -73,7 +75,9 @@ def test_device_hbm_bytes_is_none_where_the_runtime_does_not_say():
 def test_every_decoder_of_a_run_gets_the_options(tmp_path, monkeypatch):
     """trainer.setup hands sampler_options to the training samplers and the eval decoders (on
     CPU they are then built without them: XLA:CPU rejects the TPU option)."""
-    from test_trainer import tiny_run_config
+    from test_trainer import REPO
+
+    from gkd_jax.config_loading import load_config_file
 
     marker = {SCHEDULER_LIMIT: "37"}
     seen = []
@@ -88,10 +92,7 @@ def test_every_decoder_of_a_run_gets_the_options(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "sampler_options", lambda *a: marker)
     monkeypatch.setattr(trainer, "make_sampler", recording(trainer.make_sampler))
     monkeypatch.setattr(trainer, "make_eval_decoder", recording(trainer.make_eval_decoder))
-    trainer.setup(tiny_run_config(), str(tmp_path))
-    # (the smoke config first trains its teacher and student start in the workdir, through
-    # the trainer too: those runs' eval decoders are counted as well)
-    names = [name for name, _ in seen]
-    assert names.count("make_sampler") == 2  # the student's and the teacher's
-    assert names.count("make_eval_decoder") >= 2  # the GKD run's: student and teacher
-    assert all(options == marker for _, options in seen)
+    config = load_config_file(os.path.join(REPO, "configs", "arith.py"))  # shipped models
+    config.eval.num_examples = 64  # the start's evaluations, kept short
+    trainer.setup(config, str(tmp_path))
+    assert sorted(seen) == [("make_eval_decoder", marker)] * 2 + [("make_sampler", marker)] * 2
