@@ -254,6 +254,11 @@ def model_flops(student, teacher, batch: int, prompt: int, new: int) -> dict[str
 
 
 # ---------------------------------------------------------------------------- the plan
+def resident_bytes(parts: dict[str, int]) -> int:
+    """Per device, what stays in HBM through the whole step: train state, teacher, batch."""
+    return parts["params"] + parts["opt_state"] + parts["teacher"] + parts["batch"]
+
+
 def with_shardings(tree, shardings):
     return jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
@@ -314,8 +319,7 @@ class Plan:
     def peak(self) -> int:
         """The step's per-device peak: the largest program's, a sampler's with everything that
         stays resident beside it (train state, teacher, batch) in place of its arguments."""
-        p = self.parts
-        resident = p["params"] + p["opt_state"] + p["teacher"] + p["batch"]
+        resident = resident_bytes(self.parts)
         peaks = [self.programs["update"].peak]
         for name, prog in self.programs.items():
             if name != "update":
@@ -465,18 +469,14 @@ class Planner:
             samplers["teacher_sampler"] = (self.teacher_fns, teacher)
         sampling = training_sampling(config, self.stops, 0, self.vocab)
         key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=whole)
-        resident = parts["params"] + parts["opt_state"] + parts["teacher"] + parts["batch"]
-        options = {}
+        # as the trainer compiles every decoder: the scheduler's HBM share capped at what the
+        # resident train state, teacher and batch leave free (sampler_memory)
+        options = sampler_compiler_options(
+            config.sampler_hbm_percent, self.target.devices[0].platform,
+            self.target.hbm_bytes, resident_bytes(parts),
+        )  # fmt: skip
         for name, (fns, params) in samplers.items():
-            # as the trainer compiles it: the scheduler's HBM share capped at what the resident
-            # train state, teacher and batch leave free (sampler_memory)
-            options[name] = sampler_compiler_options(
-                config.sampler_hbm_percent, self.target.devices[0].platform,
-                self.target.hbm_bytes, resident,
-            )  # fmt: skip
-            sampler = make_sampler(
-                fns.decoding, sampling, rows=rows, compiler_options=options[name]
-            )
+            sampler = make_sampler(fns.decoding, sampling, rows=rows, compiler_options=options)
             prompt = (batch_shapes["prompt"], batch_shapes["prompt_mask"])
             programs[name] = compile_program(name, sampler, params, *prompt, key)
             kv = "kv_cache" if name == "sampler" else "teacher_kv_cache"
@@ -494,7 +494,7 @@ class Planner:
              model_flops(self.params, self.teacher_params, batch, p, n).items()},
             programs,
             self.dtypes(),
-            {k: v for k, v in options.items() if v},
+            {name: options for name in samplers} if options else {},
         )  # fmt: skip
 
     def kv_cache_bytes(self, fns, params, batch_shapes, n: int) -> int:

@@ -20,6 +20,8 @@ percent; either applies on TPU only (other backends reject the option).
 
 from __future__ import annotations
 
+import jax
+
 SCHEDULER_LIMIT = "xla_tpu_scheduler_percent_shared_memory_limit"
 # the scheduler went over its limit by up to 0.37 GiB of 16 (2.3 %) in the measurements above
 OVERSHOOT_PERCENT = 3
@@ -53,7 +55,5 @@ def sampler_compiler_options(
 def device_hbm_bytes() -> int | None:
     """This host's first device's memory capacity as the runtime reports it (None if it does
     not)."""
-    import jax
-
     stats = jax.local_devices()[0].memory_stats() or {}
     return stats.get("bytes_limit")
