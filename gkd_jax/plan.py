@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, SingleDeviceSharding
 
 from gkd_jax import checkpoint, sharding
 from gkd_jax.model_sources import model_config
@@ -63,8 +63,10 @@ SHAPES = os.path.join(ASSETS, "shapes")
 
 
 # HBM per chip by device kind (what jax reports); a chip whose cores are separate devices
-# (v4 here) gives each its share.
+# (v4 here) gives each its share. Only where the compiler does not state its own limit
+# (compiler_hbm_bytes), which is what a program must fit in.
 CHIP_HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v6 lite": 32}
+AVAILABLE_HBM_RE = re.compile(r"exceeds available HBM \(([\d.]+)G\)")
 # Cloud TPU slice names -> topologies. v5e-N / v6e-N count chips; v4-N and v5p-N count
 # TensorCores, two per chip (v5p-8 is 4 chips).
 SLICES = {
@@ -137,11 +139,31 @@ def topology(name: str, *, hbm_gib: float | None = None) -> Target:
     per_chip = len(devices) // len({tuple(d.coords) for d in devices})
     if hbm_gib is not None:
         hbm = int(hbm_gib * GIB)
+    elif (hbm := compiler_hbm_bytes(devices[0])) is not None:
+        pass
     elif kind in CHIP_HBM_GIB:
         hbm = CHIP_HBM_GIB[kind] * GIB // per_chip
+        print(f"[plan] the TPU compiler did not state its HBM limit for {kind}: planning against "
+              f"the chip's {gib(hbm)} GiB per device", file=sys.stderr)  # fmt: skip
     else:
         raise ValueError(f"--topology={name}: unknown HBM for {kind!r}; pass --hbm_gib")
     return Target(name, devices, hbm, kind)
+
+
+def compiler_hbm_bytes(device) -> int | None:
+    """The HBM the TPU compiler lets one program on `device` use, or None where it does not say.
+
+    Less than the chip's: 15.75 GiB of a v5e's 16, 31.25 of a v6e's 32 (95.74 on a v5p; libtpu
+    0.0.42.1); a program past it is refused at compile time, so a plan must be judged against
+    it, not the chip. The compiler states it only in that refusal, so it is read from one: a
+    1 TiB output no chip holds (compiles in well under a second)."""
+    x = jax.ShapeDtypeStruct((256, 1024), jnp.float32, sharding=SingleDeviceSharding(device))
+    try:  # [256, 1024] float32 = 1 MiB, tiled 2^20 times
+        jax.jit(lambda x: jnp.sin(jnp.tile(x, (1 << 20, 1)))).lower(x).compile()
+    except Exception as e:
+        if m := AVAILABLE_HBM_RE.search(str(e)):
+            return int(float(m.group(1)) * GIB)  # the compiler's "G" is GiB (tests/test_plan.py)
+    return None
 
 
 def make_mesh(config, devices) -> Mesh:

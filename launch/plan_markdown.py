@@ -29,12 +29,12 @@ def variant(row: dict[str, Any]) -> str:
     parts = []
     if d.get("lora", "0") not in ("0", ""):
         parts.append(f"lora{d['lora']}")
+    if d["student"] == "bfloat16":
+        parts.append("bf16 student")
     if d["remat"] != "none":
         parts.append(f"remat {d['remat']}" if d["remat"] != "full" else "remat")
     if d["teacher"] == "bfloat16":
         parts.append("bf16 teacher")
-    if d["student"] == "bfloat16":
-        parts.append("bf16 student")
     label = " + ".join(parts) or "defaults"
     flags = row.get("libtpu_init_args")  # the compiler's flags, e.g. its scheduler's reruns
     return f"{label} (`LIBTPU_INIT_ARGS={flags}`)" if flags else label
@@ -74,7 +74,7 @@ def does_not_fit_line(key: str, why: str = "") -> str:
     compiler's message from the .oom file ("the total memory required for HLO temporaries
     (19.93G) exceeds available HBM (15.75G)."), if any."""
     student, teacher, topo, batch, label = key.split()[:5]
-    label = label.replace("+", " + ").replace("bf16-teacher", "bf16 teacher")
+    label = label.replace("+", " + ").replace("bf16-", "bf16 ")
     why = f" ({why.rstrip('.')})" if why else ""
     return (
         f"| {student} ← {teacher} | {topo} | {label} | {batch} | **no**: out of memory at "
@@ -101,8 +101,9 @@ def _rank(items: list[str], x: str) -> tuple[int, str]:
 
 
 def _order(student: str, topology: str, label: str) -> tuple:
-    """Rows of one pair together, by slice, then the defaults before remat before LoRA."""
-    kind = 2 if "lora" in label else 1 if "remat" in label else 0
+    """Rows of one pair together, by slice, then as plan_table.sh runs the variants: the
+    defaults, remat + bf16 teacher, bf16 student on top, LoRA."""
+    kind = 3 if "lora" in label else 2 if "student" in label else 1 if "remat" in label else 0
     return (_rank(PAIRS, str(student)), _rank(SLICES, topology), kind)
 
 

@@ -18,7 +18,8 @@
 # has a JSON line with fits: false and a done line `over-hbm`.
 #
 # CASCADE=1 answers "which slice to rent" in fewer compiles: per pair and slice, the variants in
-# order until the first that fits (the defaults, else remat + a bfloat16 teacher, else LoRA).
+# order until the first that fits (the defaults, else remat + a bfloat16 teacher, else bfloat16
+# student weights and Adam state on top, else LoRA).
 set -u
 OUT=${OUT:-plans.jsonl}
 BATCH=${BATCH:-8}
@@ -35,10 +36,13 @@ PAIRS=(
   "flan-t5-large flan-t5-xl 1024 64"
 )
 # label|flags: the defaults (float32 student, optimizer state and teacher); the memory fields a
-# large run would turn on; and a LoRA student on top of them.
+# large run would turn on; the student's master weights (and so Adam's moments) in bfloat16 too,
+# MaxText's way onto a smaller slice (coarser updates: the whole model still trains); and a
+# LoRA student on top of remat + a bfloat16 teacher.
 VARIANTS=(
   "defaults|"
   "remat+bf16-teacher|--config.remat=full --config.teacher_param_dtype=bfloat16"
+  "bf16-student+remat+bf16-teacher|--config.remat=full --config.teacher_param_dtype=bfloat16 --config.param_dtype=bfloat16"
   "lora16+remat+bf16-teacher|--config.remat=full --config.teacher_param_dtype=bfloat16 --config.lora.rank=16"
 )
 touch "$OUT.done"

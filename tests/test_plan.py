@@ -201,18 +201,52 @@ def test_bisect_needs_a_capacity():
         plan_search.largest_batch(FakePlanner(hbm=None), log=lambda s: None)
 
 
-def test_tpu_plan(monkeypatch):
-    """The TPU compiler on this host (no TPU needed): a small pair on a v5e-4."""
+def tpu_target(monkeypatch, name: str) -> plan.Target:
+    """A TPU topology from the TPU compiler on this host (no TPU needed), or skip."""
     pytest.importorskip("libtpu", reason="jax[tpu] (pip install -e .[tpu-plan]) not installed")
     # libtpu takes a host-wide lock; compiling for a topology needs no TPU, so another process
     # (a planner running beside the tests) may hold it
     monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
-        target = plan.topology("v5e-4")
+        return plan.topology(name)
     except ValueError as e:
         pytest.skip(f"no TPU compiler here: {e}")
+
+
+def test_tpu_hbm_is_where_the_compiler_refuses_a_program(monkeypatch):
+    """A plan is judged against the HBM the TPU compiler lets a program use (less than the
+    chip's 16 GiB on a v5e): a program a little under it compiles, one a little over does not."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import SingleDeviceSharding
+
+    target = tpu_target(monkeypatch, "v5e-4")
+    assert 15 * plan.GIB < target.hbm_bytes <= 16 * plan.GIB
+    device = target.devices[0]
+    x = jax.ShapeDtypeStruct((256, 1024), jnp.float32, sharding=SingleDeviceSharding(device))
+    mib = 2**20
+
+    def compiles(out_bytes: int) -> bool:  # one output of that size, 1 MiB of argument
+        f = jax.jit(lambda x: jnp.sin(jnp.tile(x, (out_bytes // mib, 1))))
+        try:
+            f.lower(x).compile()
+            return True
+        except Exception as e:
+            assert "RESOURCE_EXHAUSTED" in str(e)
+            return False
+
+    assert compiles(target.hbm_bytes - 16 * mib)
+    assert not compiles(target.hbm_bytes + 16 * mib)
+    # where the compiler would not say, the chip's figure
+    monkeypatch.setattr(plan, "compiler_hbm_bytes", lambda device: None)
+    assert plan.topology("v5e-4").hbm_bytes == 16 * plan.GIB
+
+
+def test_tpu_plan(monkeypatch):
+    """The TPU compiler on this host (no TPU needed): a small pair on a v5e-4."""
+    target = tpu_target(monkeypatch, "v5e-4")
     p = plan.Planner(tiny_config(), target).plan(8)
-    assert p.kind == "TPU v5 lite" and p.hbm == 16 * plan.GIB
+    assert p.kind == "TPU v5 lite" and p.hbm == target.hbm_bytes
     assert p.fits and p.programs["update"].flops > 0
     # the sampler was compiled with the scheduler's HBM share capped (the TPU compiler would
     # reject an option it does not know) at what the other resident buffers leave
@@ -257,23 +291,25 @@ def test_plan_table_resumes_and_records_plans_that_do_not_fit(tmp_path):
     done = (tmp_path / "plans.jsonl.done").read_text().splitlines()
     assert done == [
         "qwen2.5-1.5b qwen2.5-7b v5e-8 8 defaults ok",
+        "qwen2.5-1.5b qwen2.5-7b v5e-8 8 bf16-student+remat+bf16-teacher ok",
         "qwen2.5-1.5b qwen2.5-7b v5e-8 8 lora16+remat+bf16-teacher does-not-fit",
     ]  # the killed plan is not done: the rerun plans it
     assert "(plan failed with exit status 137; see " in r.stdout.decode()
     (failed,) = tmp_path.glob("plans.jsonl.failed.*.log")
     assert failed.read_text() == "[plan] compiling\n"  # its log, kept
-    assert len(calls.read_text().splitlines()) == 3
+    assert len(calls.read_text().splitlines()) == 4
+    assert "--config.param_dtype=bfloat16" in calls.read_text().splitlines()[2]
     subprocess.run(cmd, env=env, cwd=repo, check=True, capture_output=True, timeout=60)
     done = (tmp_path / "plans.jsonl.done").read_text().splitlines()
     assert done[-1] == "qwen2.5-1.5b qwen2.5-7b v5e-8 8 remat+bf16-teacher ok"
-    assert len(calls.read_text().splitlines()) == 4
+    assert len(calls.read_text().splitlines()) == 5
     assert "--topology=v5e-8" in calls.read_text() and "--batch=8" in calls.read_text()
     assert (tmp_path / "plans.jsonl.oom").read_text() == (
         "qwen2.5-1.5b qwen2.5-7b v5e-8 8 lora16+remat+bf16-teacher\tthe total memory required "
         "for HLO temporaries (19.93G) exceeds available HBM (15.75G).\n"
     )
     subprocess.run(cmd, env=env, cwd=repo, check=True, capture_output=True, timeout=60)
-    assert len(calls.read_text().splitlines()) == 4  # nothing finished is planned twice
+    assert len(calls.read_text().splitlines()) == 5  # nothing finished is planned twice
 
 
 def test_model_flops_of_a_lora_student_skip_the_frozen_weight_gradients():
@@ -351,6 +387,7 @@ def test_plan_markdown_orders_rows_by_pair_slice_and_variant(tmp_path):
     out.write_text("")
     keys = [
         "gemma-2-2b gemma-2-9b v5e-8 8 lora16+remat+bf16-teacher",
+        "gemma-2-2b gemma-2-9b v5e-8 8 bf16-student+remat+bf16-teacher",
         "qwen2.5-1.5b qwen2.5-7b v5e-16 8 defaults",
         "qwen2.5-1.5b qwen2.5-7b v5e-8 8 remat+bf16-teacher",
         "qwen2.5-1.5b qwen2.5-7b v5e-8 8 defaults",
@@ -366,5 +403,9 @@ def test_plan_markdown_orders_rows_by_pair_slice_and_variant(tmp_path):
         ["qwen2.5-1.5b ← qwen2.5-7b", "v5e-8", "defaults"],
         ["qwen2.5-1.5b ← qwen2.5-7b", "v5e-8", "remat + bf16 teacher"],
         ["qwen2.5-1.5b ← qwen2.5-7b", "v5e-16", "defaults"],
+        ["gemma-2-2b ← gemma-2-9b", "v5e-8", "bf16 student + remat + bf16 teacher"],
         ["gemma-2-2b ← gemma-2-9b", "v5e-8", "lora16 + remat + bf16 teacher"],
     ]
+    # a plan's JSON line is labelled in the same words as its plan_table.sh key
+    dtypes = {"student": "bfloat16", "teacher": "bfloat16", "remat": "full", "lora": "0"}
+    assert plan_markdown.variant({"dtypes": dtypes}) == "bf16 student + remat + bf16 teacher"
