@@ -55,7 +55,11 @@ from gkd_jax.models.remat import set_remat
 from gkd_jax.optim import make_optimizer
 from gkd_jax.plan_search import GIB, gib, largest_batch, try_plan
 from gkd_jax.resources import ASSETS, resolve_path
-from gkd_jax.sampler_memory import SCHEDULER_LIMIT, sampler_compiler_options
+from gkd_jax.sampler_memory import (
+    SCHEDULER_LIMIT,
+    lower_until_it_fits,
+    sampler_compiler_options,
+)
 from gkd_jax.sampling import make_sampler
 from gkd_jax.step import make_train_step, training_sampling
 
@@ -306,6 +310,12 @@ class Program:
         return self.arguments + self.outputs - self.aliased + self.temporaries + self.code
 
 
+def step_peak(sampler: Program, resident: int) -> int:
+    """A sampler's peak in the step: with everything resident beside it (train state, teacher,
+    batch) in place of its own arguments."""
+    return sampler.peak - sampler.arguments + resident
+
+
 def compile_program(name: str, jitted, *args) -> Program:
     t0, c0 = time.time(), time.process_time()
     compiled = jitted.lower(*args).compile()
@@ -336,6 +346,9 @@ class Plan:
     dtypes: dict[str, str]
     # per sampler, the compiler options it was compiled with (sampler_memory)
     compiler_options: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    # the scheduler's share the trainer would use (config.sampler_hbm_percent, or automatic);
+    # where the planner had to lower it to fit, the report says which to train with
+    train_percent: int | None = None
 
     @property
     def peak(self) -> int:
@@ -345,7 +358,7 @@ class Plan:
         peaks = [self.programs["update"].peak]
         for name, prog in self.programs.items():
             if name != "update":
-                peaks.append(prog.peak - prog.arguments + resident)
+                peaks.append(step_peak(prog, resident))
         return max(peaks)
 
     @property
@@ -362,6 +375,7 @@ class Plan:
             student_params=self.student_params, teacher_params=self.teacher_params,
             parts=self.parts, model_flops=self.model_flops, peak=self.peak, fits=self.fits,
             dtypes=self.dtypes, compiler_options=self.compiler_options,
+            train_percent=self.train_percent,
             programs={k: dataclasses.asdict(v) | {"peak": v.peak}
                       for k, v in self.programs.items()},
         )  # fmt: skip
@@ -393,7 +407,11 @@ def report(plan: Plan) -> str:
         kv = {"sampler": "kv_cache", "teacher_sampler": "teacher_kv_cache"}.get(name)
         extra = f" (KV cache {gib(p[kv])})" if kv else ""
         if opts := plan.compiler_options.get(name):
-            extra += f" (scheduler at {opts[SCHEDULER_LIMIT]} % of HBM)"
+            percent = int(opts[SCHEDULER_LIMIT])
+            extra += f" (scheduler at {percent} % of HBM"
+            if plan.train_percent is not None and percent != plan.train_percent:
+                extra += f"; train with --config.sampler_hbm_percent={percent}"
+            extra += ")"
         mf = plan.model_flops.get(name)
         mf = "" if mf is None else f" (model FLOPs {mf / 1e12:.2f})"
         lines.append(
@@ -416,11 +434,12 @@ class Planner:
     """Builds the run's abstract models and compiles its two programs at any batch size."""
 
     def __init__(
-        self, config, target: Target, *, student: str | None = None, teacher: str | None = None
-    ):
+        self, config, target: Target, *, student: str | None = None, teacher: str | None = None,
+        log: Callable[[str], None] = print,
+    ):  # fmt: skip
         if config.objective != "gkd":
             raise ValueError("the planner plans GKD runs: config.objective must be 'gkd'")
-        self.config, self.target = config, target
+        self.config, self.target, self.log = config, target, log
         self.mesh = make_mesh(config, target.devices)
         compute = COMPUTE_DTYPES[config.dtype]
         s_cfg = source_config(config.init.checkpoint if student is None else student, config.model)
@@ -497,10 +516,24 @@ class Planner:
             config.sampler_hbm_percent, self.target.devices[0].platform,
             self.target.hbm_bytes, resident_bytes(parts),
         )  # fmt: skip
+        used = {}  # the options each sampler was compiled with
+        prompt = (batch_shapes["prompt"], batch_shapes["prompt_mask"])
         for name, (fns, params) in samplers.items():
-            sampler = make_sampler(fns.decoding, sampling, rows=rows, compiler_options=options)
-            prompt = (batch_shapes["prompt"], batch_shapes["prompt_mask"])
-            programs[name] = compile_program(name, sampler, params, *prompt, key)
+
+            def compile_with(opts, name=name, fns=fns, params=params):
+                sampler = make_sampler(fns.decoding, sampling, rows=rows, compiler_options=opts)
+                return compile_program(name, sampler, params, *prompt, key)
+
+            if options and not config.sampler_hbm_percent:  # automatic: lowered if over HBM
+                percent, programs[name] = lower_until_it_fits(
+                    lambda pc: compile_with({SCHEDULER_LIMIT: str(pc)}),
+                    lambda prog: step_peak(prog, resident_bytes(parts)),
+                    int(options[SCHEDULER_LIMIT]), self.target.hbm_bytes, log=self.log,
+                )  # fmt: skip
+                used[name] = {SCHEDULER_LIMIT: str(percent)}
+            else:
+                programs[name] = compile_with(options)
+                used[name] = options
             kv = "kv_cache" if name == "sampler" else "teacher_kv_cache"
             parts[kv] = self.kv_cache_bytes(fns, params, batch_shapes, n)
         train_step = make_train_step(
@@ -516,7 +549,8 @@ class Planner:
              model_flops(self.params, self.teacher_params, batch, p, n).items()},
             programs,
             self.dtypes(),
-            {name: options for name in samplers} if options else {},
+            {k: v for k, v in used.items() if v},
+            int(options[SCHEDULER_LIMIT]) if options else None,
         )  # fmt: skip
 
     def kv_cache_bytes(self, fns, params, batch_shapes, n: int) -> int:
@@ -558,7 +592,7 @@ def run(
     plan printed (bisect: the largest batch's)."""
     target = topology(topology_name, hbm_gib=hbm_gib)
     t0 = time.time()
-    planner = Planner(config, target, student=student, teacher=teacher)
+    planner = Planner(config, target, student=student, teacher=teacher, log=log)
     log(f"[plan] abstract models and mesh built in {time.time() - t0:.1f} s")
     row_extra = {}
     if batch == "bisect":

@@ -254,6 +254,7 @@ def test_tpu_plan(monkeypatch):
     limit = sampler_memory.free_percent(p.hbm, resident)
     assert p.compiler_options == {"sampler": {sampler_memory.SCHEDULER_LIMIT: str(limit)}}
     assert p.row()["compiler_options"] == p.compiler_options
+    assert p.row()["train_percent"] == limit  # it fit at the automatic cap: nothing lowered
 
 
 def stand_in_planner(tmp_path, body: str):

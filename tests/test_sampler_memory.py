@@ -27,6 +27,44 @@ def test_free_percent_rounds_down_less_the_overshoot_and_keeps_at_least_one():
         free_percent(0, 0)
 
 
+def test_the_cap_is_lowered_by_the_excess_until_the_step_fits():
+    """The measured Llama-3.1-8B sampler (bf16, v5e-8): 7.48 GiB resident, temporaries by limit;
+    the automatic 49 % puts the step 1.34 GiB over 15.75, so 49 - ceil(8.5) = 40 % is next."""
+    temporaries = {49: 9.61, 40: 7.95, 50: 7.95, 45: 8.91}  # GiB, as the TPU compiler planned
+    hbm, calls, lines = 15.75 * GIB, [], []
+
+    def compile_at(percent):
+        calls.append(percent)
+        return temporaries[percent]
+
+    def step_peak(temp):
+        return int((7.48 + temp) * GIB)
+
+    got = sampler_memory.lower_until_it_fits(compile_at, step_peak, 49, hbm, log=lines.append)
+    assert got == (40, 7.95) and calls == [49, 40]
+    assert "at 49 % of HBM: step peak 17.09 GiB, over 15.75; compiling it again at 40 %" in lines[0]
+    # already fits: one compile
+    calls.clear()
+    assert sampler_memory.lower_until_it_fits(compile_at, step_peak, 50, hbm, log=print)[0] == 50
+    assert calls == [50]
+
+
+def test_a_cap_that_never_fits_keeps_the_lowest_peak_in_its_tries():
+    peaks = {60: 50, 35: 55, 1: 45}  # over 40 at every limit, and not monotone in it
+    calls = []
+
+    def compile_at(percent):
+        calls.append(percent)
+        return peaks[percent]
+
+    # 50 is 10 over 40 (25 %): 60 -> 35; 55 is 15 over (38 %): 35 -> 1 (the floor)
+    got = sampler_memory.lower_until_it_fits(compile_at, lambda p: p, 60, 40, tries=2, log=print)
+    assert got == (60, 50) and calls == [60, 35]  # the lowest peak, not the last
+    calls.clear()
+    got = sampler_memory.lower_until_it_fits(compile_at, lambda p: p, 60, 40, tries=9, log=print)
+    assert got == (1, 45) and calls == [60, 35, 1]  # nothing below 1 % to try
+
+
 def test_options_only_on_tpu():
     assert sampler_compiler_options(0, "cpu", 16 * GIB, GIB) is None
     assert sampler_compiler_options(30, "gpu", 16 * GIB, GIB) is None
