@@ -55,7 +55,12 @@ def row_line(row: dict[str, Any]) -> str:
     # from before that cap, 2026-12-02, were compiled with the whole chip)
     cap = row.get("compiler_options", {}).get("sampler", {})
     if cap:
-        sampler_temp += f" (cap {next(iter(cap.values()))} %)"
+        percent = next(iter(cap.values()))
+        auto = row.get("train_percent")  # the trainer's automatic cap, where the planner
+        lowered = ""  # had to lower it to fit: the run must set the planner's
+        if auto is not None and str(auto) != percent:
+            lowered = f", lowered from {auto} %: set it"
+        sampler_temp += f" (cap {percent} %{lowered})"
     batch = str(row["batch"])
     if "largest_batch" in row:  # a --batch=bisect plan: the largest batch's figures
         over = row["smallest_not_fitting"]

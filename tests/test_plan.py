@@ -94,18 +94,22 @@ def test_plan_on_cpu_devices(tmp_path, monkeypatch):
     with open(out, "a") as f:  # a --batch=bisect line: the largest batch's plan
         extra = {"largest_batch": 8, "smallest_not_fitting": 16}
         f.write(json.dumps(row | extra | capped) + "\n")
+        lowered = {"train_percent": 60}  # the planner lowered the automatic cap to fit
+        f.write(json.dumps(row | extra | capped | lowered) + "\n")
     lines = plan_markdown.table(str(out)).splitlines()
-    assert len(lines) == 5
+    assert len(lines) == 6
     assert lines[3].split("|")[4].strip() == "**8** largest (16 does not fit)"
     sampler_temp = f"{p.programs['sampler'].temporaries / 2**30:.2f}"
     assert lines[2].split("|")[11].strip() == sampler_temp  # no cap: CPU
     assert lines[3].split("|")[11].strip() == f"{sampler_temp} (cap 50 %)"
+    lowered = f"{sampler_temp} (cap 50 %, lowered from 60 %: set it)"
+    assert lines[4].split("|")[11].strip() == lowered
     cells = [c.strip() for c in lines[2].split("|")[1:-1]]
     flags = "defaults (`LIBTPU_INIT_ARGS=--xla_latency_hiding_scheduler_rerun=2`)"
     assert cells[1:6] == ["cpu:8 (8)", flags, "8", "yes", f"{p.peak / 2**30:.2f} / 1.00"]
     assert cells[6:9] == [f"{parts[k] / 2**30:.2f}" for k in ("params", "opt_state", "teacher")]
-    assert lines[4].startswith("| a ← b | v5e-8 | remat + bf16 teacher | 8 | **no**")
-    assert "compile time (needs 20G) |" in lines[4]
+    assert lines[5].startswith("| a ← b | v5e-8 | remat + bf16 teacher | 8 | **no**")
+    assert "compile time (needs 20G) |" in lines[5]
 
 
 def test_memory_fields_change_the_parts():
