@@ -20,7 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gkd_jax import plan  # noqa: E402
+from gkd_jax import plan, plan_target  # noqa: E402
 from gkd_jax.config_loading import load_config_file  # noqa: E402
 from gkd_jax.sampler_memory import SCHEDULER_LIMIT  # noqa: E402
 
@@ -41,7 +41,7 @@ def main() -> None:
     config.mesh.data, config.mesh.fsdp = 1, -1
     config.data.max_prompt_len, config.max_new_tokens = 512, 128
     config.remat, config.param_dtype, config.teacher_param_dtype = "full", "bfloat16", "bfloat16"
-    target = plan.topology(args.topology)
+    target = plan_target.topology(args.topology)
     planner = plan.Planner(config, target, student=args.student, teacher=args.teacher)
     compile_program = plan.compile_program
     found = {}

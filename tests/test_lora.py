@@ -14,7 +14,7 @@ from jax.sharding import PartitionSpec as P
 from test_resume import tiny_config, tiny_models  # noqa: F401  (tiny_models: a fixture)
 from tiny_step_pair import STUDENT, TEACHER, random_batch
 
-from gkd_jax import checkpoint, plan, preemption, sharding, trainer
+from gkd_jax import checkpoint, plan, plan_target, preemption, sharding, trainer
 from gkd_jax.config_checks import validate_config
 from gkd_jax.config_defaults import base_config
 from gkd_jax.models import build_decoder, functional_lm, lora, with_params
@@ -343,7 +343,7 @@ def test_the_planner_holds_optimizer_state_for_the_adapters_only():
     the adapters only (shapes, nothing compiled)."""
     c = base_config()
     c.lora.rank = RANK
-    planner = plan.Planner(c, plan.topology("cpu:8"))
+    planner = plan.Planner(c, plan_target.topology("cpu:8"))
     adapters, _ = lora.split_trainable(planner.params)
     moments = [x for x in jax.tree.leaves(planner.state["opt_state"]) if x.ndim]
     assert sorted(x.shape for x in moments) == sorted(

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from gkd_jax import plan, plan_search, sampler_memory, sharding
+from gkd_jax import plan, plan_search, plan_target, sampler_memory, sharding
 from gkd_jax.config_defaults import base_config
 
 
@@ -25,24 +25,24 @@ def tiny_config(**fields):
 
 def test_unknown_topology_lists_the_known_ones():
     with pytest.raises(ValueError, match="v5e-8.*v5p:2x2x1"):
-        plan.topology("v7x-8")
+        plan_target.topology("v7x-8")
 
 
 def test_cpu_topology_needs_the_devices():
     with pytest.raises(ValueError, match="xla_force_host_platform_device_count=64"):
-        plan.topology("cpu:64")
+        plan_target.topology("cpu:64")
 
 
 def test_a_mesh_that_does_not_divide_the_devices():
     config = tiny_config()
     config.mesh.data, config.mesh.fsdp = -1, 3
     with pytest.raises(ValueError, match="do not divide the 8 devices"):
-        plan.Planner(config, plan.topology("cpu:8"))
+        plan.Planner(config, plan_target.topology("cpu:8"))
 
 
 def test_unknown_model_shape_names_the_known_ones():
     with pytest.raises(ValueError, match="qwen2.5-7b"):
-        plan.Planner(tiny_config(), plan.topology("cpu:8"), student="qwen9-1b")
+        plan.Planner(tiny_config(), plan_target.topology("cpu:8"), student="qwen9-1b")
 
 
 @pytest.mark.slow
@@ -115,10 +115,10 @@ def test_plan_on_cpu_devices(tmp_path, monkeypatch):
 def test_memory_fields_change_the_parts():
     """bfloat16 teacher parameters halve the teacher's part; bfloat16 master weights halve the
     student's and its AdamW moments."""
-    base = plan.Planner(tiny_config(), plan.topology("cpu:8"))
+    base = plan.Planner(tiny_config(), plan_target.topology("cpu:8"))
     lean = plan.Planner(
         tiny_config(param_dtype="bfloat16", teacher_param_dtype="bfloat16", remat="full"),
-        plan.topology("cpu:8"),
+        plan_target.topology("cpu:8"),
     )
     b, s = (sharding.per_device_bytes(x.teacher_params, x.teacher_shardings) for x in (base, lean))
     assert s * 2 == b
@@ -142,7 +142,7 @@ class FakePlanner:
     `oom_from` the compile fails as the TPU compiler's does (no peak to report)."""
 
     def __init__(self, hbm, need=lambda b: b, oom_from=None):
-        self.target = plan.Target("fake", (), hbm, "fake")
+        self.target = plan_target.Target("fake", (), hbm, "fake")
         self.need, self.oom_from = need, oom_from
         self.calls = []
 
@@ -205,14 +205,14 @@ def test_bisect_needs_a_capacity():
         plan_search.largest_batch(FakePlanner(hbm=None), log=lambda s: None)
 
 
-def tpu_target(monkeypatch, name: str) -> plan.Target:
+def tpu_target(monkeypatch, name: str) -> plan_target.Target:
     """A TPU topology from the TPU compiler on this host (no TPU needed), or skip."""
     pytest.importorskip("libtpu", reason="jax[tpu] (pip install -e .[tpu-plan]) not installed")
     # libtpu takes a host-wide lock; compiling for a topology needs no TPU, so another process
     # (a planner running beside the tests) may hold it
     monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
-        return plan.topology(name)
+        return plan_target.topology(name)
     except ValueError as e:
         pytest.skip(f"no TPU compiler here: {e}")
 
@@ -225,7 +225,7 @@ def test_tpu_hbm_is_where_the_compiler_refuses_a_program(monkeypatch):
     from jax.sharding import SingleDeviceSharding
 
     target = tpu_target(monkeypatch, "v5e-4")
-    assert 15 * plan.GIB < target.hbm_bytes <= 16 * plan.GIB
+    assert 15 * plan_search.GIB < target.hbm_bytes <= 16 * plan_search.GIB
     device = target.devices[0]
     x = jax.ShapeDtypeStruct((256, 1024), jnp.float32, sharding=SingleDeviceSharding(device))
     mib = 2**20
@@ -242,8 +242,8 @@ def test_tpu_hbm_is_where_the_compiler_refuses_a_program(monkeypatch):
     assert compiles(target.hbm_bytes - 16 * mib)
     assert not compiles(target.hbm_bytes + 16 * mib)
     # where the compiler would not say, the chip's figure
-    monkeypatch.setattr(plan, "compiler_hbm_bytes", lambda device: None)
-    assert plan.topology("v5e-4").hbm_bytes == 16 * plan.GIB
+    monkeypatch.setattr(plan_target, "compiler_hbm_bytes", lambda device: None)
+    assert plan_target.topology("v5e-4").hbm_bytes == 16 * plan_search.GIB
 
 
 def test_tpu_plan(monkeypatch):
