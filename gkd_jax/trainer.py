@@ -59,7 +59,11 @@ from gkd_jax.models.remat import set_remat
 from gkd_jax.optim import make_optimizer
 from gkd_jax.reward_scoring import INDEX, RewardScorer, repeat_prompts
 from gkd_jax.rl_step import make_rl_train_step
-from gkd_jax.sampler_memory import device_hbm_bytes, sampler_compiler_options
+from gkd_jax.sampler_memory import (
+    SCHEDULER_LIMIT,
+    device_hbm_bytes,
+    sampler_compiler_options,
+)
 from gkd_jax.sampling import make_sampler
 from gkd_jax.step import (
     check_loss_impl,
@@ -216,7 +220,16 @@ def sampler_options(
     resident = sharding.per_device_bytes(state, state_shardings) + sharding.per_device_bytes(
         teacher_params, teacher_shardings
     )
-    return sampler_compiler_options(config.sampler_hbm_percent, platform, hbm, resident)
+    options = sampler_compiler_options(config.sampler_hbm_percent, platform, hbm, resident)
+    if options:
+        how = "sampler_hbm_percent" if config.sampler_hbm_percent else "automatic"
+        # the limit is a target the scheduler may pass (sampler_memory): the planner compiles
+        # the step for this slice and names a percent that fits where this one does not
+        log(
+            f"[memory] decoders compiled with the TPU scheduler at {options[SCHEDULER_LIMIT]} % "
+            f"of HBM ({how}); `python -m gkd_jax.plan` with this config checks that the step fits"
+        )
+    return options
 
 
 def add_training_extras(

@@ -74,7 +74,7 @@ def test_options_only_on_tpu():
     assert sampler_compiler_options(0, "tpu", 16 * GIB, 4 * GIB) == {SCHEDULER_LIMIT: limit}
 
 
-def test_trainer_caps_the_samplers_at_what_the_resident_buffers_leave(monkeypatch):
+def test_trainer_caps_the_samplers_at_what_the_resident_buffers_leave(monkeypatch, capsys):
     """With a TPU backend faked: the decoders (training samplers, evaluation) are capped at the
     HBM share that the train state (parameters, optimizer state, step) and the teacher leave,
     as they lie on 8 devices."""
@@ -101,8 +101,12 @@ def test_trainer_caps_the_samplers_at_what_the_resident_buffers_leave(monkeypatc
     monkeypatch.setattr(trainer, "device_hbm_bytes", lambda: hbm)
     limit = {SCHEDULER_LIMIT: str(66 - sampler_memory.OVERSHOOT_PERCENT)}
     assert trainer.sampler_options(*args) == limit
+    said = capsys.readouterr().out
+    assert f"TPU scheduler at {limit[SCHEDULER_LIMIT]} % of HBM (automatic)" in said
+    assert "python -m gkd_jax.plan" in said
     config.sampler_hbm_percent = 40
     assert trainer.sampler_options(*args) == {SCHEDULER_LIMIT: "40"}
+    assert "at 40 % of HBM (sampler_hbm_percent)" in capsys.readouterr().out
 
 
 def test_device_hbm_bytes_is_none_where_the_runtime_does_not_say():
