@@ -393,9 +393,10 @@ class Planner:
         key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=whole)
         # as the trainer compiles every decoder: the scheduler's HBM share capped at what the
         # resident train state, teacher and batch leave free (sampler_memory)
+        resident = resident_bytes(parts)
         options = sampler_compiler_options(
             config.sampler_hbm_percent, self.target.devices[0].platform,
-            self.target.hbm_bytes, resident_bytes(parts),
+            self.target.hbm_bytes, resident,
         )  # fmt: skip
         used = {}  # the options each sampler was compiled with
         prompt = (batch_shapes["prompt"], batch_shapes["prompt_mask"])
@@ -408,7 +409,7 @@ class Planner:
             if options and not config.sampler_hbm_percent:  # automatic: lowered if over HBM
                 percent, programs[name] = lower_until_it_fits(
                     lambda pc: compile_with({SCHEDULER_LIMIT: str(pc)}),
-                    lambda prog: step_peak(prog, resident_bytes(parts)),
+                    lambda prog: step_peak(prog, resident),
                     int(options[SCHEDULER_LIMIT]), self.target.hbm_bytes, log=self.log,
                 )  # fmt: skip
                 used[name] = {SCHEDULER_LIMIT: str(percent)}

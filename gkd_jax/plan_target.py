@@ -92,15 +92,14 @@ def topology(name: str, *, hbm_gib: float | None = None) -> Target:
     kind = devices[0].device_kind
     per_chip = len(devices) // len({tuple(d.coords) for d in devices})
     if hbm_gib is not None:
-        hbm = int(hbm_gib * GIB)
-    elif (hbm := compiler_hbm_bytes(devices[0])) is not None:
-        pass
-    elif kind in CHIP_HBM_GIB:
+        return Target(name, devices, int(hbm_gib * GIB), kind)
+    hbm = compiler_hbm_bytes(devices[0])
+    if hbm is None:
+        if kind not in CHIP_HBM_GIB:
+            raise ValueError(f"--topology={name}: unknown HBM for {kind!r}; pass --hbm_gib")
         hbm = CHIP_HBM_GIB[kind] * GIB // per_chip
         print(f"[plan] the TPU compiler did not state its HBM limit for {kind}: planning against "
               f"the chip's {gib(hbm)} GiB per device", file=sys.stderr)  # fmt: skip
-    else:
-        raise ValueError(f"--topology={name}: unknown HBM for {kind!r}; pass --hbm_gib")
     return Target(name, devices, hbm, kind)
 
 
