@@ -97,9 +97,25 @@ FAMILIES = {
         final_logit_softcapping=10.0,
         hidden_activation="gelu_pytorch_tanh",
     ),
+    # Hub-style Gemma 3: no layer_types (every 2nd layer global here: 0 and 2 slide), the global
+    # layers' RoPE base and linear scaling, the sliding layers' own base (small, so that it
+    # matters over 12 positions), (1 + w) q/k norms.
+    "gemma3": dict(
+        model_type="gemma3_text",
+        num_hidden_layers=3,
+        head_dim=32,
+        query_pre_attn_scalar=24,
+        sliding_window=4,
+        sliding_window_pattern=2,
+        tie_word_embeddings=False,  # tied, these random weights greedily repeat one token
+        rope_theta=1000.0,
+        rope_local_base_freq=30.0,
+        rope_scaling=dict(rope_type="linear", factor=4.0),
+        hidden_activation="gelu_pytorch_tanh",
+    ),
 }
 
-WINDOWED = ("mistral", "qwen2", "gemma2")  # the families above with a sliding window
+WINDOWED = ("mistral", "qwen2", "gemma2", "gemma3")  # the families above with a sliding window
 
 
 def hf_config(name: str):
@@ -133,7 +149,7 @@ def torch_model(name: str, scale: float = 1.0):
     model = AutoModelForCausalLM.from_config(
         hf_config(name), attn_implementation="eager", dtype=torch.float32
     )
-    return randomize(model, list(FAMILIES).index(name), name == "gemma2", scale)
+    return randomize(model, list(FAMILIES).index(name), name.startswith("gemma"), scale)
 
 
 def state_dict_numpy(model) -> dict[str, np.ndarray]:
@@ -224,6 +240,27 @@ def test_sliding_window_matters(name):
     assert np.abs(diff[valid]).max() > 1e-2
 
 
+@pytest.mark.parametrize(
+    "change",
+    [dict(rope_local_base_freq=10_000.0), dict(rope_theta=10_000.0), dict(rope_scaling=None)],
+)
+def test_gemma3_both_ropes_matter(change):
+    """Another local base, global base or no global scaling gives other logits: the parity
+    above tests Gemma 3's two RoPEs, each on its own layers."""
+    tokens, valid = padded_batch(seed=1)
+    model = AutoModelForCausalLM.from_config(
+        AutoConfig.for_model(**(COMMON | FAMILIES["gemma3"] | change)),
+        attn_implementation="eager",
+        dtype=torch.float32,
+    )
+    model.load_state_dict(torch_model("gemma3").state_dict())
+    ref = torch_logits(torch_model("gemma3"), tokens, valid)
+    assert np.abs(torch_logits(model.eval(), tokens, valid) - ref)[valid].max() > 1e-2
+    cfg = config_from_hf(COMMON | FAMILIES["gemma3"])
+    assert cfg.rope_local_theta == 30.0 and (cfg.rope_type, cfg.rope_factor) == ("linear", 4.0)
+    assert cfg.sliding_layers == (True, False, True) and cfg.qk_norm and cfg.norm_offset == 1.0
+
+
 def test_gemma2_large_logits_softcap_finite():
     """Scores and logits far past the caps: soft-capping binds, nothing is NaN, and the result
     still matches torch (the cap is applied before the mask)."""
@@ -245,7 +282,7 @@ def slow_unless(fast: tuple[str, ...], names=tuple(FAMILIES)) -> list:
     return [n if n in fast else pytest.param(n, marks=pytest.mark.slow) for n in names]
 
 
-@pytest.mark.parametrize("name", slow_unless(("llama3", "gemma2")))
+@pytest.mark.parametrize("name", slow_unless(("llama3", "gemma2", "gemma3")))
 def test_greedy_generation_matches_transformers(name):
     rng = np.random.default_rng(3)
     p, n = 7, 8  # prompt + new tokens exceed every window
@@ -277,7 +314,7 @@ def test_greedy_generation_matches_transformers(name):
     np.testing.assert_array_equal(np.asarray(out.tokens), ref)
 
 
-@pytest.mark.parametrize("name", slow_unless(("gemma2",), WINDOWED))
+@pytest.mark.parametrize("name", slow_unless(("gemma2", "gemma3"), WINDOWED))
 def test_cached_decoding_equals_full_forward(name):
     """Prefill a left-padded prompt, then one token at a time past the window: the cache's key
     positions keep the window right."""
@@ -492,7 +529,13 @@ def test_unsupported_configs_raise_naming_the_field():
         config_from_hf(base | dict(partial_rotary_factor=0.5))
     with pytest.raises(ValueError, match="use_bidirectional_attention"):
         config_from_hf(COMMON | FAMILIES["gemma2"] | dict(use_bidirectional_attention=True))
-    assert set(MODEL_TYPES) == {"llama", "mistral", "qwen2", "qwen3", "gemma2"}
+    assert set(MODEL_TYPES) == {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"}
+    gemma3 = COMMON | FAMILIES["gemma3"]
+    with pytest.raises(ValueError, match="sliding_attention rope_type='linear'"):
+        local = dict(rope_type="linear", factor=2.0, rope_theta=10.0)
+        config_from_hf(gemma3 | dict(rope_parameters=dict(sliding_attention=local)))
+    with pytest.raises(ValueError, match="sliding_window=null"):
+        config_from_hf(gemma3 | dict(sliding_window=None))
 
 
 def test_params_from_hf_tied_and_missing_tensors():

@@ -52,6 +52,8 @@ def test_shapes_are_the_published_sizes():
         "qwen2.5-7b": 7.62, "qwen2.5-1.5b": 1.54, "qwen2.5-0.5b": 0.49, "llama-3.1-8b": 8.03,
         "llama-3.2-1b": 1.24, "gemma-2-9b": 9.24, "gemma-2-2b": 2.61, "flan-t5-xl": 2.85,
         "flan-t5-large": 0.78, "flan-t5-base": 0.25, "flan-t5-small": 0.08,
+        # Gemma 3: the text model, without the vision tower (gkd_jax/assets/shapes/README.md)
+        "gemma-3-1b": 1.00, "gemma-3-4b": 3.88, "gemma-3-12b": 11.77, "gemma-3-27b": 27.01,
     }  # fmt: skip
     shipped = [d for d in os.listdir(plan.SHAPES) if os.path.isdir(os.path.join(plan.SHAPES, d))]
     assert sorted(expected) == sorted(shipped)

@@ -1,10 +1,11 @@
 """A decoder-only transformer in Flax NNX: RMSNorm, RoPE, grouped-query attention, gated MLP.
 
-Module and parameter names follow Hugging Face's Llama/Qwen/Gemma 2 layout (`embed_tokens`,
+Module and parameter names follow Hugging Face's Llama/Qwen/Gemma layout (`embed_tokens`,
 `layers[i].self_attn.q_proj`, `mlp.gate_proj`, `norm`, `lm_head`) so that a checkpoint maps onto
 this model by renaming and transposing kernels, nothing else (gkd_jax/models/hf_decoder.py).
 The defaults are a Llama; the config's family switches (q/k norms, Gemma's norms, soft-capping,
-sliding windows, scaled RoPE) cost nothing when off: they are Python branches at trace time.
+sliding windows, scaled RoPE, Gemma 3's own RoPE base for sliding layers) cost nothing when
+off: they are Python branches at trace time.
 
 The KV cache is explicit: a list with one `{"k", "v"}` dict per layer, `[B, S, K, H]` each, passed
 in and returned; sliding-window layers also keep `"pos"` [B, S], the position of each slot's key.
@@ -73,6 +74,9 @@ class DecoderConfig:
     rope_low_freq_factor: float = 1.0  # llama3
     rope_high_freq_factor: float = 4.0  # llama3
     rope_original_max_positions: int = 8192  # llama3: the pretraining context
+    # Gemma 3: the sliding layers' own RoPE base (plain RoPE, never scaled); the rope_* fields
+    # above then apply to the full-attention layers only. None: every layer uses the above.
+    rope_local_theta: float | None = None
     max_position_embeddings: int | None = None  # not used by the model; exported to config.json
 
     def __post_init__(self):
@@ -95,6 +99,8 @@ class DecoderConfig:
                 )
         if self.sliding_window is not None and self.sliding_window < 1:
             raise ValueError(f"sliding_window must be >= 1 or None, got {self.sliding_window}")
+        if self.rope_local_theta is not None and self.rope_local_theta <= 0:
+            raise ValueError(f"rope_local_theta must be > 0 or None, got {self.rope_local_theta}")
 
     @property
     def dim_per_head(self) -> int:
@@ -105,6 +111,13 @@ class DecoderConfig:
         if self.sliding_window is None:
             return False
         return self.sliding_layers is None or self.sliding_layers[layer]
+
+    def rope_for(self, layer: int) -> tuple[float, np.ndarray | None]:
+        """(RoPE base, scaled inverse frequencies or None) of `layer`: Gemma 3's sliding layers
+        rotate by their own plain base, every other layer by rope_theta and the scaling."""
+        if self.rope_local_theta is not None and self.slides(layer):
+            return self.rope_local_theta, None
+        return self.rope_theta, rope_frequencies(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -195,6 +208,7 @@ class Attention(nnx.Module):
             self.k_norm = make_norm(cfg, h, param_dtype)
         self.cfg = cfg
         self.sliding = cfg.slides(layer)
+        self.layer = layer
 
     def __call__(self, x, positions, mask, cache=None, cache_index=None):
         """x: [B, T, D]; positions: [B, T]; mask: [B, T, S] bool (True = may attend)."""
@@ -205,9 +219,9 @@ class Attention(nnx.Module):
         key = dense(self.k_proj, x).reshape(b, t, k, h)
         if cfg.qk_norm:
             q, key = self.q_norm(q), self.k_norm(key)
-        inv_freq = rope_frequencies(cfg)
-        q = rope(q, positions, cfg.rope_theta, inv_freq)
-        key = rope(key, positions, cfg.rope_theta, inv_freq)
+        theta, inv_freq = cfg.rope_for(self.layer)
+        q = rope(q, positions, theta, inv_freq)
+        key = rope(key, positions, theta, inv_freq)
         val = dense(self.v_proj, x).reshape(b, t, k, h)
         key_pos = positions  # [B, S] without a cache: the keys are the queries
         if cache is not None:

@@ -18,7 +18,7 @@ import numpy as np
 from gkd_jax.models.decoder import DecoderConfig
 from gkd_jax.models.safetensors_io import nest, read_param
 
-MODEL_TYPES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3", "gemma2")
+MODEL_TYPES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text")
 
 ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
@@ -26,6 +26,7 @@ ARCHITECTURES = {
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
 }
 
 # What each family hard-codes in its modeling file: config_from_hf sets these DecoderConfig
@@ -38,6 +39,7 @@ _PLAIN = dict(
     query_pre_attn_scalar=None,
     attn_softcap=None,
     final_softcap=None,
+    rope_local_theta=None,
 )
 _FIXED: dict[str, dict[str, Any]] = {
     "llama": _PLAIN | dict(sliding_window=None),
@@ -45,7 +47,16 @@ _FIXED: dict[str, dict[str, Any]] = {
     "qwen2": _PLAIN | dict(qkv_bias=True, o_bias=False, mlp_bias=False),
     "qwen3": _PLAIN | dict(qk_norm=True, mlp_bias=False),
     "gemma2": dict(
-        qk_norm=False, norm_offset=1.0, post_norms=True, scale_embeddings=True, mlp_bias=False
+        qk_norm=False,
+        norm_offset=1.0,
+        post_norms=True,
+        scale_embeddings=True,
+        mlp_bias=False,
+        rope_local_theta=None,
+    ),
+    # Gemma 3: Gemma 2's norms plus (1 + w) RMSNorms on q and k; the local RoPE base is read.
+    "gemma3_text": dict(
+        qk_norm=True, norm_offset=1.0, post_norms=True, scale_embeddings=True, mlp_bias=False
     ),
 }
 
@@ -77,6 +88,21 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         sliding_window=4096,
         final_logit_softcapping=30.0,
         attn_logit_softcapping=50.0,
+    ),
+    "gemma3_text": dict(
+        vocab_size=262_208,
+        num_key_value_heads=4,
+        tie_word_embeddings=True,
+        max_position_embeddings=131_072,
+        head_dim=256,
+        hidden_activation="gelu_pytorch_tanh",
+        query_pre_attn_scalar=256,
+        sliding_window=4096,
+        sliding_window_pattern=6,
+        final_logit_softcapping=None,
+        attn_logit_softcapping=None,
+        rope_theta=1_000_000.0,
+        rope_local_base_freq=10_000.0,
     ),
 }
 
@@ -136,6 +162,29 @@ def _rope_from_hf(hf: dict, max_positions: int) -> dict[str, Any]:
     return out
 
 
+def _gemma3_rope(hf: dict, defaults: dict, max_positions: int) -> dict[str, Any]:
+    """Gemma 3's two RoPEs: the full-attention layers' (rope_theta, scaled as rope_scaling says)
+    and the sliding layers' plain one (rope_local_base_freq), from transformers 5's per-layer-type
+    `rope_parameters` or the hub's flat fields."""
+    params = hf.get("rope_parameters") or {}
+    if any(isinstance(v, dict) for v in params.values()):
+        full = dict(params.get("full_attention") or {})
+        local = dict(params.get("sliding_attention") or {})
+    else:
+        full, local = dict(params or hf.get("rope_scaling") or {}), {}
+    full.setdefault("rope_theta", hf.get("rope_theta", defaults["rope_theta"]))
+    local.setdefault("rope_theta", hf.get("rope_local_base_freq", defaults["rope_local_base_freq"]))
+    local_type = local.get("rope_type", local.get("type", "default"))
+    if local_type != "default":
+        raise ValueError(
+            f"config.json rope_parameters.sliding_attention rope_type={local_type!r}: only the "
+            "default (unscaled) RoPE is supported on sliding layers"
+        )
+    scalar = {k: v for k, v in hf.items() if k not in ("rope_parameters", "rope_scaling")}
+    out = _rope_from_hf(scalar | {"rope_parameters": full}, max_positions)
+    return out | dict(rope_local_theta=float(local["rope_theta"]))
+
+
 def _int_if_whole(x: float) -> float | int:
     # Gemma2Config's strict validation wants an int where the value is one (256, 144).
     return int(x) if float(x).is_integer() else x
@@ -159,6 +208,9 @@ def _layer_types(hf: dict, model_type: str, n: int, window: int | None) -> list[
         return types
     if model_type == "gemma2":  # even layers slide
         return [_LAYER_TYPES[(i + 1) % 2] for i in range(n)]
+    if model_type == "gemma3_text":  # every `pattern`-th layer is global, the others slide
+        pattern = hf.get("sliding_window_pattern", 6)
+        return [_LAYER_TYPES[bool((i + 1) % pattern)] for i in range(n)]
     if model_type in ("qwen2", "qwen3") and window is not None:
         first = hf.get("max_window_layers", 28)
         return [_LAYER_TYPES[i >= first] for i in range(n)]
@@ -188,7 +240,8 @@ def config_from_hf(hf: dict) -> DecoderConfig:
     head_dim = field("head_dim") or hidden // heads
     max_positions = field("max_position_embeddings")
 
-    act_key = "hidden_activation" if model_type == "gemma2" else "hidden_act"
+    gemma = model_type in ("gemma2", "gemma3_text")
+    act_key = "hidden_activation" if gemma else "hidden_act"
     act = field(act_key, "silu")
     if act not in _ACTIVATIONS:
         raise ValueError(
@@ -226,9 +279,14 @@ def config_from_hf(hf: dict) -> DecoderConfig:
         sliding_window=window,
         sliding_layers=sliding_layers,
         max_position_embeddings=max_positions,
-        **_rope_from_hf(hf, max_positions),
     )
-    if model_type == "gemma2":
+    if model_type == "gemma3_text":
+        if any(slides) and window is None:
+            raise ValueError("config.json layer_types has sliding layers but sliding_window=null")
+        fields.update(_gemma3_rope(hf, defaults, max_positions))
+    else:
+        fields.update(_rope_from_hf(hf, max_positions))
+    if gemma:
         fields.update(
             query_pre_attn_scalar=float(field("query_pre_attn_scalar")),
             attn_softcap=_float_or_none(field("attn_logit_softcapping")),
@@ -249,13 +307,20 @@ def _check_exportable(cfg: DecoderConfig) -> None:
                 f"model_type={t!r} cannot express DecoderConfig.{key}={getattr(cfg, key)!r} "
                 f"(the family has {want!r}); pick the model_type whose architecture matches"
             )
-    if t in ("llama", "qwen3", "gemma2") and cfg.qkv_bias != cfg.o_bias:
+    if t in ("llama", "qwen3", "gemma2", "gemma3_text") and cfg.qkv_bias != cfg.o_bias:
         raise ValueError(
             f"model_type={t!r}: attention_bias biases q, k, v and o alike, but qkv_bias="
             f"{cfg.qkv_bias}, o_bias={cfg.o_bias} (q/k/v biases alone are model_type='qwen2')"
         )
     if t == "mistral" and cfg.sliding_layers is not None:
         raise ValueError("model_type='mistral' slides every layer or none (sliding_layers=None)")
+    slides = any(cfg.slides(i) for i in range(cfg.num_layers))
+    plain_local = cfg.rope_local_theta is not None or cfg.rope_type == "default"
+    if t == "gemma3_text" and slides and not plain_local:
+        raise ValueError(
+            "model_type='gemma3_text' rotates sliding layers by plain RoPE: set rope_local_theta "
+            f"(the sliding layers here would use rope_type={cfg.rope_type!r})"
+        )
 
 
 def _rope_to_hf(cfg: DecoderConfig) -> dict[str, Any]:
@@ -306,7 +371,7 @@ def config_to_hf(cfg: DecoderConfig) -> dict:
         eos_token_id=None,
         pad_token_id=None,
     )
-    if t in ("llama", "qwen3", "gemma2"):
+    if t in ("llama", "qwen3", "gemma2", "gemma3_text"):
         d["attention_bias"] = cfg.qkv_bias
     if t == "llama":
         d["mlp_bias"] = cfg.mlp_bias
@@ -321,7 +386,7 @@ def config_to_hf(cfg: DecoderConfig) -> dict:
             max_window_layers=slides.index(True) if any(slides) else cfg.num_layers,
             layer_types=layer_types,
         )
-    if t == "gemma2":
+    if t in ("gemma2", "gemma3_text"):
         d.update(
             hidden_activation=_HF_ACTIVATION[cfg.activation],
             query_pre_attn_scalar=_int_if_whole(cfg.query_pre_attn_scalar or cfg.dim_per_head),
@@ -330,6 +395,16 @@ def config_to_hf(cfg: DecoderConfig) -> dict:
             # With no sliding layer the window is never read; Gemma2's mask code wants a number.
             sliding_window=cfg.sliding_window or cfg.max_position_embeddings or 4096,
             layer_types=layer_types,
+        )
+    if t == "gemma3_text":
+        local = cfg.rope_theta if cfg.rope_local_theta is None else cfg.rope_local_theta
+        d.update(
+            rope_local_base_freq=local,
+            rope_parameters={
+                "full_attention": rope_params,
+                "sliding_attention": {"rope_type": "default", "rope_theta": local},
+            },
+            use_bidirectional_attention=False,
         )
     return d
 
