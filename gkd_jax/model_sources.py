@@ -5,6 +5,8 @@ compiles (the trainer and `python -m gkd_jax.evaluate` both load through here).
                      directory or hub id, our checkpoint (a path or `builtin:...`), or with
                      checkpoint="" WORKDIR/NAME/model, trained there first by the source's recipe
   expected_shape     the decoder shape a config asks of a source (None: the source brings its own)
+  source_model_config  a source's config dataclass, read without its weights
+  init_layers        config.init.layers parsed: the source layers the student is made of
   shared_vocab_size  the vocabulary the loss compares: both models' logits cut to the smaller
   hf_tokenizer       a Hugging Face tokenizer and its stop ids
   char_tokenizer     the task's character tokenizer in a directory (built there when missing)
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import ml_collections
 from jax.sharding import Mesh
@@ -26,7 +28,9 @@ from gkd_jax.data.char_tokenizer import build_char_tokenizer, load_tokenizer
 from gkd_jax.data.hf_tokenizer import check_same_vocabulary, load_hf_tokenizer, stop_ids
 from gkd_jax.distributed import log
 from gkd_jax.models import DecoderConfig
-from gkd_jax.models.hf import load_pretrained
+from gkd_jax.models.hf import family_for_model_type, load_pretrained, read_hf_config
+from gkd_jax.models.prune import keep_layers, parse_layers
+from gkd_jax.models.t5 import T5Config
 from gkd_jax.resources import BUILTIN, is_hf_source, resolve_model_dir, resolve_path
 
 
@@ -49,6 +53,24 @@ def expected_shape(checkpoint_spec: str, config_model) -> DecoderConfig | None:
     return model_config(config_model)
 
 
+def source_model_config(checkpoint_spec: str) -> DecoderConfig | T5Config:
+    """The config dataclass (DecoderConfig or T5Config) of a model source, from its config.json
+    or our checkpoint's metadata: no weights are read (a hub id is fetched into the cache)."""
+    if is_hf_source(checkpoint_spec):
+        hf = read_hf_config(resolve_model_dir(checkpoint_spec))
+        return family_for_model_type(hf.get("model_type")).config_from_hf(hf)
+    path = resolve_path(checkpoint_spec)
+    if not checkpoint.has_model(path):
+        raise FileNotFoundError(f"no model at {path} (neither our checkpoint nor a HF directory)")
+    return checkpoint.read_model_config(path)
+
+
+def init_layers(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """config.init.layers as indices (() = off); .get: a config may build its init section
+    without the field."""
+    return parse_layers(config.init.get("layers", ""))
+
+
 def obtain_model(
     spec,
     workdir: str,
@@ -59,16 +81,22 @@ def obtain_model(
     *,
     train: Callable[[ml_collections.ConfigDict, str], object] | None = None,
     param_dtype=None,
+    layers: Sequence[int] = (),
 ):
     """Load the model a spec names: a Hugging Face directory or hub id, or our checkpoint (whose
     shape must be `expected`, when given). With `checkpoint=""` it lives in WORKDIR/NAME/model
     and, when missing, is first made there by `train(recipe config, WORKDIR/NAME)` (the
     trainer's train_and_evaluate). With `mesh`, each parameter is read straight into its
-    sharding (sharding.py); `param_dtype` is the parameters' dtype (None: float32)."""
+    sharding (sharding.py); `param_dtype` is the parameters' dtype (None: float32).
+
+    `layers` (config.init.layers): the model made of those layers of the source (models/
+    prune.py). A Hugging Face source reads only them; our checkpoint is restored whole (on the
+    mesh, in param_dtype: the full source's parameters for a moment), then cut, the dropped
+    layers freed. `expected` is then the source's shape, not the cut model's."""
     kw = {} if param_dtype is None else {"param_dtype": param_dtype}
     if is_hf_source(spec.checkpoint):
         log(f"[{name}] loading Hugging Face checkpoint {spec.checkpoint}")
-        return load_pretrained(spec.checkpoint, dtype=dtype, mesh=mesh, **kw)
+        return load_pretrained(spec.checkpoint, dtype=dtype, mesh=mesh, layers=layers, **kw)
     if spec.checkpoint:
         path = resolve_path(spec.checkpoint)
         if not checkpoint.has_model(path):
@@ -78,7 +106,8 @@ def obtain_model(
                 f"{spec.recipe or 'CONFIG'} --workdir=DIR` and pass DIR/model, or set "
                 f"--config.{name}.checkpoint= to train it in the workdir."
             )
-        return checkpoint.load_model(path, expected=expected, dtype=dtype, mesh=mesh, **kw)
+        model = checkpoint.load_model(path, expected=expected, dtype=dtype, mesh=mesh, **kw)
+        return keep_layers(model, layers) if layers else model
     run_dir = os.path.join(workdir, name)
     path = os.path.join(run_dir, "model")
     if not checkpoint.has_model(path):
@@ -91,7 +120,8 @@ def obtain_model(
             )
         log(f"[{name}] no model at {path}: training it with {spec.recipe}")
         train(load_config_file(spec.recipe), run_dir)
-    return checkpoint.load_model(path, expected=expected, dtype=dtype, mesh=mesh, **kw)
+    model = checkpoint.load_model(path, expected=expected, dtype=dtype, mesh=mesh, **kw)
+    return keep_layers(model, layers) if layers else model
 
 
 def shared_vocab_size(config, tokenizer, student, teacher) -> int:

@@ -47,9 +47,10 @@ import numpy as np
 from flax import nnx
 
 from gkd_jax import checkpoint, sharding
-from gkd_jax.model_sources import model_config
+from gkd_jax.model_sources import init_layers, model_config
 from gkd_jax.models import COMPUTE_DTYPES, functional_lm, lora
 from gkd_jax.models.hf import build_model, family_for_model_type, read_hf_config
+from gkd_jax.models.prune import pruned_config
 from gkd_jax.models.remat import set_remat
 from gkd_jax.optim import make_optimizer
 from gkd_jax.plan_search import gib, largest_batch, try_plan
@@ -324,6 +325,8 @@ class Planner:
         self.mesh = make_mesh(config, target.devices)
         compute = COMPUTE_DTYPES[config.dtype]
         s_cfg = source_config(config.init.checkpoint if student is None else student, config.model)
+        if student is None and init_layers(config):  # the student cut from its source's layers
+            s_cfg = pruned_config(s_cfg, init_layers(config))
         t_cfg = source_config(
             config.teacher.checkpoint if teacher is None else teacher, config.teacher.get("model")
         )

@@ -13,6 +13,7 @@ import functools
 import importlib
 import json
 import os
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
@@ -24,6 +25,7 @@ from jax.sharding import Mesh
 
 from gkd_jax import sharding
 from gkd_jax.models.decoder import Decoder, DecoderConfig
+from gkd_jax.models.prune import pruned_config, select_layers
 from gkd_jax.models.safetensors_io import (
     SafetensorsReader,
     nest,
@@ -98,7 +100,12 @@ def _check_params(loaded: dict, abstract: dict, source: str) -> None:
 
 
 def load_pretrained(
-    name_or_path: str, *, dtype=jnp.float32, param_dtype=jnp.float32, mesh: Mesh | None = None
+    name_or_path: str,
+    *,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    mesh: Mesh | None = None,
+    layers: Sequence[int] = (),
 ):
     """Our NNX model with the weights of a Hugging Face checkpoint directory (or hub id).
 
@@ -108,6 +115,10 @@ def load_pretrained(
     from the memory-mapped files. With `mesh`, each host copies out of the file only the slices
     its own devices hold (gkd_jax/sharding.py rules; `jax.make_array_from_callback`), so no host
     or device ever holds a whole parameter that the rules split.
+
+    `layers` (decoders only; config.init.layers, models/prune.py): the model made of those
+    layers of the checkpoint, in that order, re-indexed 0..n-1. Only they are read: the
+    dropped layers cost no memory (every tensor's header is still checked).
     """
     path = resolve_model_dir(name_or_path)
     if not is_hf_model_dir(path):
@@ -116,12 +127,15 @@ def load_pretrained(
     if "model_type" not in hf_config:
         raise ValueError(f"{path}/config.json has no model_type")
     family = family_for_model_type(hf_config["model_type"])
-    cfg = family.config_from_hf(hf_config)
+    full = family.config_from_hf(hf_config)
+    cfg = pruned_config(full, layers) if layers else full
     model = nnx.eval_shape(lambda: build_model(cfg, dtype=dtype, param_dtype=param_dtype))
     state = nnx.state(model, nnx.Param)
     abstract = nnx.to_pure_dict(state)
     reader = SafetensorsReader(path)
-    sources = family.hf_sources(cfg, reader.names, reader.shape)
+    sources = family.hf_sources(full, reader.names, reader.shape)
+    if layers:  # each kept layer read from its place in the checkpoint
+        sources = select_layers(sources, layers)
     if hasattr(family, "check_checkpoint"):
         family.check_checkpoint(cfg, sources, reader.names, reader.get_slice)
     _check_params(nest({p: _our_shape(reader, *source) for p, source in sources.items()}),
