@@ -19,7 +19,10 @@ set by flag too: --config.init.checkpoint (the student), --config.teacher.checkp
 Data are TRL's formats: {"messages": [...]} rendered with the tokenizer's chat template (the prompt
 is every turn before the last assistant turn), or {"prompt", "completion"}. The distilled student
 is written to WORKDIR/hf_model in Hugging Face format. Evaluation reports the student's JSD(beta)
-from the teacher on its own greedy replies to held-out prompts (lower is better).
+from the teacher on its own greedy replies to held-out prompts (lower is better), and, since
+degenerate replies can game that, the same JSD and the student's NLL on the data's reference
+replies (eval.teacher_forced "auto"), the replies' length, stop rate and distinct-n, three sample
+replies, and a warning when the replies collapse (README "Evaluation and beam search").
 
 Knobs default to TRL's GKDConfig: lmbda 0.5, beta 0.5, sampling temperature 0.9, 128 new tokens.
 """

@@ -15,10 +15,12 @@ from gkd_jax.data import paper_tasks
 from gkd_jax.data.records import PROMPT_OVERFLOW
 from gkd_jax.data.sources import SOURCES
 from gkd_jax.data.tasks import TASKS
-from gkd_jax.evaluation import DECODINGS, EARLY_STOPPING, EVAL_DIVERGENCES
+from gkd_jax.evaluation import DECODINGS, EARLY_STOPPING, EVAL_DIVERGENCES, TEACHER_FORCED
 from gkd_jax.losses import DIVERGENCES, REDUCTIONS
+from gkd_jax.model_sources import source_model_config
 from gkd_jax.models import COMPUTE_DTYPES
 from gkd_jax.models.hf import SAVE_DTYPES
+from gkd_jax.models.prune import parse_layers, pruned_config
 from gkd_jax.models.remat import REMAT_POLICIES
 from gkd_jax.optim import OPTIMIZERS, SCHEDULES
 from gkd_jax.resources import is_hf_source
@@ -100,6 +102,7 @@ def validate_config(config: ml_collections.ConfigDict, *, vocab_size: int | None
     check_eval(config, devices)
     check_optim(config)
     check_lora(config)
+    check_init_layers(config)
     check_models(config, vocab_size)
 
 
@@ -168,7 +171,7 @@ def check_gkd(config: ml_collections.ConfigDict) -> None:
             f"{g.divergence!r}: use loss_impl='full'",
         )
     _integer_at_least("gkd.loss_chunk", g.loss_chunk, 0, "(0 = default)")
-    hf = is_hf_source(config.teacher.checkpoint) or is_hf_source(config.init.checkpoint)
+    hf = is_hf_source(config.teacher.checkpoint) or _student_shape_from_source(config)
     if not hf and config.teacher.model.vocab_size != config.model.vocab_size:
         _fail(
             "teacher.model.vocab_size",
@@ -231,6 +234,7 @@ def check_eval(config: ml_collections.ConfigDict, devices: int) -> None:
     _one_of("eval.early_stopping", e.early_stopping, sorted(EARLY_STOPPING))
     _positive("eval.temperature", e.temperature)
     _one_of("eval.divergence_to_teacher", e.divergence_to_teacher, EVAL_DIVERGENCES)
+    _one_of("eval.teacher_forced", e.teacher_forced, TEACHER_FORCED)
     if e.divergence_to_teacher and (config.objective != "gkd" or config.gkd.teacher_cache):
         _fail(
             "eval.divergence_to_teacher",
@@ -292,10 +296,52 @@ def check_lora(config: ml_collections.ConfigDict) -> None:
         )
 
 
+def _student_shape_from_source(config: ml_collections.ConfigDict) -> bool:
+    """Whether the student's shape is its source's, not config.model's: a Hugging Face start,
+    or one cut from a source's layers (config.init.layers)."""
+    layers = config.init.get("layers", "")
+    return is_hf_source(config.init.checkpoint) or bool(layers and str(layers).strip())
+
+
+def check_init_layers(config: ml_collections.ConfigDict) -> None:
+    """config.init.layers (models/prune.py): well formed, a source to cut (init.checkpoint, a
+    decoder), every index inside it. The source's config.json or our checkpoint's metadata is
+    read; its weights are not."""
+    if config.teacher.get("layers", ""):
+        _fail(
+            "teacher.layers",
+            config.teacher.layers,
+            "must be '': a layer list makes the student (config.init.layers, with "
+            "config.init.checkpoint = the teacher's checkpoint)",
+        )
+    spec = config.init.get("layers", "")
+    try:
+        layers = parse_layers(spec)
+    except ValueError as e:
+        _fail("init.layers", spec, str(e))
+    if not layers:
+        return
+    if not config.init.checkpoint:
+        _fail(
+            "init.layers",
+            spec,
+            "needs config.init.checkpoint: the model whose layers the student is made of "
+            "(e.g. the teacher's Hugging Face directory, or our checkpoint)",
+        )
+    try:
+        source = source_model_config(config.init.checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+        _fail("init.layers", spec, f"cannot read config.init.checkpoint's config: {e}")
+    try:
+        pruned_config(source, layers)
+    except ValueError as e:
+        _fail("init.layers", spec, f"{e} (config.init.checkpoint={config.init.checkpoint!r})")
+
+
 def check_models(config: ml_collections.ConfigDict, vocab_size: int | None) -> None:
     """The student's and (GKD) the teacher's shapes, unless they come from Hugging Face; the
     student's vocabulary holds the tokenizer's (`vocab_size`, when known)."""
-    student_hf = is_hf_source(config.init.checkpoint)
+    student_hf = _student_shape_from_source(config)
     if not student_hf:
         check_model_shape("model", config.model)
     if config.objective == "gkd" and not is_hf_source(config.teacher.checkpoint):
@@ -428,7 +474,7 @@ def check_sparse_teacher(config: ml_collections.ConfigDict) -> None:
     if config.objective != "gkd":
         field, value = ("gkd.teacher_top_k", k) if k else ("gkd.teacher_cache", cache)
         _fail(field, value, "needs objective='gkd' (a teacher); set it to 0 / '' for SFT")
-    if not is_hf_source(config.init.checkpoint) and k > config.model.vocab_size:
+    if not _student_shape_from_source(config) and k > config.model.vocab_size:
         _fail(
             "gkd.teacher_top_k",
             k,

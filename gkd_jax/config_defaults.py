@@ -53,11 +53,15 @@ def model_config(**fields) -> ml_collections.ConfigDict:
     )
 
 
-def model_source(checkpoint: str = "", recipe: str = "", **model) -> ml_collections.ConfigDict:
+def model_source(
+    checkpoint: str = "", recipe: str = "", layers: str = "", **model
+) -> ml_collections.ConfigDict:
     """Where a model comes from: a checkpoint dir ('' = WORKDIR/NAME/model, 'builtin:...' =
     shipped in the package); `recipe` = a config file that trains it there if it is missing.
-    `model` fields give its shape (the teacher's; the student's start takes config.model)."""
-    source = dict(checkpoint=checkpoint, recipe=recipe)
+    `layers`: config.init only (base_config's comment). `model` fields give its shape (the
+    teacher's; the student's start takes config.model)."""
+    # Every source has `layers`, so a config that replaces c.init keeps the flag settable.
+    source = dict(checkpoint=checkpoint, recipe=recipe, layers=layers)
     if model:
         source["model"] = model_config(**model)
     return ml_collections.ConfigDict(source)
@@ -177,9 +181,21 @@ def base_config() -> ml_collections.ConfigDict:
     # (at gkd.beta). Reported as "<name>_to_teacher" beside the task's metric (results.json
     # "divergence_to_teacher"): the x-axis of the reward vs divergence trade-off (README).
     c.eval.divergence_to_teacher = ""
+    # Also score the data's reference replies teacher-forced, which degenerate replies cannot
+    # game: the student's NLL of them ("reference_nll" per token, "reference_nll_per_reply") and,
+    # where evaluation holds the teacher, the divergences above on them ("teacher_forced_...").
+    # "auto": where the task has no metric of its own (chat: its only score is a divergence on the
+    # student's own replies); "on"; "off". Reply statistics and a collapse warning: always.
+    c.eval.teacher_forced = "auto"
 
     c.model = model_config()  # the model being trained (the student)
     c.init = model_source()  # where the trained model starts; empty: random init
+    # init.layers: a student made from the layers of the model init.checkpoint names (typically
+    # the teacher's HF directory or our checkpoint; prune then distill, as Minitron): a string of
+    # source layer indices and inclusive ranges, "0-19,26-29" ("" = off; each index once), kept
+    # in that order as layers 0..n-1, plus the source's embeddings, final norm and head. The
+    # source's shape replaces config.model; decoder-only sources (models/prune.py). LoRA and
+    # remat apply to the result; every start cuts it again from init.checkpoint.
     c.teacher = model_source(**model_config().to_dict())
 
     c.gkd = ml_collections.ConfigDict()

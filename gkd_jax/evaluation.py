@@ -7,9 +7,19 @@ prompts the way config.eval.decoding says, then score the completions.
   mean_divergence    for a task without a metric (chat): the student's divergence from the
                      teacher on its own completions (make_divergence_fn); with
                      config.eval.divergence_to_teacher, an exact one beside the metric
-  Evaluator          all of the above for one split, built once: `evaluator(params)`
+  make_reference_nll with config.eval.teacher_forced: the student's NLL of the references
+  Evaluator          all of the above for one split, built once: `evaluator(params)`, with
+                     the replies' statistics (reply_stats.py) and a warning when they collapse
 and what the trainer keeps and reports of the scores: keep_if_best (WORKDIR/best_model),
 eval_scalars (TensorBoard tags), results_table; check_token_ids guards the packed data.
+
+A divergence measured on the student's own replies can be gamed by degenerate replies (48
+newlines are easy for a teacher to predict; issue 24), so beside it every evaluation reports
+what the replies look like (reply_stats.NAMES: length, stop rate, distinct-1/2, repetition)
+and, with eval.teacher_forced, scores the dataset's reference replies teacher-forced: the same
+divergences on them ("teacher_forced_..."), and the student's NLL of them ("reference_nll",
+nats per token; "reference_nll_per_reply", nats per reply), which no choice of its own replies
+can improve.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gkd_jax import checkpoint, distributed, sharding
+from gkd_jax import checkpoint, distributed, reply_stats, sharding
 from gkd_jax.beam_search import BeamSearchConfig, make_beam_search
 from gkd_jax.data import pipeline
 from gkd_jax.data.task_types import Split, Task
@@ -37,6 +47,11 @@ DECODINGS = ("greedy", "beam", "sample")
 EARLY_STOPPING = {"never": "never", "heuristic": False, "k_finished": True}
 # config.eval.divergence_to_teacher: "" (off) or an exact divergence (losses.DIVERGENCES)
 EVAL_DIVERGENCES = ("", "rkl", "fkl", "jsd")
+# config.eval.teacher_forced: score the reference replies teacher-forced ("auto": where the task
+# has no metric of its own, its only score being a divergence on the student's own replies)
+TEACHER_FORCED = ("auto", "on", "off")
+TEACHER_FORCED_PREFIX = "teacher_forced_"  # + the on-policy divergence's name
+NLL_KEYS = ("reference_nll", "reference_nll_per_reply")
 
 # Evaluation's sampling keys (seed, batch), apart from training's (seed, step): batch i of an
 # evaluation would otherwise draw the noise that step i's on-policy samples drew.
@@ -166,23 +181,64 @@ def make_divergence_to_teacher(config, student: LMFunctions, teacher: LMFunction
     return make_divergence_fn(measure, student, teacher)
 
 
-def mean_divergence(
-    divergence, params, teacher_params, data, tokens, mask, batch_size, mesh
-) -> float:
-    """Mean over rows of `divergence` (make_divergence_fn) on completions tokens/mask [N, T]
-    of the prompts in `data`: the student's on-policy divergence from the teacher."""
-    per_seq = []
+def teacher_forced(config, task: Task) -> bool:
+    """Whether evaluation scores the reference replies teacher-forced (eval.teacher_forced)."""
+    mode = config.eval.teacher_forced
+    return mode == "on" or (mode == "auto" and task.metric is None)
+
+
+def make_reference_nll(config, student: LMFunctions) -> Callable:
+    """Jitted (params, teacher_params, prompt, prompt_mask, completion, completion_mask) ->
+    (sum [B], count [B]): the student's negative log-likelihood (nats) of given completions,
+    teacher-forced, summed over each row's completion tokens (its stop token included): the
+    SFT objective's per-token cross-entropy, at temperature 1, without dropout.
+    `teacher_params` is unused: the signature is make_divergence_fn's, for `per_row`."""
+    measure = config.copy_and_resolve_references()
+    measure.objective, measure.dropout_rate = "sft", 0.0
+    objective = Objective(measure, student, None)
+
+    @jax.jit
+    def nll(params, teacher_params, prompt, prompt_mask, completion, completion_mask):
+        del teacher_params
+        batch = dict(
+            prompt=prompt,
+            prompt_mask=prompt_mask,
+            completion=completion,
+            completion_mask=completion_mask,
+        )
+        per_token = objective.token_losses(params, None, batch)  # [B, N]
+        m = completion_mask.astype(jnp.float32)
+        return jnp.sum(per_token * m, axis=1), jnp.sum(m, axis=1)
+
+    return nll
+
+
+def per_row(fn, params, teacher_params, data, tokens, mask, batch_size, mesh) -> Any:
+    """`fn`'s per-row results (make_divergence_fn's [B], or make_reference_nll's tuple of them)
+    for completions tokens/mask [N, T] of the prompts in `data`, on the host: [N] each."""
+    outs = []
     data = dict(data, completion=tokens, completion_mask=mask)
     rows = sharding.batch_sharding(mesh)
     mine = distributed.host_rows(batch_size, rows)
     for batch in pipeline.in_order(data, batch_size):
         put = {k: distributed.global_batch(batch[k][mine], rows, batch_size) for k in data}
-        d = divergence(
+        out = fn(
             params, teacher_params, put["prompt"], put["prompt_mask"], put["completion"],
             put["completion_mask"],
         )  # fmt: skip
-        per_seq.append(distributed.to_host(d)[batch["valid"]])
-    return float(np.mean(np.concatenate(per_seq)))
+        valid = batch["valid"]  # [B] the rows in_order did not pad
+        outs.append(jax.tree.map(lambda x, v=valid: x[v], distributed.to_host(out)))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+
+
+def mean_divergence(
+    divergence, params, teacher_params, data, tokens, mask, batch_size, mesh
+) -> float:
+    """Mean over rows of `divergence` (make_divergence_fn) on completions tokens/mask [N, T]
+    of the prompts in `data`: the student's on-policy divergence from the teacher (or, on the
+    references' tokens, the teacher-forced one)."""
+    per_seq = per_row(divergence, params, teacher_params, data, tokens, mask, batch_size, mesh)
+    return float(np.mean(per_seq))
 
 
 class Evaluator:
@@ -192,7 +248,12 @@ class Evaluator:
     `data`: the split packed (pipeline.pack). A task without a metric is scored by
     `divergence` (make_divergence_fn) against `teacher_params`; `to_teacher`
     (make_divergence_to_teacher) adds "<eval.divergence_to_teacher>_to_teacher" to every
-    student's scores. Sampled decoding draws batch i with eval_key(key(seed), i)."""
+    student's scores. `reference_nll` (make_reference_nll, given where `teacher_forced`) adds
+    the student's NLL of the references, and both divergences on them (TEACHER_FORCED_PREFIX).
+    Every model's scores hold its replies' statistics (reply_stats.NAMES), and a warning is
+    logged when they look collapsed next to the references' (`reference_stats`), read with
+    `stop_ids` (default: the tokenizer's EOS). Sampled decoding draws batch i with
+    eval_key(key(seed), i)."""
 
     def __init__(
         self,
@@ -207,13 +268,19 @@ class Evaluator:
         teacher_params=None,
         divergence: Callable | None = None,
         to_teacher: Callable | None = None,
+        reference_nll: Callable | None = None,
+        stop_ids: Sequence[int] = (),
         seed: int = 0,
     ):
         self.config, self.task, self.tokenizer = config, task, tokenizer
         self.split, self.data, self.mesh = split, data, mesh
         self.decoders = dict(decoders)
         self.teacher_params, self.divergence, self.seed = teacher_params, divergence, seed
-        self.to_teacher = to_teacher
+        self.to_teacher, self.reference_nll = to_teacher, reference_nll
+        self.stop_ids = tuple(stop_ids) or (tokenizer.eos_token_id,)
+        self.reference_stats = reply_stats.reply_stats(
+            data["completion"], data["completion_mask"], self.stop_ids
+        )  # the dataset's replies: what healthy ones look like here
 
     def __call__(self, params, who: str = "student") -> dict[str, Any]:
         """The scores of `who`'s completions, and "samples": the first three (prompt, text)."""
@@ -241,7 +308,8 @@ class Evaluator:
     def scores(self, params, texts, tokens, mask, who: str = "student") -> dict[str, float]:
         """The task's metric (and extra metrics) of `texts`, or (no metric) the divergence of
         the model with `params` from the teacher on its completions tokens/mask; and with
-        `to_teacher`, unless `who` is the teacher, that exact divergence too."""
+        `to_teacher`, unless `who` is the teacher, that exact divergence too; the teacher-
+        forced scores of the references (`reference_nll`); the replies' statistics."""
         scores = task_scores(self.task, texts, self.split.references)
         if self.divergence is not None:
             scores[self.task.metric_name] = self.mean_divergence(
@@ -250,7 +318,48 @@ class Evaluator:
         if self.to_teacher is not None and who != "teacher":
             key = divergence_key(self.config)
             scores[key] = self.mean_divergence(self.to_teacher, params, tokens, mask)
+        if self.reference_nll is not None and who != "teacher":
+            scores |= self.teacher_forced_scores(params)
+        stats = reply_stats.reply_stats(tokens, mask, self.stop_ids)
+        self.warn_if_collapsed(stats, who)
+        return scores | stats.scores()
+
+    def teacher_forced_scores(self, params) -> dict[str, float]:
+        """The references scored teacher-forced: this evaluation's divergences on them (the
+        same functions as on the model's own replies), and the model's NLL of them."""
+        refs = self.data["completion"], self.data["completion_mask"]  # [N, T] each
+        scores = {}
+        if self.divergence is not None:
+            name = self.task.metric_name.removeprefix("on_policy_")
+            scores[TEACHER_FORCED_PREFIX + name] = self.mean_divergence(
+                self.divergence, params, *refs
+            )
+        if self.to_teacher is not None:
+            key = TEACHER_FORCED_PREFIX + divergence_key(self.config)
+            scores[key] = self.mean_divergence(self.to_teacher, params, *refs)
+        total, count = per_row(
+            self.reference_nll, params, self.teacher_params, self.data, *refs,
+            self.config.eval.batch_size, self.mesh,
+        )  # fmt: skip
+        # total, count [N]: the per-token mean pools tokens (a perplexity's log); per reply,
+        # replies are weighted alike whatever their length.
+        scores["reference_nll"] = float(total.sum() / count.sum())
+        scores["reference_nll_per_reply"] = float(total.mean())
         return scores
+
+    def warn_if_collapsed(self, stats: reply_stats.ReplyStats, who: str) -> None:
+        """One log line naming the evidence when `who`'s replies look degenerate."""
+        evidence = reply_stats.collapse_evidence(stats, self.reference_stats, self.token_text)
+        if evidence:
+            log(
+                f"[eval] WARNING: the {who}'s replies look collapsed: {'; '.join(evidence)}. "
+                "A score measured on a model's own replies (its divergence from the teacher) "
+                "can improve while it degenerates: read the sample replies, and the scores of "
+                "the references (config.eval.teacher_forced)."
+            )
+
+    def token_text(self, token: int) -> str:
+        return self.tokenizer.decode([token]) if token >= 0 else ""
 
 
 def divergence_key(config) -> str:
@@ -277,31 +386,84 @@ def keep_if_best(student, params, step: int, score: float, task, workdir: str) -
 
 
 def eval_scalars(results: dict[str, dict], metric: str) -> dict[str, float]:
-    """TensorBoard tags: the student's score is eval/METRIC (at step 0 and at the last step),
-    the teacher's eval/teacher_METRIC."""
-    prefix = {"teacher": "teacher_"}
-    tags = {f"eval/{prefix.get(name, '')}{metric}": r[metric] for name, r in results.items()}
-    for r in results.values():  # the student's divergence_to_teacher, if measured
-        tags.update({f"eval/{k}": v for k, v in r.items() if k.endswith("_to_teacher")})
+    """TensorBoard tags of evaluations by name: a student's scores as eval/NAME (its metric
+    eval/METRIC first; "start" and "final" are written at step 0 and the last step), with its
+    divergences, teacher-forced scores and reply statistics; the teacher's as eval/teacher_NAME."""
+    tags = {}
+    for name, r in results.items():
+        prefix = "teacher_" if name == "teacher" else ""
+        keys = [metric, *(k for k in r if k not in (metric, "samples"))]
+        tags |= {f"eval/{prefix}{k}": r[k] for k in keys}
     return tags
 
 
+def evaluation_details(results: dict[str, dict], evaluator: Evaluator) -> dict[str, Any]:
+    """results.json's "evaluations" (every score of each evaluation, by name: teacher, start,
+    final) and "reference_replies" (the references' reply_stats, what healthy replies do)."""
+    return {
+        "evaluations": {
+            name: {k: v for k, v in r.items() if k != "samples"} for name, r in results.items()
+        },
+        "reference_replies": evaluator.reference_stats.scores(),
+    }
+
+
+def eval_line(result: dict[str, Any], metric: str) -> str:
+    """A log line's scores: 'on_policy_jsd 0.3520 | teacher_forced_jsd 0.9100 | reference_nll
+    2.3100 | replies 48.0 tokens, 0% stopped, distinct-2 0.002'."""
+    tf = TEACHER_FORCED_PREFIX
+    keys = [metric, *(k for k in result if k.endswith("_to_teacher") and not k.startswith(tf))]
+    keys += [*(k for k in result if k.startswith(tf)), "reference_nll"]
+    line = " | ".join(f"{k} {result[k]:.4f}" for k in keys if k in result)
+    if "reply_tokens" in result:  # absent from evaluations stored by an older version
+        line += (
+            f" | replies {result['reply_tokens']:.1f} tokens, {result['reply_stopped']:.0%} "
+            f"stopped, distinct-2 {result['distinct_2']:.3f}"
+        )
+    return line
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _cell(value, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
 def results_table(summary: dict[str, Any], config) -> str:
-    """The run's scores as a Markdown table under a line saying what was evaluated how."""
+    """The run's scores as a Markdown table under a line saying what was evaluated how; then
+    the replies' statistics beside the references', and the final student's sample replies."""
     names = {"teacher": "teacher", "start": "student (start)", "final": "student (after)"}
     if summary["objective"] == "sft":
         names = {"start": "model (init)", "final": "model (after SFT)"}
-    metric, kl = summary["metric"], summary.get("divergence_to_teacher")
-    if kl is None:
-        lines = [f"| model | {metric} |", "|---|---|"]
-    else:  # eval.divergence_to_teacher: the students' column
-        lines = [f"| model | {metric} | {divergence_key(config)} |", "|---|---|---|"]
-    for key, label in names.items():
-        if key in summary["scores"]:
-            extra = "" if kl is None else f" {kl[key]:.4f} |" if key in kl else " |"
-            lines.append(f"| {label} | {summary['scores'][key]:.4f} |{extra}")
+    metric, kl = summary["metric"], summary.get("divergence_to_teacher") or {}
+    evals = summary.get("evaluations") or {
+        k: {metric: v} | ({divergence_key(config): kl[k]} if k in kl else {})
+        for k, v in summary["scores"].items()
+    }
+    shown = {label: evals[key] for key, label in names.items() if key in evals}
+    divergences = [divergence_key(config)] if config.eval.divergence_to_teacher else []
+    tf = [metric.removeprefix("on_policy_"), *divergences]
+    columns = [metric, *divergences, *(TEACHER_FORCED_PREFIX + k for k in tf), *NLL_KEYS]
+    columns = [c for c in columns if c == metric or any(c in r for r in shown.values())]
+    rows = [[label, *(_cell(r.get(c), ".4f") for c in columns)] for label, r in shown.items()]
     head = (
         f"Evaluation on {config.eval.num_examples} held-out {summary['task']} problems "
         f"({describe_decoding(config)})"
     )
-    return head + "\n" + "\n".join(lines)
+    lines = [head, *_markdown(["model", *columns], rows)]
+    replies = {label: r for label, r in shown.items() if "reply_tokens" in r}
+    if replies and "reference_replies" in summary:
+        replies = {"references": summary["reference_replies"], **replies}
+        specs = dict(reply_tokens=".1f", distinct_1=".3f", distinct_2=".3f")
+        stats = [n for n in reply_stats.NAMES if n != "reply_truncated"]
+        rows = [[label, *(_cell(r.get(n), specs.get(n, ".2f")) for n in stats)]
+                for label, r in replies.items()]  # fmt: skip
+        lines += ["", "Replies (content tokens: a reply's final stop token not counted):"]
+        lines += _markdown(["replies of", *stats], rows)
+    if summary.get("samples"):
+        lines += ["", f"Sample replies of the {names['final']}, prompt -> reply:"]
+        lines += reply_stats.sample_lines(summary["samples"])
+    return "\n".join(lines)

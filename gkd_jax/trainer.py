@@ -38,16 +38,21 @@ from gkd_jax.evaluation import (
     Evaluator,
     check_token_ids,
     divergence_key,
+    eval_line,
     eval_scalars,
+    evaluation_details,
     keep_if_best,
     make_divergence_fn,
     make_divergence_to_teacher,
     make_eval_decoder,
+    make_reference_nll,
     results_table,
+    teacher_forced,
 )
 from gkd_jax.metrics_log import MetricsLog
 from gkd_jax.model_sources import (
     expected_shape,
+    init_layers,
     load_or_build_tokenizer,
     model_config,
     obtain_model,
@@ -282,10 +287,13 @@ def make_evaluator(
     to_teacher = None
     if config.eval.divergence_to_teacher:
         to_teacher = make_divergence_to_teacher(config, student_fns, teacher_fns)
+    # eval.teacher_forced: the references scored too (what degenerate replies cannot game)
+    nll = make_reference_nll(config, student_fns) if teacher_forced(config, task) else None
     evaluator = Evaluator(
         config, task, tokenizer, eval_split, eval_data, mesh,
         decoders={"student": eval_decoder(student_fns.decoding)},
         teacher_params=teacher_params, divergence=divergence, to_teacher=to_teacher,
+        reference_nll=nll, stop_ids=stops,
     )  # fmt: skip
     if teacher_fns is not None and task.metric is not None:
         evaluator.decoders["teacher"] = eval_decoder(teacher_fns.decoding)
@@ -331,7 +339,7 @@ def first_evaluations(
     metric = evaluator.task.metric_name
     for name, r in progress.eval.items():
         stored = " (stored in the checkpoint)" if resumed else ""
-        log(f"[eval] {name}: {metric} {r[metric]:.4f}{stored}")
+        log(f"[eval] {name}: {eval_line(r, metric)}{stored}")
 
 
 def load_models(config, workdir: str, mesh) -> tuple[nnx.Module, nnx.Module | None]:
@@ -344,7 +352,11 @@ def load_models(config, workdir: str, mesh) -> tuple[nnx.Module, nnx.Module | No
     # the frozen teacher's.
     student_pd = COMPUTE_DTYPES[config.param_dtype]
     teacher_pd = COMPUTE_DTYPES[config.teacher_param_dtype]
-    init_shape = expected_shape(config.init.checkpoint, config.model)
+    # A start cut from the source's layers (config.init.layers) brings its own shape: the
+    # source's, not config.model's. Every start cuts it again (a LoRA student's base is not
+    # in its checkpoints); a resumed run's trained parameters then replace it.
+    layers = init_layers(config)
+    init_shape = None if layers else expected_shape(config.init.checkpoint, config.model)
     out_dir = os.path.join(workdir, "model")
     if checkpoint.has_model(out_dir) and init_shape is not None:
         checkpoint.check_model_config(out_dir, init_shape)
@@ -357,7 +369,10 @@ def load_models(config, workdir: str, mesh) -> tuple[nnx.Module, nnx.Module | No
             config.teacher, workdir, "teacher", dtype, expected, param_dtype=teacher_pd
         )
     if config.init.checkpoint or config.init.recipe:
-        student = obtain(config.init, workdir, "init", dtype, init_shape, param_dtype=student_pd)
+        student = obtain(
+            config.init, workdir, "init", dtype, init_shape, param_dtype=student_pd,
+            layers=layers,
+        )  # fmt: skip
     else:
         cfg = model_config(config.model)
         student = sharding.shard_model(
@@ -470,12 +485,13 @@ def stop_early(run: Run, state, progress: Progress, done: int, got_sigterm: bool
 
 
 def evaluate_student(run: Run, params, done: int) -> None:
-    """A periodic evaluation: logged, written as eval/METRIC, and kept in WORKDIR/best_model
-    when it is the best so far."""
+    """A periodic evaluation: logged, written as eval/METRIC and the other eval/* scores
+    (eval_scalars), and kept in WORKDIR/best_model when it is the best so far."""
     metric = run.task.metric_name
-    score = run.evaluator(params)[metric]
-    log(f"[eval] step {done}: {metric} {score:.4f}")
-    run.metrics.write(done, {f"eval/{metric}": score})
+    result = run.evaluator(params)
+    score = result[metric]
+    log(f"[eval] step {done}: {eval_line(result, metric)}")
+    run.metrics.write(done, eval_scalars({"student": result}, metric))
     keep_if_best(run.student, params, done, score, run.task, run.workdir)
 
 
@@ -566,6 +582,7 @@ def finish(run: Run, state, progress: Progress, *, train_seconds: float) -> dict
         "steps": config.steps,
         "skipped_steps": progress.skipped_steps,
         "samples": results["final"]["samples"],
+        **evaluation_details(results, run.evaluator),  # every score, the references' replies
     }
     if config.eval.divergence_to_teacher:  # the student's rows: start, final
         key = divergence_key(config)

@@ -46,6 +46,7 @@ BAD = {
     "eval.early_stopping": "always",
     "eval.temperature": 0.0,
     "eval.divergence_to_teacher": "sampled_rkl",
+    "eval.teacher_forced": "sometimes",
     "export.hf": 1,
     "export.dtype": "int8",
     "gkd.lmbda": 1.5,
@@ -111,6 +112,8 @@ BAD = {
     "lora.rank": -1,
     "lora.alpha": 0.0,
     "lora.targets": "(q_proj",  # not a regex
+    "init.layers": "0,x",  # not a layer index
+    "teacher.layers": "0-1",  # a layer list makes the student (init.layers)
 }
 # Free-form strings, checked where they are used (a missing file or model names itself there).
 FREE = {

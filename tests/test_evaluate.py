@@ -13,15 +13,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
-from gkd_jax import checkpoint, evaluate, trainer
+from gkd_jax import checkpoint, evaluate, reply_stats, sharding, trainer
 from gkd_jax.config_loading import load_config_file
 from gkd_jax.data import arith
 from gkd_jax.data.char_tokenizer import build_char_tokenizer
 from gkd_jax.data.tasks import Task, get_task
 from gkd_jax.evaluate import evaluate_checkpoint, locate_checkpoint
-from gkd_jax.evaluation import make_eval_decoder, task_scores
+from gkd_jax.evaluation import (
+    eval_scalars,
+    make_divergence_to_teacher,
+    make_eval_decoder,
+    make_reference_nll,
+    mean_divergence,
+    per_row,
+    results_table,
+    task_scores,
+)
 from gkd_jax.models import DecoderConfig, build_decoder, functional_lm
+from gkd_jax.models.t5 import T5, T5Config
 from gkd_jax.resources import resolve_path
 from gkd_jax.sampling import Decoding, SamplingConfig, make_sampler
 
@@ -59,7 +70,11 @@ def check_outputs(out, n: int, tmp_path) -> None:
     texts, answers, accuracy = independent_greedy(load_config_file(ARITH), n, tmp_path)
     assert 0.2 < accuracy < 1.0  # the student is good but not perfect: a real comparison
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["metrics"] == {"accuracy": accuracy}
+    assert set(metrics["metrics"]) == {"accuracy", *reply_stats.NAMES}  # teacher_forced: auto
+    assert metrics["metrics"]["accuracy"] == accuracy
+    # Characters are tokens: a reply's content tokens are its text's characters.
+    assert metrics["metrics"]["reply_tokens"] == pytest.approx(np.mean([len(t) for t in texts]))
+    assert metrics["metrics"]["reply_stopped"] == 1.0  # the EOS read as the stop token
     assert (metrics["examples"], metrics["split"], metrics["decoding"]) == (n, "eval", "greedy")
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     prompts = [e.prompt for e in arith.make_examples("test", n, 0)]
@@ -176,7 +191,7 @@ def test_metricless_task_is_scored_by_divergence_from_the_teacher(tmp_path, monk
     mask, logits = reference_logits(config, n, tmp_path)
     per_token = numpy_jsd(*logits, beta=config.gkd.beta)  # [n, N]
     per_seq = (per_token * mask).sum(1) / mask.sum(1)
-    assert summary["metrics"] == {"on_policy_jsd": pytest.approx(per_seq.mean(), rel=1e-5)}
+    assert summary["metrics"]["on_policy_jsd"] == pytest.approx(per_seq.mean(), rel=1e-5)
     assert per_seq.mean() > 1e-3  # the student is not the teacher
 
 
@@ -197,10 +212,140 @@ def test_divergence_to_teacher_beside_the_metric(tmp_path):
     mask, logits = reference_logits(config, n, tmp_path)
     per_token = numpy_rkl(*logits)  # [n, N]
     per_seq = (per_token * mask).sum(1) / mask.sum(1)
-    assert set(summary["metrics"]) == {"accuracy", "rkl_to_teacher"}
+    assert set(summary["metrics"]) == {"accuracy", "rkl_to_teacher", *reply_stats.NAMES}
     assert summary["metrics"]["rkl_to_teacher"] == pytest.approx(per_seq.mean(), rel=1e-5)
     jsd = (numpy_jsd(*logits, beta=0.5) * mask).sum(1) / mask.sum(1)
     assert abs(jsd.mean() - per_seq.mean()) > 1e-3  # a different number from the JSD's
+
+
+def reference_arrays(config, n: int, tmp_path):
+    """(prompt, prompt_mask, completion, completion_mask) [n, ...]: the first n test problems'
+    prompts, left-padded, and their reference completions (target + EOS), right-padded."""
+    prompt, prompt_mask, *_ = independent_greedy(config, n, tmp_path, arrays=True)
+    tok = build_char_tokenizer(str(tmp_path / "ref_tokenizer"))
+    examples = arith.make_examples("test", n, config.data.eval_seed)
+    ids = tok([e.target for e in examples], add_special_tokens=False)["input_ids"]
+    t = config.max_new_tokens
+    completion = np.full((n, t), tok.pad_token_id, np.int32)
+    mask = np.zeros((n, t), bool)
+    for i, row in enumerate(ids):
+        completion[i, : len(row) + 1], mask[i, : len(row) + 1] = [*row, tok.eos_token_id], True
+    return prompt, prompt_mask, completion, mask
+
+
+def numpy_nll(s_logits, completion, mask) -> tuple[np.ndarray, np.ndarray]:
+    """(sum [n], count [n]) of -log p_S(token) over each row's masked tokens, float64."""
+    logp = np.take_along_axis(log_softmax64(s_logits), completion[..., None], -1)[..., 0]
+    return -(logp * mask).sum(1), mask.sum(1)
+
+
+def test_teacher_forced_scores_equal_a_float64_reference(tmp_path, monkeypatch):
+    """A chat-like task (no metric: scored by the on-policy JSD) with eval.divergence_to_teacher
+    = "rkl": eval.teacher_forced "auto" scores the references too; each of the six divergences
+    and NLLs equals a float64 reference from both models' logits (the references' on
+    independently packed arrays, the greedy replies' on independently decoded ones)."""
+    n, config = 8, load_config_file(ARITH)  # JSD(0.5) trains; teacher builtin:arith/teacher
+    config.eval.batch_size, config.eval.divergence_to_teacher = 8, "rkl"
+    metricless = dataclasses.replace(
+        get_task("arith"), metric_name="on_policy_jsd", metric=None, higher_is_better=False
+    )
+    monkeypatch.setattr(evaluate, "get_task", lambda name: metricless)
+    summary = evaluate_checkpoint(config, STUDENT, out=str(tmp_path / "out"), num_examples=n)
+    got = summary["metrics"]
+    assert set(got) == {
+        "on_policy_jsd", "rkl_to_teacher", "teacher_forced_jsd", "teacher_forced_rkl_to_teacher",
+        "reference_nll", "reference_nll_per_reply", *reply_stats.NAMES,
+    }  # fmt: skip
+
+    def row_means(per_token, mask):  # [n, N] -> the mean over rows of each row's token mean
+        return ((per_token * mask).sum(1) / mask.sum(1)).mean()
+
+    mask, (s, t) = reference_logits(config, n, tmp_path)  # the greedy replies
+    want = dict(on_policy_jsd=row_means(numpy_jsd(s, t, 0.5), mask))
+    want["rkl_to_teacher"] = row_means(numpy_rkl(s, t), mask)
+    arrays = reference_arrays(config, n, tmp_path)
+    logits = []
+    for source in (STUDENT, config.teacher.checkpoint):
+        params, fns = functional_lm(checkpoint.load_model(resolve_path(source)))
+        logits.append(np.asarray(jax.jit(fns.score)(params, *arrays)))
+    s, t = logits  # [n, N, V] each, on the references
+    mask = arrays[3]
+    want["teacher_forced_jsd"] = row_means(numpy_jsd(s, t, 0.5), mask)
+    want["teacher_forced_rkl_to_teacher"] = row_means(numpy_rkl(s, t), mask)
+    total, count = numpy_nll(s, arrays[2], mask)
+    want["reference_nll"], want["reference_nll_per_reply"] = total.sum() / count.sum(), total.mean()
+    assert {k: got[k] for k in want} == pytest.approx(want, rel=1e-5)
+    assert got["teacher_forced_jsd"] != pytest.approx(got["on_policy_jsd"], rel=1e-2)
+    assert summary["reference_replies"]["reply_stopped"] == 1.0  # every target ends with EOS
+
+
+def test_reference_nll_and_divergence_of_a_tiny_t5_pair():
+    """make_reference_nll and make_divergence_to_teacher through per_row (batches of 8 over 8
+    devices, 12 rows: a padded last batch) equal float64 references on a random encoder-
+    decoder pair (the decoders' case: test_teacher_forced_scores_equal_a_float64_reference)."""
+    cfg = dict(vocab_size=32, d_model=16, d_kv=4, d_ff=24, num_heads=2)
+    pair = [functional_lm(T5(T5Config(**cfg, num_layers=k), rngs=nnx.Rngs(k))) for k in (1, 2)]
+    (s_params, s_fns), (t_params, t_fns) = pair
+    config = load_config_file(ARITH)
+    config.eval.divergence_to_teacher = "fkl"
+    rng = np.random.default_rng(0)
+    n, p, c = 12, 6, 5
+    prompt = rng.integers(3, 32, (n, p)).astype(np.int32)
+    prompt_mask = np.arange(p)[None] >= rng.integers(0, p - 1, n)[:, None]  # left-padded
+    completion = rng.integers(3, 32, (n, c)).astype(np.int32)
+    mask = np.arange(c)[None] < rng.integers(1, c + 1, n)[:, None]  # right-padded, >= 1
+    data = dict(prompt=prompt, prompt_mask=prompt_mask)
+    mesh = sharding.make_mesh()
+    args = (data, completion, mask, 8, mesh)
+    total, count = per_row(make_reference_nll(config, s_fns), s_params, None, *args)
+    to_teacher = make_divergence_to_teacher(config, s_fns, t_fns)
+    fkl = mean_divergence(to_teacher, s_params, t_params, *args)
+
+    arrays = prompt, prompt_mask, completion, mask
+    s = np.asarray(jax.jit(s_fns.score)(s_params, *arrays))  # [n, c, V]
+    t = np.asarray(jax.jit(t_fns.score)(t_params, *arrays))
+    want_total, want_count = numpy_nll(s, completion, mask)
+    np.testing.assert_allclose(total, want_total, rtol=1e-5)
+    np.testing.assert_array_equal(count, want_count)
+    ls, lt = log_softmax64(s), log_softmax64(t)
+    per_token = (np.exp(lt) * (lt - ls)).sum(-1)  # KL(T||S), [n, c]
+    assert fkl == pytest.approx(((per_token * mask).sum(1) / mask.sum(1)).mean(), rel=1e-5)
+
+
+def test_results_table_shows_teacher_forced_scores_replies_and_samples():
+    config = load_config_file(ARITH)
+    config.eval.num_examples = 64
+    replies = dict(
+        reply_tokens=48.0, reply_stopped=0.0, reply_truncated=1.0, distinct_1=0.0004,
+        distinct_2=0.0003, top_token_share=1.0, repetitive_replies=1.0,
+    )  # fmt: skip
+    start = dict(on_policy_jsd=0.54, teacher_forced_jsd=0.61, reference_nll=2.25,
+                 reference_nll_per_reply=80.5, **replies)  # fmt: skip
+    final = dict(start, on_policy_jsd=0.352, teacher_forced_jsd=1.3)
+    summary = {
+        "task": "chat", "objective": "gkd", "metric": "on_policy_jsd",
+        "scores": {"start": 0.54, "final": 0.352},
+        "evaluations": {"start": start, "final": final},
+        "reference_replies": dict(replies, reply_tokens=35.25, reply_stopped=1.0),
+        "samples": [("<|im_start|>user\nHi<|im_end|>\n", "\n" * 48)],
+    }  # fmt: skip
+    table = results_table(summary, config)
+    lines = table.splitlines()
+    header = (
+        "| model | on_policy_jsd | teacher_forced_jsd | reference_nll | reference_nll_per_reply |"
+    )
+    assert header in lines
+    assert "| student (after) | 0.3520 | 1.3000 | 2.2500 | 80.5000 |" in lines
+    assert (
+        "| replies of | reply_tokens | reply_stopped | distinct_1 | distinct_2 | "
+        "top_token_share | repetitive_replies |"
+    ) in lines
+    assert "| references | 35.2 | 1.00 | 0.000 | 0.000 | 1.00 | 1.00 |" in lines
+    assert "| student (after) | 48.0 | 0.00 | 0.000 | 0.000 | 1.00 | 1.00 |" in lines
+    assert lines[-2] == "Sample replies of the student (after), prompt -> reply:"
+    assert lines[-1].startswith("  1. <|im_start|>user\\nHi<|im_end|>\\n -> \\n\\n")
+    tags = eval_scalars({"final": final}, "on_policy_jsd")
+    assert tags["eval/teacher_forced_jsd"] == 1.3 and tags["eval/distinct_2"] == 0.0003
 
 
 def test_metricless_task_without_teacher_names_the_fix(tmp_path, monkeypatch):
