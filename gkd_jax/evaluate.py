@@ -8,8 +8,14 @@ workdir (its model/), or a Hugging Face directory (or hub id). The config gives 
 data, max_new_tokens, data.max_prompt_len and eval.* (decoding, beam_size, length_penalty,
 batch_size); the checkpoint alone gives the model. A task without a metric of its own (chat)
 is scored as in training, by the model's divergence from config.teacher on its completions.
+Beside the scores: the replies' statistics (reply_stats.py: length, stop rate, distinct-1/2,
+repetition; a warning when they collapse) and, with config.eval.teacher_forced, the references
+scored teacher-forced (the model's NLL of them, and the divergences on them).
 Writes OUT/predictions.jsonl (one {"prompt", "prediction", "reference"} per example) and
 OUT/metrics.json, and prints a table.
+
+--benchmark=mmlu|bbh scores the checkpoint on a held-out benchmark from local files instead
+(--data_dir, --shots; --config optional): see gkd_jax/benchmarks/runner.py.
 """
 
 from __future__ import annotations
@@ -36,10 +42,13 @@ from gkd_jax.evaluation import (
     make_divergence_fn,
     make_divergence_to_teacher,
     make_eval_decoder,
+    make_reference_nll,
+    teacher_forced,
 )
 from gkd_jax.model_sources import char_tokenizer, hf_tokenizer
 from gkd_jax.models import COMPUTE_DTYPES, functional_lm
 from gkd_jax.models.hf import load_pretrained
+from gkd_jax.reply_stats import sample_lines
 from gkd_jax.resources import is_hf_source, resolve_model_dir, resolve_path
 
 SPLITS = ("eval", "train")
@@ -180,12 +189,14 @@ def evaluate_checkpoint(
     params = sharding.put(params, mesh)
     if scoring:
         scoring["teacher_params"] = sharding.put(scoring["teacher_params"], mesh)
+    if teacher_forced(config, task):  # the references scored too (eval.teacher_forced)
+        scoring["reference_nll"] = make_reference_nll(config, fns)
     decoder = make_eval_decoder(
         fns.decoding, config, stop_ids=stops, pad_id=tokenizer.pad_token_id, vocab_size=vocab
     )
     evaluator = Evaluator(
         config, task, tokenizer, chosen, data, mesh, decoders={"model": decoder},
-        seed=config.seed, **scoring,
+        seed=config.seed, stop_ids=stops, **scoring,
     )  # fmt: skip
     decoding = describe_decoding(config)
     log(f"[evaluate] {n} {config.task} {split} examples, decoding: {decoding}")
@@ -195,7 +206,7 @@ def evaluate_checkpoint(
         log(f"[evaluate] {done}/{total} decoded ({time.time() - start:.1f}s)")
 
     texts, tokens, mask = evaluator.decode(params, "model", progress=progress)
-    scores = evaluator.scores(params, texts, tokens, mask)
+    scores = evaluator.scores(params, texts, tokens, mask, "model")
     seconds = time.time() - start
     summary = {
         "checkpoint": path,
@@ -205,12 +216,35 @@ def evaluate_checkpoint(
         "decoding": decoding,
         "seconds": seconds,
         "metrics": scores,
+        "reference_replies": evaluator.reference_stats.scores(),  # reply_stats of the data's
     }
     if distributed.is_main_process():
         write_outputs(out, chosen, texts, summary)
     log(markdown_table(summary))
+    samples = sample_lines(list(zip(chosen.prompts[:3], texts[:3], strict=True)))
+    log("\n".join(["Sample replies, prompt -> reply:", *samples]))
     log(f"[evaluate] -> {out}/predictions.jsonl, {out}/metrics.json")
     return summary
+
+
+def benchmark_checkpoint(
+    name: str, spec: str, *, out: str | None = None, dtype: str = "float32",
+    tokenizer: str = "", **options,
+) -> dict[str, Any]:  # fmt: skip
+    """--benchmark: the model at `spec` (and its tokenizer, or `tokenizer`) scored on MMLU or
+    BBH by gkd_jax/benchmarks/runner.py (`options`: its `run` keywords)."""
+    from gkd_jax.benchmarks import runner  # only --benchmark needs it
+
+    runner.check(name, options.get("data_dir"), options.get("num_examples"))
+    kind, path, workdir = locate_checkpoint(spec)
+    out = os.path.abspath(out or default_out(workdir, name))
+    os.makedirs(out, exist_ok=True)
+    stub = ml_collections.ConfigDict({"tokenizer": tokenizer})
+    tok, stops = tokenizer_for(stub, kind, path, workdir, out)
+    model = load_model(kind, path, spec, COMPUTE_DTYPES[dtype])
+    log(f"[{name}] {type(model).__name__} from {path}")
+    params, fns = functional_lm(model)
+    return runner.run(name, params, fns, tok, stops, out=out, checkpoint=path, **options)
 
 
 def config_for_split(config, split: str, num_examples: int | None):
@@ -268,7 +302,10 @@ def define_flags() -> None:
     flags.DEFINE_enum("split", "eval", list(SPLITS), "Which split of the task.")
     flags.DEFINE_string("out", None, "Output dir (default: WORKDIR/eval_SPLIT or ./eval_SPLIT).")
     flags.DEFINE_integer("num_examples", None, "Evaluate the first N examples only.")
-    flags.mark_flags_as_required(["config", "checkpoint"])
+    flags.mark_flags_as_required(["checkpoint"])  # --config too, unless --benchmark
+    from gkd_jax.benchmarks import runner  # --benchmark, --data_dir, --shots, ... (its flags)
+
+    runner.define_flags()
 
 
 def main(argv):
@@ -277,6 +314,16 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO
     distributed.initialize_from_env()
     f = flags.FLAGS
+    if f.benchmark:
+        from gkd_jax.benchmarks import runner
+
+        tokenizer = f.config.tokenizer if f.config else ""
+        options = runner.options_from_flags(f)
+        benchmark_checkpoint(f.benchmark, f.checkpoint, out=f.out, dtype=f.dtype,
+                             tokenizer=tokenizer, **options)  # fmt: skip
+        return
+    if f.config is None:
+        raise app.UsageError("--config is required (unless --benchmark is given)")
     evaluate_checkpoint(
         f.config, f.checkpoint, split=f.split, out=f.out, num_examples=f.num_examples
     )

@@ -1,6 +1,7 @@
-"""configs/xsum.py, wmt_en_de.py, gsm8k.py: their `:arg`, the paper's values, and each config's
-three stages (SFT of the student, SFT of the teacher, GKD from the two) end to end through the
-real loop on JSONL fixtures, with tiny random T5 models (Hugging Face dirs made here)."""
+"""configs/xsum.py, wmt_en_de.py, gsm8k.py, flan2021.py: their `:arg`, the paper's values, and
+each config's three stages (SFT of the student, SFT of the teacher, GKD from the two) end to end
+through the real loop on JSONL fixtures, with tiny random T5 models (Hugging Face dirs made
+here)."""
 
 import json
 import os
@@ -17,7 +18,7 @@ from gkd_jax.config_checks import validate_config  # noqa: E402
 from gkd_jax.config_loading import load_config_file  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TASKS = ("xsum", "wmt_en_de", "gsm8k")
+TASKS = ("xsum", "wmt_en_de", "gsm8k", "flan2021")
 V = 64
 WORDS = [f"w{i}" for i in range(V - 3)]
 
@@ -57,6 +58,28 @@ def test_paper_recipe_values():
     assert r.teacher.checkpoint == "/r/gsm8k_sft_teacher_xl/hf_model"
     for task in TASKS:
         validate_config(config(task))
+
+
+def test_flan2021_recipe_values():
+    """configs/flan2021.py: the paper's models and divergence; FLAN 2021 from the hub by name
+    (its last rows held out); nothing is downloaded to build the config."""
+    f = config("flan2021", "student=large")
+    assert f.init.checkpoint == "google/flan-t5-large"
+    assert f.teacher.checkpoint == "google/flan-t5-xl"
+    assert (f.objective, f.gkd.divergence, f.gkd.lmbda) == ("gkd", "rkl", 1.0)
+    assert (f.data.source, f.data.dataset) == ("hf", "")  # "": paper_tasks' hub name
+    assert f.data.train_split == "train[:-2000]" and f.eval.num_examples == 2000
+    shape = (f.steps, f.batch_size, f.data.max_prompt_len, f.max_new_tokens)
+    assert shape == (50_000, 128, 2048, 256)
+    assert (f.data.prompt_overflow, f.data.strict) == ("truncate_left", False)
+    assert config("flan2021", "div=jsd0.9,lmbda=0").gkd.divergence == "jsd"
+    local = config("flan2021", "data=/d")
+    assert (local.data.source, local.data.train_file) == ("jsonl", "/d/train.jsonl")
+    validate_config(f)
+    tfds = config("flan2021")
+    tfds.data.source = "tfds"
+    with pytest.raises(ValueError, match="no TFDS dataset"):
+        validate_config(tfds)
 
 
 @pytest.mark.parametrize(
@@ -100,6 +123,8 @@ def record(task, rng):
         return {"document": words(rng, 12), "summary": words(rng, 4)}
     if task == "wmt_en_de":
         return {"en": words(rng, 6), "de": words(rng, 6)}
+    if task == "flan2021":
+        return {"inputs": words(rng, 10), "targets": words(rng, 3)}
     n = int(rng.integers(1, 9))
     return {"question": words(rng, 8), "answer": f"{words(rng, 4)} <<{n}*1={n}>>{n}\n#### {n}"}
 
@@ -138,7 +163,8 @@ def test_sft_then_gkd_end_to_end(task, fixtures):
         gkd_config.init.checkpoint = str(runs / f"{task}_sft_student_small" / "model")
         gkd_config.teacher.checkpoint = str(runs / f"{task}_sft_teacher_xl" / "model")
     gkd = trainer.train_and_evaluate(gkd_config, str(runs / f"{task}_gkd"))
-    metric = {"xsum": "rouge2", "wmt_en_de": "bleu", "gsm8k": "accuracy"}[task]
+    metric = {"xsum": "rouge2", "wmt_en_de": "bleu", "gsm8k": "accuracy",
+              "flan2021": "exact_match"}[task]  # fmt: skip
     for summary in (student, teacher, gkd):
         assert summary["metric"] == metric and summary["steps"] == 3
         assert all(np.isfinite(v) for v in summary["scores"].values())

@@ -1,6 +1,6 @@
-"""The paper's three tasks (XSum, WMT14 en->de, GSM8K): records from TFDS, Hugging Face or JSONL
-(`sources`) -> T5-style prompt and completion texts (one formatter per task: `xsum`, `wmt`, `gsm8k`,
-the same field names for every source) -> token ids.
+"""The paper's tasks (XSum, WMT14 en->de, GSM8K, and FLAN 2021 for instruction tuning): records
+from TFDS, Hugging Face or JSONL (`sources`) -> T5-style prompt and completion texts (one formatter
+per task: `xsum`, `wmt`, `gsm8k`, `flan`, the same field names for every source) -> token ids.
 
 Prompts get the tokenizer's special tokens (T5 appends </s>); completions end with EOS and are cut
 at `max_new_tokens` (counted). Bad records are reported with their location (`records`).
@@ -13,7 +13,7 @@ import dataclasses
 import itertools
 from collections.abc import Callable, Iterable, Sequence
 
-from gkd_jax.data import gsm8k, sources, wmt, xsum
+from gkd_jax.data import flan, gsm8k, sources, wmt, xsum
 from gkd_jax.data.records import PROMPT_OVERFLOW as KEEP_LAST_OR_FAIL
 from gkd_jax.data.records import BadRecord, DataReport
 from gkd_jax.data.task_types import Split
@@ -26,10 +26,14 @@ _CHUNK = 1024  # records tokenized per call: the fast tokenizer batches them in 
 PROMPT_OVERFLOW = (*KEEP_LAST_OR_FAIL, "truncate_right")
 
 
+FLAN2021_HF = "DataProvenanceInitiative/flan2021_submix_original"  # {"inputs", "targets", ...}
+FLAN2021_EVAL_ROWS = 2_000
+
+
 @dataclasses.dataclass(frozen=True)
 class PaperDataset:
     task: str
-    tfds_name: str
+    tfds_name: str  # "": none (source "hf" or "jsonl" only)
     hf_name: str  # "NAME[:CONFIG]" for datasets.load_dataset
     eval_split: str  # when config.data.eval_split is ""
     format: Callable[[object], tuple[str, str, str]]
@@ -42,6 +46,12 @@ DATASETS = {
     ),
     # GSM8K has no validation split.
     "gsm8k": PaperDataset("gsm8k", "gsm8k", "openai/gsm8k:main", "test", gsm8k.format_gsm8k),
+    # FLAN 2021 (instruction tuning): no TFDS copy; the Flan Collection's FLAN 2021 submix on
+    # the hub has one split, so its last 2,000 rows are the eval split (configs/flan2021.py
+    # trains on the rest).
+    "flan2021": PaperDataset(
+        "flan2021", "", FLAN2021_HF, f"train[-{FLAN2021_EVAL_ROWS}:]", flan.format_flan
+    ),
 }
 
 
@@ -53,6 +63,12 @@ def check_config(config) -> None:
         raise ValueError(
             f"config.data.source={d.source!r} is invalid: must be one of "
             f"{['', *sources.SOURCES]} ('' = tfds)"
+        )
+    spec = DATASETS.get(config.task)
+    if source == "tfds" and spec is not None and not spec.tfds_name and not d.dataset:
+        raise ValueError(
+            f"task {config.task!r} has no TFDS dataset: set config.data.source='hf' (default "
+            f"{spec.hf_name}) or 'jsonl'"
         )
     for field in ("train_file", "eval_file"):
         if source == "jsonl" and not d[field]:

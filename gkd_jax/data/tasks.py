@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
-from gkd_jax.data import arith, chat, gsm8k, paper_tasks, wmt, xsum
+from gkd_jax.data import arith, chat, flan, gsm8k, paper_tasks, wmt, xsum
 from gkd_jax.data.task_types import Split, Task
 from gkd_jax.metrics import exact_match_accuracy
 
@@ -88,6 +88,14 @@ TASKS: dict[str, Task] = {
         functools.partial(paper_tasks.load, "gsm8k"),
         "accuracy",
         gsm8k.gsm8k_accuracy,
+    ),
+    # Instruction tuning: exact match on held-out FLAN prompts while training; the paper's
+    # MMLU / BBH come from `python -m gkd_jax.evaluate --benchmark=...` (gkd_jax/benchmarks).
+    "flan2021": Task(
+        "flan2021",
+        functools.partial(paper_tasks.load, "flan2021"),
+        "exact_match",
+        flan.flan_exact_match,
     ),
 }
 
