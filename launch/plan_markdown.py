@@ -97,7 +97,14 @@ def _reasons(path: str) -> dict[str, str]:
 
 
 # plan_table.sh's order: pairs, slices, variants (anything else after, by name)
-PAIRS = ["qwen2.5-1.5b", "llama-3.1-8b", "llama-3.2-1b", "gemma-2-2b", "flan-t5-large"]
+PAIRS = [
+    "qwen2.5-1.5b",
+    "llama-3.1-8b",
+    "llama-3.2-1b",
+    "gemma-2-2b",
+    "gemma-3-1b",
+    "flan-t5-large",
+]
 SLICES = ["v5e-8", "v5p-8", "v6e-8", "v5e-16"]
 
 
