@@ -264,7 +264,10 @@ def load_split(config, task, tokenizer, stops, split: str, num_examples: int | N
     train_split, eval_split = task.load(config, tokenizer, stops, log=log)
     d = eval_split if split == "eval" else train_split
     n = len(d.prompt_ids) if num_examples is None else num_examples
-    chosen = Split(d.prompt_ids[:n], d.completion_ids[:n], d.references[:n], d.prompts[:n])
+    chosen = Split(
+        d.prompt_ids[:n], d.completion_ids[:n], d.references[:n], d.prompts[:n],
+        answers=d.answers and d.answers[:n], families=d.families and d.families[:n],
+    )  # fmt: skip
     return chosen, pipeline.pack_split(chosen, config, tokenizer.pad_token_id)
 
 

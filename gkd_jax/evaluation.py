@@ -8,6 +8,7 @@ prompts the way config.eval.decoding says, then score the completions.
                      teacher on its own completions (make_divergence_fn); with
                      config.eval.divergence_to_teacher, an exact one beside the metric
   make_reference_nll with config.eval.teacher_forced: the student's NLL of the references
+  (chat records carrying "answer": answer_accuracy, metrics.answer_scores, beside the rest)
   Evaluator          all of the above for one split, built once: `evaluator(params)`, with
                      the replies' statistics (reply_stats.py) and a warning when they collapse
 and what the trainer keeps and reports of the scores: keep_if_best (WORKDIR/best_model),
@@ -33,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gkd_jax import checkpoint, distributed, reply_stats, sharding
+from gkd_jax import checkpoint, distributed, metrics, reply_stats, sharding
 from gkd_jax.beam_search import BeamSearchConfig, make_beam_search
 from gkd_jax.data import pipeline
 from gkd_jax.data.task_types import Split, Task
@@ -311,6 +312,9 @@ class Evaluator:
         `to_teacher`, unless `who` is the teacher, that exact divergence too; the teacher-
         forced scores of the references (`reference_nll`); the replies' statistics."""
         scores = task_scores(self.task, texts, self.split.references)
+        if self.split.answers is not None:  # chat records with checkable answers
+            families = self.split.families or [None] * len(texts)
+            scores |= metrics.answer_scores(texts, self.split.answers, families)
         if self.divergence is not None:
             scores[self.task.metric_name] = self.mean_divergence(
                 self.divergence, params, tokens, mask
@@ -413,7 +417,7 @@ def eval_line(result: dict[str, Any], metric: str) -> str:
     2.3100 | replies 48.0 tokens, 0% stopped, distinct-2 0.002'."""
     tf = TEACHER_FORCED_PREFIX
     keys = [metric, *(k for k in result if k.endswith("_to_teacher") and not k.startswith(tf))]
-    keys += [*(k for k in result if k.startswith(tf)), "reference_nll"]
+    keys += [*(k for k in result if k.startswith(tf)), "reference_nll", "answer_accuracy"]
     line = " | ".join(f"{k} {result[k]:.4f}" for k in keys if k in result)
     if "reply_tokens" in result:  # absent from evaluations stored by an older version
         line += (
@@ -447,6 +451,7 @@ def results_table(summary: dict[str, Any], config) -> str:
     divergences = [divergence_key(config)] if config.eval.divergence_to_teacher else []
     tf = [metric.removeprefix("on_policy_"), *divergences]
     columns = [metric, *divergences, *(TEACHER_FORCED_PREFIX + k for k in tf), *NLL_KEYS]
+    columns.append("answer_accuracy")  # chat records with checkable answers
     columns = [c for c in columns if c == metric or any(c in r for r in shown.values())]
     rows = [[label, *(_cell(r.get(c), ".4f") for c in columns)] for label, r in shown.items()]
     head = (

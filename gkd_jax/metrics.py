@@ -165,3 +165,44 @@ def gsm8k_accuracy(predictions: Sequence[str], references: Sequence[str | int]) 
         if answer is None:
             raise ValueError(f"gsm8k_accuracy: reference {i} has no numeric answer: {ref!r}")
     return exact_match_accuracy([gsm8k_answer(p) for p in predictions], gold)
+
+
+_WORD_RE = re.compile(r"[A-Za-z]+")
+
+
+def answer_correct(reply: str, answer: str) -> bool:
+    """Whether a free-form chat `reply` gives the checkable `answer` (data/real_prompts.py):
+
+      * an integer answer ("124", "-7"): the reply's LAST number (gsm8k_answer's rule 2: sign,
+        thousands commas and decimals read, canonicalized) equals it, so "52 plus 72 is 124."
+        is right and "124? No, 123." is wrong;
+      * any other answer ("sun dog cat", "New Delhi"): its words (maximal runs of ASCII
+        letters) appear as a contiguous run of the reply's words, case-insensitively, with
+        punctuation and layout ignored ("Sure! Sun, dog, cat." holds "sun dog cat").
+    An answer with no number and no word is never matched."""
+    if re.fullmatch(r"\s*-?\d+\s*", answer):
+        return gsm8k_answer(reply.replace("####", "")) == normalize_number(answer)
+    want = _WORD_RE.findall(answer.lower())
+    got = _WORD_RE.findall(reply.lower())
+    if not want:
+        return False
+    n = len(want)
+    return any(got[i : i + n] == want for i in range(len(got) - n + 1))
+
+
+def answer_scores(
+    replies: Sequence[str], answers: Sequence[str | None], families: Sequence[str | None]
+) -> dict[str, float]:
+    """Checkable-answer accuracy (0-1, `answer_correct`) over the rows whose answer is not None:
+    "answer_accuracy" over all of them, "answer_accuracy/FAMILY" per family (rows without a
+    family pool under "other"); {} when no row has an answer."""
+    _check_pairs(replies, answers, "answer_scores")
+    hits: dict[str, list[bool]] = {}
+    for reply, answer, family in zip(replies, answers, families, strict=True):
+        if answer is not None:
+            hits.setdefault(family or "other", []).append(answer_correct(reply, answer))
+    if not hits:
+        return {}
+    every = [h for rows in hits.values() for h in rows]
+    scores = {"answer_accuracy": sum(every) / len(every)}
+    return scores | {f"answer_accuracy/{f}": sum(r) / len(r) for f, r in sorted(hits.items())}

@@ -8,6 +8,10 @@ Accepted records:
 * conversational prompt-completion: ``{"prompt": [messages], "completion": [messages]}``;
 * standard prompt-completion: ``{"prompt": "text", "completion": "text"}`` (no template).
 
+Any of them may carry ``"answer"`` (a checkable answer, a string or an integer, scored by
+evaluation's answer_accuracy: metrics.answer_correct) and ``"family"`` (a string naming the
+record's kind of task, for per-family accuracy); other extra fields are ignored.
+
 Bad records are never dropped silently: every one is reported with its location, and by
 default (``strict=True``) any bad record fails the load after the whole source was read.
 """
@@ -27,6 +31,8 @@ class TokenizedExample:
     completion_ids: list[int]  # ends with a stop token unless truncated
     source: str  # "file.jsonl:LINE" (1-based) or "dataset[split]#INDEX"
     reference: str  # the completion's text, for evaluation
+    answer: str | None = None  # the record's checkable answer ("answer"), if any
+    family: str | None = None  # the record's task family ("family"), if any
 
 
 def _check_messages(messages: object, field: str) -> list[dict]:
@@ -113,6 +119,18 @@ def _tokenize(tokenizer, rec: object, stops: set[int]) -> tuple[list[int], list[
     return p_ids, _end_at_stop(c_ids, stops, tokenizer.eos_token_id), completion
 
 
+def _extras(rec: object) -> tuple[str | None, str | None]:
+    """(answer, family) of a record: optional; an integer answer is kept as its text."""
+    if not isinstance(rec, dict):
+        return None, None
+    answer, family = rec.get("answer"), rec.get("family")
+    if answer is not None and (isinstance(answer, bool) or not isinstance(answer, (str, int))):
+        raise BadRecord("'answer' is not a string or an integer", type(answer).__name__)
+    if family is not None and not isinstance(family, str):
+        raise BadRecord("'family' is not a string", type(family).__name__)
+    return (None if answer is None else str(answer)), family
+
+
 def load_examples(
     spec: str,
     tokenizer,
@@ -147,6 +165,7 @@ def load_examples(
         report.read += 1
         try:
             p_ids, c_ids, reference = _tokenize(tokenizer, rec, stops)
+            answer, family = _extras(rec)
             if not p_ids:
                 raise BadRecord("empty prompt", "no tokens")
             if len(p_ids) > max_prompt_len and prompt_overflow == "truncate_left":
@@ -163,7 +182,7 @@ def load_examples(
         if len(c_ids) > max_completion_len:
             c_ids = c_ids[:max_completion_len]
             report.truncated_completions += 1
-        examples.append(TokenizedExample(p_ids, c_ids, loc, reference))
+        examples.append(TokenizedExample(p_ids, c_ids, loc, reference, answer, family))
     report.kept = len(examples)
     if report.read == 0:
         raise ValueError(f"no records in {spec} (empty file or dataset)")

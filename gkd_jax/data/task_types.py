@@ -15,6 +15,10 @@ class Split:
     completion_ids: list[Sequence[int]]  # each ends with a stop token unless truncated
     references: list  # what the metric compares decoded completions against
     prompts: list[str]  # prompt texts, for the samples shown in the logs
+    # Chat records' optional checkable answers and task families (None per row where absent;
+    # None here: no row has one): evaluation's answer_accuracy (metrics.answer_scores).
+    answers: list[str | None] | None = None
+    families: list[str | None] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

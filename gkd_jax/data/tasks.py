@@ -59,11 +59,15 @@ def load_chat(config, tokenizer, stop_ids, log=print) -> tuple[Split, Split]:
         train, evals = train[:-k], train[-k:]
 
     def split(examples):
+        answers = [e.answer for e in examples]
+        has = any(a is not None for a in answers)  # answer_accuracy only where some row has one
         return Split(
             [e.prompt_ids for e in examples],
             [e.completion_ids for e in examples],
             [e.reference for e in examples],
             [tokenizer.decode(e.prompt_ids) for e in examples],
+            answers=answers if has else None,
+            families=[e.family for e in examples] if has else None,
         )
 
     return split(train), split(evals)
