@@ -521,15 +521,17 @@ def test_unsupported_configs_raise_naming_the_field():
     for rope_type in ("yarn", "dynamic", "longrope"):
         with pytest.raises(ValueError, match=f"rope_type='{rope_type}'"):
             config_from_hf(base | dict(rope_scaling=dict(rope_type=rope_type, factor=2.0)))
-    with pytest.raises(ValueError, match="model_type='gemma3'"):
-        config_from_hf(base | dict(model_type="gemma3"))
+    with pytest.raises(ValueError, match="model_type='llama4'"):
+        config_from_hf(base | dict(model_type="llama4"))
     with pytest.raises(ValueError, match="hidden_act"):
         config_from_hf(base | dict(hidden_act="relu2"))
     with pytest.raises(ValueError, match="partial_rotary_factor"):
         config_from_hf(base | dict(partial_rotary_factor=0.5))
     with pytest.raises(ValueError, match="use_bidirectional_attention"):
         config_from_hf(COMMON | FAMILIES["gemma2"] | dict(use_bidirectional_attention=True))
-    assert set(MODEL_TYPES) == {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"}
+    assert set(MODEL_TYPES) == {
+        "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gemma3"
+    }  # fmt: skip
     gemma3 = COMMON | FAMILIES["gemma3"]
     with pytest.raises(ValueError, match="sliding_attention rope_type='linear'"):
         local = dict(rope_type="linear", factor=2.0, rope_theta=10.0)
@@ -560,3 +562,32 @@ def test_params_from_hf_tied_and_missing_tensors():
     extra = tensors | {"model.layers.0.self_attn.o_proj.bias": np.zeros(64, np.float32)}
     with pytest.raises(ValueError, match="o_proj.bias"):
         params_from_hf(cfg, extra.__getitem__, set(extra))
+
+
+def test_gemma3_multimodal_checkpoint_loads_its_text_tower(tmp_path):
+    """A `gemma3` checkpoint (Gemma 3 4B/12B/27B are published so): load_pretrained reads its
+    text tower as a gemma3_text model (the vision tower's tensors left in the file) and gives
+    the multimodal model's logits on text; the tower exports as Gemma3ForCausalLM."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    from gkd_jax.models import load_pretrained
+
+    text = COMMON | FAMILIES["gemma3"] | dict(tie_word_embeddings=True)
+    text = {k: v for k, v in text.items() if k != "model_type"}
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                  num_attention_heads=2, image_size=28, patch_size=14)  # fmt: skip
+    cfg = Gemma3Config(
+        text_config=text, vision_config=vision, mm_tokens_per_image=4,
+        image_token_index=V - 1, boi_token_index=V - 3, eoi_token_index=V - 2,
+    )  # fmt: skip
+    model = randomize(Gemma3ForConditionalGeneration(cfg), 11, gemma=True)
+    model.save_pretrained(tmp_path)
+    ours = load_pretrained(str(tmp_path))
+    assert ours.cfg.model_type == "gemma3_text" and ours.cfg.rope_local_theta == 30.0
+    assert ours.cfg.sliding_layers == (True, False, True) and ours.cfg.tie_embeddings
+    tokens, valid = padded_batch(seed=6)
+    tokens = np.minimum(tokens, V - 4)  # no image tokens
+    ref = torch_logits(model.eval(), tokens, valid)
+    got = np.asarray(ours(jnp.asarray(tokens), jnp.asarray(valid)))
+    np.testing.assert_allclose(got[valid], ref[valid], atol=TOL, rtol=0)
+    assert config_to_hf(ours.cfg)["architectures"] == ["Gemma3ForCausalLM"]

@@ -18,7 +18,24 @@ import numpy as np
 from gkd_jax.models.decoder import DecoderConfig
 from gkd_jax.models.safetensors_io import nest, read_param
 
-MODEL_TYPES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text")
+# "gemma3" is a multimodal checkpoint (Gemma 3 4B/12B/27B): its text tower is read as a
+# gemma3_text model (and exported as one); the vision tower's tensors are left in the file.
+MODEL_TYPES: tuple[str, ...] = (
+    "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gemma3"
+)  # fmt: skip
+# Gemma3Config's text tower: Gemma3TextConfig's defaults for the shape fields its hub
+# text_config leaves out (gemma-3-4b-pt's names hidden_size, intermediate_size, layers only).
+_GEMMA3_TOWER = dict(
+    vocab_size=262_208,
+    hidden_size=2304,
+    intermediate_size=9216,
+    num_hidden_layers=26,
+    num_attention_heads=8,
+)
+# Where a multimodal Gemma 3 file keeps the text tower: the hub's names, transformers 5's.
+_TOWER_PREFIXES = ("language_model.model.", "model.language_model.")
+_VISION = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
+           "model.multi_modal_projector.")  # fmt: skip
 
 ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
@@ -221,6 +238,11 @@ def config_from_hf(hf: dict) -> DecoderConfig:
     """DecoderConfig of a Hugging Face config.json dict; ValueError naming the field for
     anything the decoder does not compute exactly."""
     model_type = hf.get("model_type")
+    if model_type == "gemma3":
+        tower = hf.get("text_config") or {}
+        tie = hf.get("tie_word_embeddings", True)
+        hf = _GEMMA3_TOWER | dict(tie_word_embeddings=tie) | tower | dict(model_type="gemma3_text")
+        model_type = "gemma3_text"
     if model_type not in MODEL_TYPES:
         raise ValueError(
             f"config.json model_type={model_type!r} is not supported (supported: {MODEL_TYPES})"
@@ -453,7 +475,8 @@ def _tensor_map(cfg: DecoderConfig) -> list[tuple[tuple, str, bool, tuple[int, .
 def _ignorable(name: str, cfg: DecoderConfig) -> bool:
     # Old Llama checkpoints saved RoPE buffers; tied checkpoints may still carry lm_head.weight,
     # which HF ignores for the embedding.
-    return name.endswith("rotary_emb.inv_freq") or (cfg.tie_embeddings and name == "lm_head.weight")
+    tied_head = name in ("lm_head.weight", "language_model.lm_head.weight")
+    return name.endswith("rotary_emb.inv_freq") or (cfg.tie_embeddings and tied_head)
 
 
 def hf_sources(
@@ -462,10 +485,15 @@ def hf_sources(
     """{path in the nnx pure dict: (HF tensor name, whether it is a transposed kernel)} for a
     checkpoint holding `names`, whose shapes `shape_of(name)` gives (from the header: nothing is
     read). Raises naming missing, unexpected or misshapen tensors."""
-    # Checkpoints of the bare model (LlamaModel, ...) have no "model." prefix.
+    # Checkpoints of the bare model (LlamaModel, ...) have no "model." prefix; a multimodal
+    # Gemma 3 keeps its text tower under one of _TOWER_PREFIXES.
     bare = "model.embed_tokens.weight" not in names and "embed_tokens.weight" in names
+    tower = next((p for p in _TOWER_PREFIXES if p + "embed_tokens.weight" in names), None)
 
     def stored(name: str) -> str:
+        if tower is not None:
+            head = "language_model." if tower.startswith("language_model") else ""
+            return head + name if name == "lm_head.weight" else tower + name.removeprefix("model.")
         return name.removeprefix("model.") if bare else name
 
     entries = _tensor_map(cfg)
@@ -476,7 +504,11 @@ def hf_sources(
             f"the checkpoint lacks {len(missing)} tensor(s) the {cfg.model_type} config needs: "
             f"{missing[:8]}{' ...' if len(missing) > 8 else ''}"
         )
-    unexpected = sorted(n for n in set(names) - expected if not _ignorable(n, cfg))
+    unexpected = sorted(
+        n
+        for n in set(names) - expected
+        if not (_ignorable(n, cfg) or (tower is not None and n.startswith(_VISION)))
+    )
     if unexpected:
         raise ValueError(
             f"the checkpoint has {len(unexpected)} tensor(s) the {cfg.model_type} config does "
