@@ -5,7 +5,7 @@ The teacher is SmolLM2-135M-Instruct (30 layers); the student is its own copy wi
 20-25 (`init.layers` "0-19,26-29", 24 layers), healed by GKD on the prompts of
 gkd_jax/data/real_prompts.py, whose completions are the teacher's greedy replies:
 
-    python -m gkd_jax.data.real_prompts --teacher ~/.cache/real-models/smollm2-135m-instruct \
+    python -m gkd_jax.teacher_replies --teacher ~/.cache/real-models/smollm2-135m-instruct \
         --out ~/real_heal_data                                    # ~2 min on a 2-core CPU
     python -m gkd_jax.train --config=configs/real_heal.py:lmbda=1,seed=0 --workdir=/tmp/heal
 

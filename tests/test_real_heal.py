@@ -15,6 +15,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from gkd_jax import teacher_replies
 from gkd_jax.config_checks import validate_config
 from gkd_jax.config_loading import load_config_file
 from gkd_jax.data import real_prompts
@@ -148,7 +149,9 @@ def write_data(path, n_train: int = 14, n_heldout: int = 7) -> None:
     for name, prompts in (("train", train), ("heldout", heldout)):
         replies = [p.answer or "I think so." for p in prompts]  # a perfect teacher, say
         replies[0] = "  "  # an empty reply: left out
-        assert real_prompts.write_split(os.path.join(path, f"{name}.jsonl"), prompts, replies) == 1
+        assert (
+            teacher_replies.write_split(os.path.join(path, f"{name}.jsonl"), prompts, replies) == 1
+        )
 
 
 def test_records_and_the_chat_loader(tmp_path, models_dir):
@@ -175,11 +178,11 @@ def test_teacher_replies_greedy_through_our_sampler(models_dir):
     teacher = os.path.join(models_dir, TEACHER)
     texts = ["What is 12 plus 30?", "Name a colour.", "What is 99 minus 10?"]
     lines = []
-    replies, truncated = real_prompts.teacher_replies(
+    replies, truncated = teacher_replies.teacher_replies(
         teacher, texts, max_new_tokens=5, batch_size=2, log=lines.append
     )
     assert len(replies) == len(truncated) == 3 and len(lines) == 2  # 2 batches
-    again, _ = real_prompts.teacher_replies(teacher, texts[::-1], max_new_tokens=5, batch_size=2)
+    again, _ = teacher_replies.teacher_replies(teacher, texts[::-1], max_new_tokens=5, batch_size=2)
     assert again == replies[::-1]  # greedy, and rows do not interact
 
 

@@ -400,7 +400,7 @@ def test_collect_vs_axis(tmp_path):
 def test_the_registry_names_every_sweep_and_each_runs():
     """One registry (launch/sweeps/registry.py): every name loads, with and without an arg."""
     assert sorted(sweep.SWEEPS) == [
-        "arith", "arith_finite", "arith_rl", "gsm8k", "wmt_en_de", "xsum"
+        "arith", "arith_finite", "arith_rl", "gsm8k", "real_heal", "wmt_en_de", "xsum"
     ]  # fmt: skip
     for name in sweep.SWEEPS:
         assert sweep.load_sweep(name) and sweep.load_sweep(f"{name}:seeds=0+1")

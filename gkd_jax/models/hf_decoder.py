@@ -234,15 +234,18 @@ def _layer_types(hf: dict, model_type: str, n: int, window: int | None) -> list[
     return ["full_attention"] * n
 
 
+def _gemma3_text_tower(hf: dict) -> dict:
+    """A multimodal Gemma 3 config.json's text_config as a gemma3_text one."""
+    tie = dict(tie_word_embeddings=hf.get("tie_word_embeddings", True))
+    return _GEMMA3_TOWER | tie | (hf.get("text_config") or {}) | dict(model_type="gemma3_text")
+
+
 def config_from_hf(hf: dict) -> DecoderConfig:
     """DecoderConfig of a Hugging Face config.json dict; ValueError naming the field for
     anything the decoder does not compute exactly."""
+    if hf.get("model_type") == "gemma3":
+        hf = _gemma3_text_tower(hf)
     model_type = hf.get("model_type")
-    if model_type == "gemma3":
-        tower = hf.get("text_config") or {}
-        tie = hf.get("tie_word_embeddings", True)
-        hf = _GEMMA3_TOWER | dict(tie_word_embeddings=tie) | tower | dict(model_type="gemma3_text")
-        model_type = "gemma3_text"
     if model_type not in MODEL_TYPES:
         raise ValueError(
             f"config.json model_type={model_type!r} is not supported (supported: {MODEL_TYPES})"

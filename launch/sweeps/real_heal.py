@@ -3,7 +3,7 @@ pruned SmolLM2-135M-Instruct student (layers 20-25 out) healed from the full mod
 KD on the teacher's greedy replies (SeqKD, lmbda 0), on-policy GKD (lmbda 1) and mixed (0.5),
 three seeds each, same steps x batch (configs/real_heal.py).
 
-    python -m gkd_jax.data.real_prompts --teacher ~/.cache/real-models/smollm2-135m-instruct \
+    python -m gkd_jax.teacher_replies --teacher ~/.cache/real-models/smollm2-135m-instruct \
         --out ~/real_heal_data
     nohup python launch/sweep.py --sweep=real_heal --root=$HOME/real_heal_sweep --parallel=1 \
         > $HOME/real_heal_sweep.log 2>&1 &
