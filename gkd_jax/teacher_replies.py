@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
+from gkd_jax import sharding
 from gkd_jax.data import hf_tokenizer, pipeline
 from gkd_jax.data.real_prompts import Prompt, make_prompts
+from gkd_jax.evaluation import decode_split
 from gkd_jax.metrics import answer_correct
 from gkd_jax.models import functional_lm, load_pretrained
 from gkd_jax.sampling import SamplingConfig, make_sampler
@@ -59,20 +59,18 @@ def teacher_replies(
     longest = -(-max(map(len, ids)) // 8) * 8  # one prompt width for every batch
     data = pipeline.pack(ids, [[0]] * len(ids), max_prompt_len=longest, max_completion_len=1,
                          pad_id=tokenizer.pad_token_id)  # fmt: skip
-    replies, truncated, start = [], [], time.time()
-    for i, batch in enumerate(pipeline.in_order(data, batch_size)):
-        out = sampler(params, jnp.asarray(batch["prompt"]), jnp.asarray(batch["prompt_mask"]),
-                      jax.random.key(0))  # fmt: skip
-        tokens, mask = np.asarray(out.tokens), np.asarray(out.mask)  # [B, N] each
-        for row in np.nonzero(batch["valid"])[0]:
-            kept = tokens[row][mask[row]]
-            stopped = len(kept) > 0 and int(kept[-1]) in stops
-            replies.append(tokenizer.decode(kept, skip_special_tokens=True))
-            truncated.append(not stopped)
-        done = min((i + 1) * batch_size, len(texts))
-        log(
-            f"[teacher_replies] teacher replied to {done}/{len(texts)} ({time.time() - start:.0f}s)"
-        )
+    start = time.time()
+
+    def progress(done: int, total: int) -> None:
+        log(f"[teacher_replies] teacher replied to {done}/{total} ({time.time() - start:.0f}s)")
+
+    one_device = sharding.make_mesh(devices=jax.devices()[:1])
+    tokens, mask = decode_split(sampler, params, data, batch_size, one_device, progress=progress)
+    replies, truncated = [], []
+    for row_tokens, row_mask in zip(tokens, mask, strict=True):  # [N] each
+        kept = row_tokens[row_mask]
+        replies.append(tokenizer.decode(kept, skip_special_tokens=True))
+        truncated.append(not (len(kept) > 0 and int(kept[-1]) in stops))
     return replies, truncated
 
 

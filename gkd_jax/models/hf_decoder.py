@@ -107,7 +107,6 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         attn_logit_softcapping=50.0,
     ),
     "gemma3_text": dict(
-        vocab_size=262_208,
         num_key_value_heads=4,
         tie_word_embeddings=True,
         max_position_embeddings=131_072,
