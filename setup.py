@@ -64,6 +64,8 @@ setup(
             "jax[tpu]>=0.6",
         ],  # fmt: skip
         "plots": ["matplotlib>=3.8"],  # launch/collect.py
+        # The documentation site (mkdocs.yml; .ci/run builds it with --strict).
+        "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.26"],
         # Weights & Biases beside metrics.jsonl and TensorBoard (config.log.wandb_project);
         # tests/test_metrics_log.py runs it offline when installed.
         "wandb": ["wandb>=0.17"],

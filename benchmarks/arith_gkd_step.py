@@ -18,13 +18,17 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gkd_jax import model_sources, optim  # noqa: E402
-from gkd_jax import step as step_lib  # noqa: E402
-from gkd_jax.config_loading import load_config_file  # noqa: E402
+from gkd_jax.config.loading import load_config_file  # noqa: E402
 from gkd_jax.data import arith, pipeline  # noqa: E402
 from gkd_jax.data.char_tokenizer import build_char_tokenizer  # noqa: E402
-from gkd_jax.models import COMPUTE_DTYPES, functional_lm  # noqa: E402
-from gkd_jax.sampling import SamplingConfig, make_sampler  # noqa: E402
+from gkd_jax.decoding.sampling import SamplingConfig, make_sampler  # noqa: E402
+from gkd_jax.models import (  # noqa: E402
+    COMPUTE_DTYPES,
+    functional_lm,
+    sources,
+)
+from gkd_jax.training import optim
+from gkd_jax.training import step as step_lib  # noqa: E402
 
 
 def timed(fn, repeats):
@@ -51,10 +55,10 @@ def main():
         config.unlock()
         config.gkd.loss_impl = args.loss_impl
     dtype = COMPUTE_DTYPES[args.dtype]
-    teacher = model_sources.obtain_model(config.teacher, "", "teacher", dtype,
-                                   model_sources.model_config(config.teacher.model))  # fmt: skip
-    student = model_sources.obtain_model(config.init, "", "init", dtype,
-                                   model_sources.model_config(config.model))  # fmt: skip
+    teacher = sources.obtain_model(config.teacher, "", "teacher", dtype,
+                                   sources.model_config(config.teacher.model))  # fmt: skip
+    student = sources.obtain_model(config.init, "", "init", dtype,
+                                   sources.model_config(config.model))  # fmt: skip
     tok = build_char_tokenizer(os.path.join("/tmp", "gkd_bench_tok"))
     ex = arith.make_examples("train", args.batch, 0)
     data = pipeline.encode(tok, [e.prompt for e in ex], [e.target for e in ex],

@@ -30,14 +30,18 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gkd_jax import model_sources, optim  # noqa: E402
-from gkd_jax import step as step_lib  # noqa: E402
-from gkd_jax.config_checks import validate_config  # noqa: E402
-from gkd_jax.config_defaults import base_config  # noqa: E402
+from gkd_jax.config.checks import validate_config  # noqa: E402
+from gkd_jax.config.defaults import base_config  # noqa: E402
 from gkd_jax.data import pipeline  # noqa: E402
 from gkd_jax.data.tasks import get_task  # noqa: E402
-from gkd_jax.models import COMPUTE_DTYPES, functional_lm  # noqa: E402
-from gkd_jax.sampling import make_sampler  # noqa: E402
+from gkd_jax.decoding.sampling import make_sampler  # noqa: E402
+from gkd_jax.models import (  # noqa: E402
+    COMPUTE_DTYPES,
+    functional_lm,
+    sources,
+)
+from gkd_jax.training import optim
+from gkd_jax.training import step as step_lib  # noqa: E402
 
 
 def bench_config(args: argparse.Namespace):
@@ -103,7 +107,7 @@ def setup(args: argparse.Namespace):
     """What the trainer's setup builds, for the benchmark's config: (config, samplers, train
     step, train state, teacher params, batch iterator)."""
     config = bench_config(args)
-    tokenizer, stops = model_sources.load_or_build_tokenizer(config, "/tmp/gkd-step-bench")
+    tokenizer, stops = sources.load_or_build_tokenizer(config, "/tmp/gkd-step-bench")
     validate_config(config, vocab_size=len(tokenizer))  # what train_and_evaluate checks first
     task = get_task(config.task)
     train_split, _ = task.load(config, tokenizer, stops, log=lambda _: None)
@@ -111,9 +115,9 @@ def setup(args: argparse.Namespace):
         config.data.max_prompt_len = max(len(p) for p in train_split.prompt_ids)
     data = pipeline.pack_split(train_split, config, tokenizer.pad_token_id)
     dtype = COMPUTE_DTYPES[config.dtype]
-    student = model_sources.obtain_model(config.init, "", "init", dtype)
-    teacher = model_sources.obtain_model(config.teacher, "", "teacher", dtype)
-    vocab = model_sources.shared_vocab_size(config, tokenizer, student, teacher)
+    student = sources.obtain_model(config.init, "", "init", dtype)
+    teacher = sources.obtain_model(config.teacher, "", "teacher", dtype)
+    vocab = sources.shared_vocab_size(config, tokenizer, student, teacher)
     built = build_step(config, student, teacher, stops, tokenizer.pad_token_id, vocab)
     data_iter = pipeline.batches(data, config.batch_size, config.seed)
     return config, *built, data_iter

@@ -25,8 +25,8 @@ not counted. One device, no mesh. One line per pair:
    "tokens_per_s" (batch x (prompt + new) / s_per_step), "sampled_tokens_per_s",
    "model_flops_per_step", "mfu", "device", "peak_flops", "sample_s", "update_s", ...}
 
-Model FLOPs are the planner's count (`gkd_jax.plan.model_flops`: 2 per multiply-add of each token
-with the weights it passes, the student's backward twice its forward, attention scores not
+Model FLOPs are the planner's count (`planning.planner.model_flops`: 2 per multiply-add of each
+token with the weights it passes, the student's backward twice its forward, attention scores not
 counted; sampler + update), for the nominal batch x (prompt + new) tokens, on both sides. MFU =
 model FLOPs / s_per_step / the device's dense bfloat16 peak (PEAK_BF16_FLOPS by device_kind;
 unknown kinds and CPUs: "mfu": null), also for float32 runs (the usual convention).
@@ -39,9 +39,9 @@ same batch, new tokens, steps and warm-up), then prints {"impl": "trl", ...} wit
 fields from its median step. Without trl/datasets, torch, CUDA (`--trl-cpu` allows a CPU run) or
 the runner it prints {"impl": "trl", "skipped": "why"} instead.
 
-On the lent device machine (see /work/.library/device/README.md): the image has jax, flax, optax,
-torch and transformers but not ml_collections (gkd_jax needs it), trl, datasets (and datasets'
-dill, multiprocess), and ../shared does not travel. Here, once, in the repository root:
+On a lent device machine (a GPU host that gets a copy of the working tree): the image has jax,
+flax, optax, torch and transformers but not ml_collections (gkd_jax needs it), trl, datasets (and
+datasets' dill, multiprocess), and ../shared does not travel. Here, once, in the repository root:
 
     printf '/.whl/\\n/.bench/\\n' >> .git/info/exclude
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \\
@@ -169,7 +169,7 @@ def step_config(args: argparse.Namespace):
 
 def flops_of(student, teacher, args) -> float:
     """The planner's model FLOPs of one on-policy step (sampler + update) for params trees."""
-    from gkd_jax import plan
+    from gkd_jax.planning import planner as plan
 
     f = plan.model_flops(student, teacher, args.batch, args.prompt_len, args.new_tokens)
     return f["sampler"] + f["update"]
@@ -328,7 +328,7 @@ def run_trl(args, pair: str) -> dict:
     import jax
 
     from gkd_jax.models import functional_lm
-    from gkd_jax.plan import abstract_model
+    from gkd_jax.planning.planner import abstract_model
 
     f32 = jax.numpy.float32
     bench = bench_dir(args)

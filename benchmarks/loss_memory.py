@@ -1,6 +1,6 @@
 """Peak memory and time of our memory-lean GKD loss, forward + backward; prints one JSON line.
 
-The twin of /work/shared/bench/trl_jsd_memory.py (same flags, same JSON fields, peak resident
+The twin of ../shared/bench/trl_jsd_memory.py (same flags, same JSON fields, peak resident
 memory measured the same way), run on one of our forms:
 
     python benchmarks/loss_memory.py --batch 2 --seq 512 --vocab 151936 --beta 0.5
@@ -38,8 +38,8 @@ from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gkd_jax.loss_forms import chunked_jsd_loss, default_chunk, fused_jsd_loss  # noqa: E402
-from gkd_jax.losses import generalized_jsd, masked_sum_count, mean_from_sum_count  # noqa: E402
+from gkd_jax.objectives.loss_forms import chunked_jsd_loss, default_chunk, fused_jsd_loss  # noqa: E402
+from gkd_jax.objectives.losses import generalized_jsd, masked_sum_count, mean_from_sum_count  # noqa: E402
 
 MiB = 2**20
 FORMS = ("chunked", "reference", "fused", "fused_reference")

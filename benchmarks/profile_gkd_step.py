@@ -25,10 +25,14 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.gkd_step import bench_config  # noqa: E402
-from gkd_jax import losses, model_sources, optim  # noqa: E402
-from gkd_jax import step as step_lib  # noqa: E402
-from gkd_jax.models import functional_lm  # noqa: E402
-from gkd_jax.sampling import SamplingConfig, make_sampler  # noqa: E402
+from gkd_jax.decoding.sampling import SamplingConfig, make_sampler  # noqa: E402
+from gkd_jax.models import (
+    functional_lm,
+    sources,
+)
+from gkd_jax.objectives import losses  # noqa: E402
+from gkd_jax.training import optim
+from gkd_jax.training import step as step_lib  # noqa: E402
 
 ONLY: set[str] | None = None
 
@@ -87,8 +91,8 @@ def main() -> None:
     ONLY = set(args.only.split(",")) if args.only else None
     config = bench_config(args)
     dtype = jnp.float32 if args.dtype == "float32" else jnp.bfloat16
-    student = model_sources.obtain_model(config.init, "", "init", dtype)
-    teacher = model_sources.obtain_model(config.teacher, "", "teacher", dtype)
+    student = sources.obtain_model(config.init, "", "init", dtype)
+    teacher = sources.obtain_model(config.teacher, "", "teacher", dtype)
     params, s_fns = functional_lm(student)
     t_params, t_fns = functional_lm(teacher)
     b, p, n = args.batch, args.prompt_len, args.max_new_tokens

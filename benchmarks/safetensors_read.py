@@ -201,10 +201,10 @@ def load_worker(path: str, variant: str) -> dict:
     import jax.numpy as jnp
     from flax import nnx
 
-    from gkd_jax import distributed, sharding
     from gkd_jax.models import hf_decoder
     from gkd_jax.models.hf import build_model, load_pretrained, read_hf_config
     from gkd_jax.models.safetensors_io import SafetensorsReader
+    from gkd_jax.parallel import distributed, sharding
 
     distributed.initialize_from_env()
     mesh = sharding.make_mesh(data=1, fsdp=-1, tensor=1)

@@ -20,9 +20,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gkd_jax import plan, plan_target  # noqa: E402
-from gkd_jax.config_loading import load_config_file  # noqa: E402
-from gkd_jax.sampler_memory import SCHEDULER_LIMIT  # noqa: E402
+from gkd_jax.config.loading import load_config_file  # noqa: E402
+from gkd_jax.decoding.sampler_memory import SCHEDULER_LIMIT  # noqa: E402
+from gkd_jax.planning import planner as plan  # noqa: E402
+from gkd_jax.planning import target as plan_target
 
 
 class SamplerOnly(Exception):

@@ -10,7 +10,8 @@ median seconds per `generate` call, new tokens per second, and the mean new toke
         --models /tmp/bench-models
 
 `--impl transformers` needs only torch + transformers (the reference venv); `gkd_jax` runs
-`gkd_jax.sampling.make_sampler` over `LMFunctions.decoding` of `gkd_jax.models.load_pretrained`.
+`gkd_jax.decoding.sampling.make_sampler` over `LMFunctions.decoding` of
+`gkd_jax.models.load_pretrained`.
 The first call of each mode (compilation, for JAX) is not counted.
 """
 
@@ -87,8 +88,8 @@ def run_gkd_jax(args, tok, prompts):
     import jax.numpy as jnp
     import numpy as np
 
+    from gkd_jax.decoding.sampling import SamplingConfig, make_sampler
     from gkd_jax.models import functional_lm, load_pretrained
-    from gkd_jax.sampling import SamplingConfig, make_sampler
 
     model = load_pretrained(os.path.join(args.models, "student"), dtype=jnp.float32)
     params, fns = functional_lm(model)

@@ -18,7 +18,7 @@ first (~30 min more): --config.teacher.checkpoint= --config.init.checkpoint=
                in the workdir first by `arith_sft.py:role=teacher,n=N` / `:role=student,n=N`.
   n=unlimited  the models trained on 20,000 problems (`builtin:arith/{teacher,student_sft}`);
                distillation on 20,000 problems drawn with the run's seed, every target nearly
-               new (README "Results on arith with unlimited data").
+               new (docs/results/arith.md, "with unlimited data").
   smoke        a seconds-long CPU check (its models are trained in the workdir; no comparison).
 
 Knobs as in the paper / TRL: --config.gkd.lmbda (student data fraction), --config.gkd.beta
@@ -28,8 +28,8 @@ Knobs as in the paper / TRL: --config.gkd.lmbda (student data fraction), --confi
 
 import os
 
-from gkd_jax.config_arg import Option, flag, parse_arg, positive_int_or_unlimited
-from gkd_jax.config_defaults import (
+from gkd_jax.config.arg import Option, flag, parse_arg, positive_int_or_unlimited
+from gkd_jax.config.defaults import (
     ARITH_STUDENT,
     ARITH_TEACHER,
     base_config,
@@ -37,10 +37,10 @@ from gkd_jax.config_defaults import (
     model_source,
     shrink_for_smoke,
 )
-from gkd_jax.resources import resolve_path
+from gkd_jax.data.resources import resolve_path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_N = 2000  # README "Results on arith: the paper's data regime"
+DEFAULT_N = 2000  # docs/results/arith.md: the paper's data regime
 OPTIONS = {
     "n": Option(positive_int_or_unlimited, DEFAULT_N, values="N|unlimited"),
     "smoke": flag(),

@@ -15,8 +15,8 @@ commands, `builtin:arith/n2000/...` by the same with `,n=2000` (gkd_jax/assets/a
   smoke                 a seconds-long CPU check
 """
 
-from gkd_jax.config_arg import Option, choice, flag, parse_arg, positive_int_or_unlimited
-from gkd_jax.config_defaults import (
+from gkd_jax.config.arg import Option, choice, flag, parse_arg, positive_int_or_unlimited
+from gkd_jax.config.defaults import (
     ARITH_STUDENT,
     ARITH_TEACHER,
     base_config,

@@ -22,15 +22,15 @@ is written to WORKDIR/hf_model in Hugging Face format. Evaluation reports the st
 from the teacher on its own greedy replies to held-out prompts (lower is better), and, since
 degenerate replies can game that, the same JSD and the student's NLL on the data's reference
 replies (eval.teacher_forced "auto"), the replies' length, stop rate and distinct-n, three sample
-replies, and a warning when the replies collapse (README "Evaluation and beam search").
+replies, and a warning when the replies collapse (docs/guides/evaluation.md).
 
 Knobs default to TRL's GKDConfig: lmbda 0.5, beta 0.5, sampling temperature 0.9, 128 new tokens.
 """
 
 import os
 
-from gkd_jax.config_arg import directory, flag, parse_arg
-from gkd_jax.config_defaults import base_config, model_source, shrink_for_smoke
+from gkd_jax.config.arg import directory, flag, parse_arg
+from gkd_jax.config.defaults import base_config, model_source, shrink_for_smoke
 
 OPTIONS = {"models": directory(), "smoke": flag()}  # a bare DIR is models=DIR
 

@@ -31,7 +31,7 @@ the paper's metrics are MMLU and BBH above). Any dataset with "inputs" / "target
 works: --config.data.dataset=NAME (or a save_to_disk directory with train/validation splits
 and --config.data.train_split=train --config.data.eval_split=validation), or `:data=DIR` for
 DIR/{train,eval}.jsonl. Benchmark data are local copies in their own formats (MMLU's CSV
-release or cais/mmlu; BIG-Bench-Hard's bbh/ + cot-prompts/): gkd_jax/benchmarks/.
+release or cais/mmlu; BIG-Bench-Hard's bbh/ + cot-prompts/): gkd_jax/evaluation/benchmarks/.
 
 From the paper (its abstract and our reading of its instruction-tuning section; the full text
 could not be consulted offline, so check): the FLAN-T5-XL teacher and FLAN-T5 students, the FLAN

@@ -23,8 +23,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from gkd_jax import config_arg
-from gkd_jax.config_defaults import base_config
+from gkd_jax.config import arg as config_arg
+from gkd_jax.config.defaults import base_config
 
 SIZES = ("small", "base", "large", "xl")
 T5_LM_ADAPT = {s: f"google/t5-{s}-lm-adapt" for s in SIZES}  # T5 v1.1 LM-adapted (XSum, WMT)
@@ -109,7 +109,8 @@ def get_paper_config(recipe: Recipe, arg: str):
     c.eval.num_examples = recipe.eval_examples
     c.eval.batch_size = 64
     c.dropout_rate = recipe.dropout_rate
-    # Adafactor (T5X's settings, gkd_jax/optim.py), linear warmup then linear cooldown to 0.
+    # Adafactor (T5X's settings, gkd_jax/training/optim.py), linear warmup then linear cooldown to
+    # 0.
     o = c.optim
     o.name, o.schedule = "adafactor", "linear"
     o.learning_rate = recipe.learning_rate

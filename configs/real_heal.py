@@ -1,5 +1,6 @@
 """Healing a layer-pruned SmolLM2-135M-Instruct from the full model: the real-model study
-(docs/real_heal.md holds its protocol; launch/sweeps/real_heal.py runs its 9 cells).
+(docs/results/real_heal_protocol.md holds its protocol; launch/sweeps/real_heal.py runs its
+9 cells).
 
 The teacher is SmolLM2-135M-Instruct (30 layers); the student is its own copy without layers
 20-25 (`init.layers` "0-19,26-29", 24 layers), healed by GKD on the prompts of
@@ -26,13 +27,14 @@ reduction; evaluation averages the same way), on-policy samples at temperature 1
 Evaluation, at the start and the end, greedy on the 112 held-out prompts: on_policy_jsd and
 rkl_to_teacher (exact, per token, on the student's own greedy replies), the teacher-forced
 divergences and reference_nll on the teacher's greedy replies, answer_accuracy on the checkable
-families, the replies' statistics. Time: see docs/real_heal.md (measured, 2-core CPU).
+families, the replies' statistics. Time: see docs/results/real_heal_protocol.md (measured,
+2-core CPU).
 """
 
 import os
 
-from gkd_jax.config_arg import Option, directory, flag, number, parse_arg
-from gkd_jax.config_defaults import base_config, model_source
+from gkd_jax.config.arg import Option, directory, flag, number, parse_arg
+from gkd_jax.config.defaults import base_config, model_source
 
 LAYERS = "0-19,26-29"  # six contiguous layers out (20-25): healed in issue 24's try
 STEPS, BATCH = 60, 8  # the same for every cell: same steps x batch

@@ -14,9 +14,10 @@ import os
 
 from absl import app, flags, logging
 
-from gkd_jax import checkpoint
+from gkd_jax.config import cli
 from gkd_jax.data.hf_tokenizer import load_hf_tokenizer, stop_ids
 from gkd_jax.models.hf import SAVE_DTYPES, save_pretrained
+from gkd_jax.training import checkpoint
 
 _MODEL = flags.DEFINE_string("model", None, "A checkpoint directory written by training.")
 _OUT = flags.DEFINE_string("out", None, "Where the Hugging Face directory goes.")
@@ -46,4 +47,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_app(main)

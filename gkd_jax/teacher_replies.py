@@ -1,5 +1,6 @@
 """The teacher's greedy replies to the real-model study's prompts (gkd_jax/data/real_prompts.py),
-written as chat records: the command that makes the study's data (docs/real_heal.md).
+written as chat records: the command that makes the study's data
+(docs/results/real_heal_protocol.md).
 
     python -m gkd_jax.teacher_replies --teacher ~/.cache/real-models/smollm2-135m-instruct \
         --out ~/real_heal_data [--train 448 --heldout 112 --seed 0 --max_new_tokens 48]
@@ -17,13 +18,14 @@ from collections.abc import Callable, Sequence
 
 import jax
 
-from gkd_jax import sharding
+from gkd_jax.config import cli
 from gkd_jax.data import hf_tokenizer, pipeline
 from gkd_jax.data.real_prompts import Prompt, make_prompts
-from gkd_jax.evaluation import decode_split
-from gkd_jax.metrics import answer_correct
+from gkd_jax.decoding.sampling import SamplingConfig, make_sampler
+from gkd_jax.evaluation.evaluator import decode_split
+from gkd_jax.evaluation.metrics import answer_correct
 from gkd_jax.models import functional_lm, load_pretrained
-from gkd_jax.sampling import SamplingConfig, make_sampler
+from gkd_jax.parallel import sharding
 
 
 # ------------------------------------------------------------------------------ the teacher
@@ -140,4 +142,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

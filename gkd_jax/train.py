@@ -6,8 +6,11 @@ Any config field can be overridden: --config.gkd.lmbda=0.5 --config.steps=100.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gkd_jax import comparison, distributed, trainer
-from gkd_jax.preemption import Preempted
+from gkd_jax.config import cli
+from gkd_jax.evaluation import comparison
+from gkd_jax.parallel import distributed
+from gkd_jax.training import trainer
+from gkd_jax.training.preemption import Preempted
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
@@ -27,4 +30,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_app(main)

@@ -33,10 +33,10 @@ matplotlib.use("Agg")  # files only: no display on a TPU VM or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
-from gkd_jax.comparison import lmbda_label  # noqa: E402
+from gkd_jax.evaluation.comparison import lmbda_label  # noqa: E402
 
 # Scores the trainer reports as fractions but papers print as percentages (ROUGE and BLEU
-# already come as 0-100 from gkd_jax.metrics).
+# already come as 0-100 from gkd_jax.evaluation.metrics).
 PERCENT_METRICS = ("accuracy",)
 DIVERGENCE_LABELS = {
     "fkl": "FKL", "jsd0.1": "JSD(0.1)", "jsd0.5": "JSD(0.5)", "jsd0.9": "JSD(0.9)", "rkl": "RKL",
@@ -80,7 +80,7 @@ def scale_of(metric: str) -> float:
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
-    # Population std, as the README's seed tables have it; 0 for a single seed.
+    # Population std, as the results pages' seed tables have it; 0 for a single seed.
     return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
 
 
@@ -99,7 +99,7 @@ def gap(a: list[float], b: list[float]) -> tuple[float, float]:
 
 
 def gap_cell(a: list[float], b: list[float]) -> str:
-    """'+3.1 ± 1.2 *': the README's win criterion, * where the gap exceeds 2 SE."""
+    """'+3.1 ± 1.2 *': the results pages' win criterion, * where the gap exceeds 2 SE."""
     if not a or not b:
         return ""
     d, two_se = gap(a, b)
@@ -302,7 +302,7 @@ def write_vs(s: dict[str, Any], path: str) -> str:
     ]
     for x in values:
         row = [cell(s["points"][lm].get(x, [])) for lm in sorted(s["points"])]
-        if both:  # the README's win criterion at each point of the axis
+        if both:  # the results pages' win criterion at each point of the axis
             row.append(gap_cell(s["points"][1.0].get(x, []), s["points"][0.0].get(x, [])))
         lines.append(f"| {x:g} | " + " | ".join(row) + " |")
     text = "\n".join(lines) + "\n"

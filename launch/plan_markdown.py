@@ -1,8 +1,9 @@
-"""The README's memory table from launch/plan_table.sh's output: one Markdown row per plan.
+"""The memory table of docs/results/plans.md from launch/plan_table.sh's output: one Markdown row
+per plan.
 
     python launch/plan_markdown.py plans.jsonl        # reads plans.jsonl and plans.jsonl.done
 
-Every figure is per device and comes from the TPU compiler's memory analysis (gkd_jax.plan's
+Every figure is per device and comes from the TPU compiler's memory analysis (planning/planner.py's
 JSON line); a plan that did not fit at its batch is listed from the .done file, since the
 compiler stops at the first buffer that does not fit and reports no peak.
 """
@@ -51,7 +52,8 @@ def row_line(row: dict[str, Any]) -> str:
     tflop = f"{sum(flops.values()) / 1e12:.1f}" if flops else "?"
     sampler = progs.get("sampler", {})
     sampler_temp = gib(sampler.get("temporaries", 0))
-    # the scheduler's HBM share the sampler was compiled with (gkd_jax/sampler_memory.py; rows
+    # the scheduler's HBM share the sampler was compiled with (gkd_jax/decoding/sampler_memory.py;
+    # rows
     # from before that cap, 2026-12-02, were compiled with the whole chip)
     cap = row.get("compiler_options", {}).get("sampler", {})
     if cap:

@@ -1,6 +1,6 @@
 #!/bin/bash
-# The README's memory table (issue 14): every pair on every slice, with and without the memory
-# fields, one JSON line per plan (python -m gkd_jax.plan --json). Needs .[tpu-plan]; no TPU.
+# The memory table of docs/results/plans.md (issue 14): every pair on every slice, with and
+# without the memory fields, one JSON line per plan (python -m gkd_jax.plan --json). Needs .[tpu-plan]; no TPU.
 # Each plan compiles two programs for the topology: ~10-25 min of one CPU core per 7-9B pair
 # (measured on a loaded 2-core machine), so the full grid is hours. Run one grid at a time on a
 # 24 GB host: the TPU compiler holds ~14 GB of host RAM for a 7-9B pair. It resumes: a plan already
@@ -12,7 +12,7 @@
 #   OUT=plans.jsonl BATCH=8 bash launch/plan_table.sh [PAIR_FILTER]
 #   OUT=plans.jsonl BATCH=16 SLICES=v5e-16 bash launch/plan_table.sh   # the batch is split over
 #                                         # every chip: 16 chips take a multiple of 16
-#   python launch/plan_markdown.py plans.jsonl     # the README's table
+#   python launch/plan_markdown.py plans.jsonl     # docs/results/plans.md's table
 #
 # A plan the compiler accepts whose peak (arguments + temporaries) still exceeds the chip's HBM
 # has a JSON line with fits: false and a done line `over-hbm`.

@@ -1,4 +1,5 @@
-"""The real-model healing study's table (docs/real_heal.md) from its sweep root.
+"""The real-model healing study's table (docs/results/real_heal_protocol.md) from its sweep
+root.
 
     python launch/real_heal_table.py --root=$HOME/real_heal_sweep [--data=$HOME/real_heal_data] \
         [--out=docs/results/real_heal.md]
@@ -23,8 +24,8 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]
 
 from collect import load_runs  # noqa: E402
 
-from gkd_jax.metrics import answer_scores  # noqa: E402
-from gkd_jax.reply_stats import NAMES, ReplyStats, collapse_evidence  # noqa: E402
+from gkd_jax.evaluation.metrics import answer_scores  # noqa: E402
+from gkd_jax.evaluation.reply_stats import NAMES, ReplyStats, collapse_evidence  # noqa: E402
 
 CELLS = {"seqkd": "SeqKD (lmbda 0)", "gkd": "GKD (lmbda 1)", "mixed": "mixed (lmbda 0.5)"}
 # (results key, column, format); lower is better for the first five, the teacher's own = 0.
@@ -100,10 +101,10 @@ def verdict(
     baseline: str = "seqkd",
     vetoed: frozenset = frozenset(),
 ) -> str:
-    """The protocol's call (docs/real_heal.md): `challenger` beats `baseline` when its mean RKL
-    on its own replies is lower with non-overlapping ±1 std intervals AND its reference_nll is
-    not worse (its interval overlaps the baseline's, or lies below it), and none of its seeds'
-    replies are degenerate (`vetoed`: the cells where one is)."""
+    """The protocol's call (docs/results/real_heal_protocol.md): `challenger` beats `baseline`
+    when its mean RKL on its own replies is lower with non-overlapping ±1 std intervals AND its
+    reference_nll is not worse (its interval overlaps the baseline's, or lies below it), and none
+    of its seeds' replies are degenerate (`vetoed`: the cells where one is)."""
     rkl, nll = stats["rkl_to_teacher"], stats["reference_nll"]
     if challenger not in rkl or baseline not in rkl or baseline not in nll:
         return f"{CELLS[challenger]} vs {CELLS[baseline]}: not enough runs yet"

@@ -15,7 +15,7 @@
 # ~/gkd_train.log on each, and returns), DRY_RUN=1.
 #
 # `run` starts `python -m gkd_jax.train ARGS` on every worker (--worker=all): each host is one
-# JAX process; gkd_jax.distributed.initialize_from_env finds the others through the TPU
+# JAX process; gkd_jax.parallel.distributed.initialize_from_env finds the others through the TPU
 # metadata (jax.distributed.initialize's own detection), each host feeds only its rows of a
 # batch, and process 0 alone writes metrics and models. The --workdir must be one directory all
 # workers share (a gcsfuse mount of a bucket or an NFS/Filestore path): orbax writes each host's

@@ -10,7 +10,7 @@ whose axes name a `cell`, and writes under OUT:
             bars the seeds' standard deviation; the SFT start and the teacher's score marked
   NAME.md   per cell: the held-out metric, the divergence, the last logged training reward and
             KL to the starting student (policy-gradient cells log them), and the metric's gap to
-            the pure-GKD cell with 2 standard errors (the README's criterion)
+            the pure-GKD cell with 2 standard errors (docs/results/arith_rl.md's criterion)
 """
 
 import argparse

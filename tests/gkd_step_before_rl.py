@@ -1,4 +1,4 @@
-# gkd_jax/step.py as it was before the policy-gradient step (commit 14a82f5), verbatim: the
+# gkd_jax/training/step.py as it was before the policy-gradient step (commit 14a82f5), verbatim: the
 # reference that test_rl_step.py runs rl.alpha = 1 against, bit for bit. Not used by gkd_jax.
 """One GKD training step (Agarwal et al. 2024, Algorithm 1), in the order the loop runs it:
 
@@ -26,10 +26,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from gkd_jax import loss_forms, losses, sharding
+from gkd_jax.decoding.sampling import SamplingConfig
 from gkd_jax.models.lm import LMFunctions, shared_vocab_logits
-from gkd_jax.sampling import SamplingConfig
-from gkd_jax.schedules import lmbda_at
+from gkd_jax.objectives import loss_forms, losses
+from gkd_jax.parallel import sharding
+from gkd_jax.training.schedules import lmbda_at
 
 # The dropout masks' own stream of (seed, step, micro-batch), apart from the sampling keys.
 DROPOUT_STREAM = 0x64726F70

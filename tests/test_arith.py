@@ -15,7 +15,7 @@ from gkd_jax.data.arith import (
     make_examples,
 )
 from gkd_jax.data.char_tokenizer import build_char_tokenizer, load_tokenizer
-from gkd_jax.metrics import exact_match_accuracy
+from gkd_jax.evaluation.metrics import exact_match_accuracy
 
 STEP_RE = re.compile(r"(\d+)\+(\d+)=(\d+)")
 TARGET_RE = re.compile(r"^(\d+\+\d+=\d+ )+#### \d+$")
@@ -173,7 +173,7 @@ def test_a_smaller_training_set_is_a_prefix_of_a_larger_one(train5k):
 
 
 def test_train_seed_fixes_the_training_set_across_run_seeds():
-    from gkd_jax.config_defaults import base_config
+    from gkd_jax.config.defaults import base_config
     from gkd_jax.data.tasks import load_arith
 
     tok = _FakeTokenizer()

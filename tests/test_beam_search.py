@@ -1,4 +1,4 @@
-"""Tests for gkd_jax.beam_search: transformers parity, brute force, greedy, stops, jit.
+"""Tests for gkd_jax.decoding.beam_search: transformers parity, brute force, greedy, stops, jit.
 
 References: (1) transformers' `generate(num_beams=K, do_sample=False, ...)` on tiny random Llama
 and T5 models that the test saves with `save_pretrained` and we load with `load_pretrained`;
@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from gkd_jax.beam_search import BeamSearchConfig, _passed_through, make_beam_search
-from gkd_jax.config_defaults import base_config
-from gkd_jax.evaluation import make_eval_decoder
+from gkd_jax.config.defaults import base_config
+from gkd_jax.decoding.beam_search import BeamSearchConfig, _passed_through, make_beam_search
+from gkd_jax.decoding.sampling import Decoding, SamplingConfig, make_sampler
+from gkd_jax.evaluation.evaluator import make_eval_decoder
 from gkd_jax.models import functional_lm
 from gkd_jax.models.hf import load_pretrained
-from gkd_jax.sampling import Decoding, SamplingConfig, make_sampler
 
 transformers = pytest.importorskip("transformers")
 

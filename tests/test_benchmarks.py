@@ -1,4 +1,5 @@
-"""Held-out benchmarks (gkd_jax/benchmarks): MMLU's prompt (the standard format, exactly), its
+"""Held-out benchmarks (gkd_jax/evaluation/benchmarks): MMLU's prompt (the standard format,
+exactly), its
 three data layouts, its per-choice log-likelihoods against transformers' torch models (a
 decoder and a T5, one-token and two-token continuations), BBH's prompt files, prompts and
 answer extraction, BBH's greedy decoding against torch's, and the evaluate CLI end to end, all
@@ -18,9 +19,9 @@ transformers = pytest.importorskip("transformers")
 datasets = pytest.importorskip("datasets")
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors  # noqa: E402
 
-from gkd_jax.benchmarks import bbh, mmlu  # noqa: E402
-from gkd_jax.benchmarks.likelihood import Scorer  # noqa: E402
-from gkd_jax.evaluate import benchmark_checkpoint  # noqa: E402
+from gkd_jax.evaluation.benchmarks import bbh, mmlu  # noqa: E402
+from gkd_jax.evaluation.benchmarks.likelihood import Scorer  # noqa: E402
+from gkd_jax.evaluation.checkpoints import benchmark_checkpoint  # noqa: E402
 from gkd_jax.models import functional_lm, load_pretrained  # noqa: E402
 
 LETTERS = ["A", "B", "C", "D"]

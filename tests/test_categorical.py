@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from jax.extend.random import threefry_2x32
 
-from gkd_jax import sampling
-from gkd_jax.sampling import (
+from gkd_jax.decoding import sampling
+from gkd_jax.decoding.sampling import (
     SamplingConfig,
     blocked_argmax,
     choose_tokens,

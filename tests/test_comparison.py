@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from gkd_jax import comparison
-from gkd_jax.config_defaults import base_config
+from gkd_jax.config.defaults import base_config
+from gkd_jax.evaluation import comparison
 
 
 def fake_train(calls):
@@ -82,8 +82,8 @@ def test_models_the_run_trained_are_the_comparisons_models(tmp_path):
 def test_real_runs_side_by_side(tmp_path, capsys):
     """configs/arith.py (the shipped models) cut to 2 steps, with its comparison, through the
     trainer: two real runs from the same start, one table."""
-    from gkd_jax import trainer
-    from gkd_jax.config_loading import load_config_file
+    from gkd_jax.config.loading import load_config_file
+    from gkd_jax.training import trainer
 
     config = load_config_file("configs/arith.py")
     with config.unlocked():

@@ -1,4 +1,4 @@
-"""The one `:arg` parser (gkd_jax/config_arg.py) and the configs that use it: configs/arith_sft.py
+"""The one `:arg` parser (gkd_jax/config/arg.py) and the configs that use it: configs/arith_sft.py
 (the teacher and SFT-student recipes, one file with `role=`) builds exactly the configs the two
 files it replaced built, so the shipped models' commands still make the same models."""
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from gkd_jax.config_arg import (
+from gkd_jax.config.arg import (
     Option,
     choice,
     directory,
@@ -17,14 +17,14 @@ from gkd_jax.config_arg import (
     plus_list,
     positive_int_or_unlimited,
 )
-from gkd_jax.config_defaults import (
+from gkd_jax.config.defaults import (
     ARITH_STUDENT,
     ARITH_TEACHER,
     base_config,
     model_config,
     shrink_for_smoke,
 )
-from gkd_jax.config_loading import load_config_file
+from gkd_jax.config.loading import load_config_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIONS = {

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from gkd_jax.config_checks import validate_config
-from gkd_jax.config_defaults import base_config
+from gkd_jax.config.checks import validate_config
+from gkd_jax.config.defaults import base_config
 
 BAD = {
     "task": "nope",

@@ -1,5 +1,6 @@
-"""The paper's baselines: total variation and the divergence registry (gkd_jax.losses) against a
-float64 numpy reference, and the lmbda schedules (gkd_jax.schedules)."""
+"""The paper's baselines: total variation and the divergence registry (gkd_jax.objectives.losses)
+against a
+float64 numpy reference, and the lmbda schedules (gkd_jax.training.schedules)."""
 
 import functools
 import math
@@ -10,14 +11,14 @@ import numpy as np
 import pytest
 from finite_differences import central_differences
 
-from gkd_jax.losses import (
+from gkd_jax.objectives.losses import (
     DIVERGENCES,
     divergence,
     generalized_jsd,
     get_divergence,
     total_variation,
 )
-from gkd_jax.schedules import LMBDA_SCHEDULES, lmbda_at
+from gkd_jax.training.schedules import LMBDA_SCHEDULES, lmbda_at
 
 SHAPES = [(11,), (2, 5, 11), (3, 7)]
 TEMPERATURES = [0.5, 1.0, 2.0]

@@ -11,10 +11,10 @@ import torch
 import transformers
 from flax import nnx
 
-from gkd_jax import model_sources, trainer
-from gkd_jax.config_defaults import base_config
-from gkd_jax.models import hf_t5
+from gkd_jax.config.defaults import base_config
+from gkd_jax.models import hf_t5, sources
 from gkd_jax.models.t5 import Dropout, t5_functions
+from gkd_jax.training import trainer
 
 V = 64
 TINY = dict(
@@ -148,6 +148,6 @@ def test_train_step_dropout_is_off_at_rate_0_and_a_function_of_the_step():
 def test_dropout_needs_a_family_that_has_it():
     from gkd_jax.models import build_decoder, functional_lm
 
-    _, fns = functional_lm(build_decoder(model_sources.model_config(base_config().model)))
+    _, fns = functional_lm(build_decoder(sources.model_config(base_config().model)))
     with pytest.raises(ValueError, match="config.dropout_rate=0.1"):
         trainer.make_train_step(sft_config(0.1), fns, None, optax.sgd(0.1))

@@ -15,26 +15,29 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gkd_jax import checkpoint, evaluate, reply_stats, sharding, trainer
-from gkd_jax.config_loading import load_config_file
+from gkd_jax.config.loading import load_config_file
 from gkd_jax.data import arith
 from gkd_jax.data.char_tokenizer import build_char_tokenizer
+from gkd_jax.data.resources import resolve_path
 from gkd_jax.data.tasks import Task, get_task
-from gkd_jax.evaluate import evaluate_checkpoint, locate_checkpoint
-from gkd_jax.evaluation import (
+from gkd_jax.decoding.sampling import Decoding, SamplingConfig, make_sampler
+from gkd_jax.evaluation import checkpoints
+from gkd_jax.evaluation.checkpoints import evaluate_checkpoint, locate_checkpoint
+from gkd_jax.evaluation.evaluator import (
     eval_scalars,
     make_divergence_to_teacher,
     make_eval_decoder,
     make_reference_nll,
     mean_divergence,
     per_row,
+    reply_stats,
     results_table,
     task_scores,
 )
 from gkd_jax.models import DecoderConfig, build_decoder, functional_lm
 from gkd_jax.models.t5 import T5, T5Config
-from gkd_jax.resources import resolve_path
-from gkd_jax.sampling import Decoding, SamplingConfig, make_sampler
+from gkd_jax.parallel import sharding
+from gkd_jax.training import checkpoint, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARITH = os.path.join(ROOT, "configs", "arith.py")
@@ -185,7 +188,7 @@ def test_metricless_task_is_scored_by_divergence_from_the_teacher(tmp_path, monk
     metricless = dataclasses.replace(
         get_task("arith"), metric_name="on_policy_jsd", metric=None, higher_is_better=False
     )
-    monkeypatch.setattr(evaluate, "get_task", lambda name: metricless)
+    monkeypatch.setattr(checkpoints, "get_task", lambda name: metricless)
     summary = evaluate_checkpoint(config, STUDENT, out=str(tmp_path / "out"), num_examples=n)
 
     mask, logits = reference_logits(config, n, tmp_path)
@@ -249,7 +252,7 @@ def test_teacher_forced_scores_equal_a_float64_reference(tmp_path, monkeypatch):
     metricless = dataclasses.replace(
         get_task("arith"), metric_name="on_policy_jsd", metric=None, higher_is_better=False
     )
-    monkeypatch.setattr(evaluate, "get_task", lambda name: metricless)
+    monkeypatch.setattr(checkpoints, "get_task", lambda name: metricless)
     summary = evaluate_checkpoint(config, STUDENT, out=str(tmp_path / "out"), num_examples=n)
     got = summary["metrics"]
     assert set(got) == {
@@ -352,7 +355,7 @@ def test_metricless_task_without_teacher_names_the_fix(tmp_path, monkeypatch):
     config = load_config_file(ARITH)
     config.teacher.checkpoint = ""
     metricless = dataclasses.replace(get_task("arith"), metric_name="on_policy_jsd", metric=None)
-    monkeypatch.setattr(evaluate, "get_task", lambda name: metricless)
+    monkeypatch.setattr(checkpoints, "get_task", lambda name: metricless)
     with pytest.raises(FileNotFoundError, match=r"--config.teacher.checkpoint="):
         evaluate_checkpoint(config, STUDENT, out=str(tmp_path / "out"), num_examples=8)
 

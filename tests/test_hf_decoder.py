@@ -18,6 +18,7 @@ from flax import nnx
 pytest.importorskip("transformers")
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig  # noqa: E402
 
+from gkd_jax.decoding.sampling import SamplingConfig, make_sampler  # noqa: E402
 from gkd_jax.models import build_decoder, functional  # noqa: E402
 from gkd_jax.models.decoder import (  # noqa: E402
     DecoderConfig,
@@ -32,7 +33,6 @@ from gkd_jax.models.hf_decoder import (  # noqa: E402
     params_from_hf,
     params_to_hf,
 )
-from gkd_jax.sampling import SamplingConfig, make_sampler  # noqa: E402
 
 V, T = 128, 12  # vocabulary; sequence length of the full forwards (> every sliding window)
 TOL = 1e-4

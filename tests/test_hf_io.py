@@ -16,14 +16,17 @@ transformers = pytest.importorskip("transformers")
 from safetensors.numpy import load_file, save_file  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 
-from gkd_jax import checkpoint, model_sources, trainer  # noqa: E402
 from gkd_jax.data.hf_tokenizer import (  # noqa: E402
     check_same_vocabulary,
     load_hf_tokenizer,
     stop_ids,
 )
-from gkd_jax.models import load_pretrained, save_pretrained  # noqa: E402
+from gkd_jax.models import load_pretrained, save_pretrained, sources  # noqa: E402
 from gkd_jax.models.safetensors_io import SafetensorsReader, write_safetensors  # noqa: E402
+from gkd_jax.training import (  # noqa: E402
+    checkpoint,
+    trainer,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V = 96
@@ -157,7 +160,7 @@ def test_bfloat16_export_loads(tmp_path):
 
 def test_our_arith_decoder_exports_as_llama(tmp_path):
     """The embedded task's student (our format) becomes a transformers LlamaForCausalLM."""
-    from gkd_jax.resources import resolve_path
+    from gkd_jax.data.resources import resolve_path
 
     model = checkpoint.load_model(resolve_path("builtin:arith/student_sft"))
     save_pretrained(model, str(tmp_path / "hf"))
@@ -214,7 +217,7 @@ def test_different_tokenizers_are_refused(tmp_path):
 
 def test_padded_teacher_vocabulary_is_cut_to_the_shared_one(tmp_path):
     """Qwen2.5-3B vs 72B: one tokenizer, embedding tables padded to different sizes."""
-    from gkd_jax.config_loading import load_config_file
+    from gkd_jax.config.loading import load_config_file
 
     tok = tiny_tokenizer(tmp_path / "s")
     torch_qwen2(tmp_path / "s", seed=6)
@@ -228,12 +231,12 @@ def test_padded_teacher_vocabulary_is_cut_to_the_shared_one(tmp_path):
         load_pretrained(config.init.checkpoint),
         load_pretrained(config.teacher.checkpoint),
     )
-    assert model_sources.shared_vocab_size(config, tok, student, teacher) == V
+    assert sources.shared_vocab_size(config, tok, student, teacher) == V
     loaded = load_hf_tokenizer(str(tmp_path / "s"))  # as the trainer loads it
-    assert model_sources.shared_vocab_size(config, loaded, student, teacher) == V
+    assert sources.shared_vocab_size(config, loaded, student, teacher) == V
     tiny_tokenizer(tmp_path / "t", vocab=V + 32, word="x")  # now the teacher's differs
     with pytest.raises(ValueError, match="share one vocabulary"):
-        model_sources.shared_vocab_size(config, tok, student, teacher)
+        sources.shared_vocab_size(config, tok, student, teacher)
 
 
 # ---------------------------------------------------------------- end to end
@@ -344,7 +347,7 @@ def torch_t5_dir(path, seed, d_model, layers, vocab=V):
 def test_t5_teacher_and_student_train_end_to_end(tmp_path):
     """Encoder-decoder GKD through the real loop: plain prompt/completion data, on-policy
     samples from a T5 student, a T5 teacher, evaluation, export as T5ForConditionalGeneration."""
-    from gkd_jax.config_loading import load_config_file
+    from gkd_jax.config.loading import load_config_file
 
     tok = tiny_tokenizer(tmp_path / "tok")
     for name, seed, d in (("student", 0, 32), ("teacher", 1, 64)):

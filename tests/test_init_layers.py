@@ -20,14 +20,17 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from gkd_jax import checkpoint, plan, plan_target, preemption, sharding, trainer  # noqa: E402
-from gkd_jax.config_checks import validate_config  # noqa: E402
-from gkd_jax.config_defaults import base_config  # noqa: E402
-from gkd_jax.model_sources import obtain_model  # noqa: E402
+from gkd_jax.config.checks import validate_config  # noqa: E402
+from gkd_jax.config.defaults import base_config  # noqa: E402
+from gkd_jax.decoding.sampling import SamplingConfig, make_sampler  # noqa: E402
 from gkd_jax.models import functional_lm, load_pretrained, lora, save_pretrained  # noqa: E402
 from gkd_jax.models.hf_decoder import config_from_hf  # noqa: E402
 from gkd_jax.models.prune import parse_layers  # noqa: E402
-from gkd_jax.sampling import SamplingConfig, make_sampler  # noqa: E402
+from gkd_jax.models.sources import obtain_model  # noqa: E402
+from gkd_jax.parallel import sharding  # noqa: E402
+from gkd_jax.planning import planner as plan  # noqa: E402
+from gkd_jax.planning import target as plan_target  # noqa: E402
+from gkd_jax.training import checkpoint, preemption, trainer  # noqa: E402
 
 V = 99  # the arith character vocabulary, so the training run needs no tokenizer of its own
 SHAPE = dict(
@@ -102,7 +105,7 @@ def test_pruned_llama_logits_equal_transformers_without_those_layers(llama, tmp_
     from_hf = load_pretrained(path, layers=keep)
     assert from_hf.cfg.num_layers == 3
     assert_logits_match(from_hf, torch_without_layers(ref, keep))
-    # Our checkpoint of the same model, cut after loading (model_sources.obtain_model).
+    # Our checkpoint of the same model, cut after loading (sources.obtain_model).
     checkpoint.save_model(str(tmp_path / "ours"), load_pretrained(path))
     spec = ml_collections.ConfigDict(dict(checkpoint=str(tmp_path / "ours"), recipe=""))
     from_ours = obtain_model(spec, str(tmp_path), "init", jnp.float32, layers=keep)

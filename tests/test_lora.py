@@ -14,14 +14,17 @@ from jax.sharding import PartitionSpec as P
 from test_resume import tiny_config, tiny_models  # noqa: F401  (tiny_models: a fixture)
 from tiny_step_pair import STUDENT, TEACHER, random_batch
 
-from gkd_jax import checkpoint, plan, plan_target, preemption, sharding, trainer
-from gkd_jax.config_checks import validate_config
-from gkd_jax.config_defaults import base_config
+from gkd_jax.config.checks import validate_config
+from gkd_jax.config.defaults import base_config
 from gkd_jax.models import build_decoder, functional_lm, lora, with_params
 from gkd_jax.models.hf import build_model, load_pretrained, save_pretrained
 from gkd_jax.models.safetensors_io import SafetensorsReader
 from gkd_jax.models.t5 import T5Config
-from gkd_jax.step import Objective, make_train_step, score_args
+from gkd_jax.parallel import sharding
+from gkd_jax.planning import planner as plan
+from gkd_jax.planning import target as plan_target
+from gkd_jax.training import checkpoint, preemption, trainer
+from gkd_jax.training.step import Objective, make_train_step, score_args
 
 RANK, ALPHA = 4, 8.0
 # The tiny student's kernel shapes [in, out]: q/o [16, 16], k/v [16, 8], gate/up [16, 32],
@@ -339,8 +342,8 @@ def test_lora_errors_that_need_the_model():
 
 
 def test_the_planner_holds_optimizer_state_for_the_adapters_only():
-    """plan.py builds the train state as the trainer does: with LoRA, the optimizer state of
-    the adapters only (shapes, nothing compiled)."""
+    """planning/planner.py builds the train state as the trainer does: with LoRA, the optimizer
+    state of the adapters only (shapes, nothing compiled)."""
     c = base_config()
     c.lora.rank = RANK
     planner = plan.Planner(c, plan_target.topology("cpu:8"))

@@ -1,4 +1,5 @@
-"""Tests for gkd_jax.loss_forms: each memory-lean form equals the materialized loss, value and
+"""Tests for gkd_jax.objectives.loss_forms: each memory-lean form equals the materialized loss,
+value and
 gradient, and its compiled program really is small."""
 
 import jax
@@ -9,8 +10,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from test_losses import random_logits, ref_jsd, ref_masked  # float64 numpy reference
 
-from gkd_jax.loss_forms import VOCAB_AXIS, chunked_jsd_loss, fused_jsd_loss
-from gkd_jax.losses import REDUCTIONS, generalized_jsd, masked_sum_count
+from gkd_jax.objectives.loss_forms import VOCAB_AXIS, chunked_jsd_loss, fused_jsd_loss
+from gkd_jax.objectives.losses import REDUCTIONS, generalized_jsd, masked_sum_count
 
 BETAS = [0.0, 0.1, 0.5, 0.9, 1.0]
 B, T, V = 4, 6, 16  # N = 24 positions

@@ -1,4 +1,4 @@
-"""Tests for gkd_jax.losses against an independent float64 numpy reference."""
+"""Tests for gkd_jax.objectives.losses against an independent float64 numpy reference."""
 
 import functools
 
@@ -9,7 +9,7 @@ import pytest
 from finite_differences import central_differences
 from scipy.special import rel_entr
 
-from gkd_jax.losses import (
+from gkd_jax.objectives.losses import (
     REDUCTIONS,
     generalized_jsd,
     masked_mean,

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gkd_jax import sharding
-from gkd_jax.config_defaults import base_config
-from gkd_jax.model_sources import model_config
+from gkd_jax.config.defaults import base_config
 from gkd_jax.models import build_decoder, functional_lm
 from gkd_jax.models.hf import build_model
 from gkd_jax.models.remat import REMAT_POLICIES, set_remat
+from gkd_jax.models.sources import model_config
 from gkd_jax.models.t5 import T5Config
-from gkd_jax.optim import make_optimizer
-from gkd_jax.step import make_train_step
+from gkd_jax.parallel import sharding
+from gkd_jax.training.optim import make_optimizer
+from gkd_jax.training.step import make_train_step
 
 
 def _batch(rng, b, p, n, vocab):
@@ -116,8 +116,8 @@ def test_trainer_loads_in_the_configured_dtypes(tmp_path):
     dtypes, the student with its layers rematerialized."""
     import os
 
-    from gkd_jax import trainer
-    from gkd_jax.config_loading import load_config_file
+    from gkd_jax.config.loading import load_config_file
+    from gkd_jax.training import trainer
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     config = load_config_file(os.path.join(root, "configs", "arith.py"))
@@ -136,7 +136,7 @@ def test_memory_fields_resume_bit_exact(tmp_path):
     import optax
     from tiny_step_pair import STUDENT, TEACHER, random_batch
 
-    from gkd_jax import checkpoint
+    from gkd_jax.training import checkpoint
 
     config = base_config()
     config.batch_size, config.remat = 16, "full"

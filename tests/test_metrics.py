@@ -1,11 +1,12 @@
-"""Tests for gkd_jax.metrics: ROUGE/BLEU against values computed by hand from the definitions,
+"""Tests for gkd_jax.evaluation.metrics: ROUGE/BLEU against values computed by hand from the
+definitions,
 GSM8K answer extraction edge cases."""
 
 import math
 
 import pytest
 
-from gkd_jax.metrics import (
+from gkd_jax.evaluation.metrics import (
     bleu,
     exact_match_accuracy,
     gsm8k_accuracy,

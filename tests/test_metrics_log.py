@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from gkd_jax.metrics_log import WANDB_RUN_ID, MetricsLog
+from gkd_jax.training.metrics_log import WANDB_RUN_ID, MetricsLog
 
 
 @pytest.fixture

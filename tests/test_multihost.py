@@ -19,12 +19,13 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gkd_jax import checkpoint, distributed, optim, trainer
-from gkd_jax.config_defaults import base_config
+from gkd_jax.config.defaults import base_config
 from gkd_jax.data import pipeline
-from gkd_jax.metrics_log import MetricsLog
+from gkd_jax.decoding.sampling import SamplingConfig, make_sampler
 from gkd_jax.models import DecoderConfig, build_decoder, functional_lm, with_params
-from gkd_jax.sampling import SamplingConfig, make_sampler
+from gkd_jax.parallel import distributed
+from gkd_jax.training import checkpoint, optim, trainer
+from gkd_jax.training.metrics_log import MetricsLog
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V, B, STEPS = 23, 8, 3

@@ -6,12 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gkd_jax import losses, trainer
-from gkd_jax.config_checks import validate_config
-from gkd_jax.config_defaults import base_config
+from gkd_jax.config.checks import validate_config
+from gkd_jax.config.defaults import base_config
+from gkd_jax.decoding.sampling import SampleOutput
 from gkd_jax.models import DecoderConfig, build_decoder, functional_lm
-from gkd_jax.sampling import SampleOutput
-from gkd_jax.step import Objective, resolved_loss_impl
+from gkd_jax.objectives import losses
+from gkd_jax.training import trainer
+from gkd_jax.training.step import Objective, resolved_loss_impl
 
 V = 99
 STUDENT = DecoderConfig(V, 16, 1, 2, 1, 32)
@@ -118,7 +119,7 @@ def test_imitkd_schedule_is_half_on_policy():
     "field,value", [("gkd.divergence", "kl"), ("gkd.lmbda_schedule", "cosine")]
 )
 def test_unknown_names_fail_at_start(field, value):
-    from gkd_jax.config_checks import validate_config
+    from gkd_jax.config.checks import validate_config
 
     config = base_config()
     group, leaf = field.split(".")

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gkd_jax import optim
-from gkd_jax.config_checks import validate_config
-from gkd_jax.config_defaults import base_config
+from gkd_jax.config.checks import validate_config
+from gkd_jax.config.defaults import base_config
+from gkd_jax.training import optim
 
 
 def optim_config(steps=100, **fields):

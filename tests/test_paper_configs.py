@@ -13,9 +13,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 
-from gkd_jax import trainer  # noqa: E402
-from gkd_jax.config_checks import validate_config  # noqa: E402
-from gkd_jax.config_loading import load_config_file  # noqa: E402
+from gkd_jax.config.checks import validate_config  # noqa: E402
+from gkd_jax.config.loading import load_config_file  # noqa: E402
+from gkd_jax.training import trainer  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = ("xsum", "wmt_en_de", "gsm8k", "flan2021")

@@ -6,8 +6,8 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from gkd_jax.config_checks import validate_config
-from gkd_jax.config_defaults import base_config
+from gkd_jax.config.checks import validate_config
+from gkd_jax.config.defaults import base_config
 from gkd_jax.data import gsm8k, gsm8k_prompt, paper_tasks, sources, xsum
 from gkd_jax.data.tasks import get_task
 

@@ -1,5 +1,6 @@
-"""The planner (gkd_jax/plan.py): abstract models, the trainer's two programs compiled for a
-target, the per-device parts, the bisection, and its errors. On host CPU devices (cpu:8) the
+"""The planner (gkd_jax/planning/planner.py): abstract models, the trainer's two programs
+compiled for a target, the per-device parts, the bisection, and its errors. On host CPU devices
+(cpu:8) the
 whole path runs without libtpu; the TPU test runs where jax[tpu] is installed (.[test] and
 .[tpu-plan] install it)."""
 
@@ -10,8 +11,12 @@ import sys
 
 import pytest
 
-from gkd_jax import plan, plan_search, plan_target, sampler_memory, sharding
-from gkd_jax.config_defaults import base_config
+from gkd_jax.config.defaults import base_config
+from gkd_jax.decoding import sampler_memory
+from gkd_jax.parallel import sharding
+from gkd_jax.planning import planner as plan
+from gkd_jax.planning import search
+from gkd_jax.planning import target as plan_target
 
 
 def tiny_config(**fields):
@@ -86,7 +91,7 @@ def test_plan_on_cpu_devices(tmp_path, monkeypatch):
     row = json.loads(out.read_text())
     assert row["batch"] == 8 and row["fits"] is True and row["dtypes"]["opt_state"] == "float32"
     assert row["libtpu_init_args"] == "--xla_latency_hiding_scheduler_rerun=2"
-    # the README's table from it (launch/plan_markdown.py), with a plan that did not fit
+    # docs/results/plans.md's table from it (launch/plan_markdown.py), with a plan that did not fit
     (tmp_path / "plan.jsonl.done").write_text("a b v5e-8 8 remat+bf16-teacher does-not-fit\n")
     (tmp_path / "plan.jsonl.oom").write_text("a b v5e-8 8 remat+bf16-teacher\tneeds 20G.\n")
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "launch"))
@@ -167,12 +172,12 @@ def brute_force(planner_args, limit=4096):
 
 def test_search_finds_the_largest_batch_in_four_compiles_when_the_peak_is_affine():
     planner = FakePlanner(hbm=100)
-    best, p, over = plan_search.largest_batch(planner, log=lambda s: None)
+    best, p, over = search.largest_batch(planner, log=lambda s: None)
     assert (best, over, p.batch) == (96, 104, 96)
     assert planner.calls == [8, 16, 96, 104]  # two points, the line's answer, one above it
     # a resident 7 GB + 0.3 GB per row in 95 GB: doubling then bisecting took 12 compiles
     planner = FakePlanner(hbm=95_000, need=lambda b: 7_000 + 300 * b)
-    best, _, over = plan_search.largest_batch(planner, log=lambda s: None)
+    best, _, over = search.largest_batch(planner, log=lambda s: None)
     assert (best, over) == (288, 296) and len(planner.calls) == 4
 
 
@@ -189,7 +194,7 @@ def test_search_finds_the_largest_batch_in_four_compiles_when_the_peak_is_affine
 )
 def test_search_agrees_with_trying_every_batch(hbm, need, oom_from):
     planner = FakePlanner(hbm, need, oom_from)
-    best, p, over = plan_search.largest_batch(planner, log=lambda s: None)
+    best, p, over = search.largest_batch(planner, log=lambda s: None)
     want = brute_force((hbm, need, oom_from))
     assert best == want and p.batch == want
     assert over == (None if want == 4096 else want + 8)
@@ -199,12 +204,12 @@ def test_search_agrees_with_trying_every_batch(hbm, need, oom_from):
 
 def test_nothing_fits_at_the_smallest_batch():
     with pytest.raises(ValueError, match="does not fit on fake even at batch 8"):
-        plan_search.largest_batch(FakePlanner(hbm=5), log=lambda s: None)
+        search.largest_batch(FakePlanner(hbm=5), log=lambda s: None)
 
 
 def test_bisect_needs_a_capacity():
     with pytest.raises(ValueError, match="needs a capacity"):
-        plan_search.largest_batch(FakePlanner(hbm=None), log=lambda s: None)
+        search.largest_batch(FakePlanner(hbm=None), log=lambda s: None)
 
 
 def tpu_target(monkeypatch, name: str) -> plan_target.Target:
@@ -227,7 +232,7 @@ def test_tpu_hbm_is_where_the_compiler_refuses_a_program(monkeypatch):
     from jax.sharding import SingleDeviceSharding
 
     target = tpu_target(monkeypatch, "v5e-4")
-    assert 15 * plan_search.GIB < target.hbm_bytes <= 16 * plan_search.GIB
+    assert 15 * search.GIB < target.hbm_bytes <= 16 * search.GIB
     device = target.devices[0]
     x = jax.ShapeDtypeStruct((256, 1024), jnp.float32, sharding=SingleDeviceSharding(device))
     mib = 2**20
@@ -245,7 +250,7 @@ def test_tpu_hbm_is_where_the_compiler_refuses_a_program(monkeypatch):
     assert not compiles(target.hbm_bytes + 16 * mib)
     # where the compiler would not say, the chip's figure
     monkeypatch.setattr(plan_target, "compiler_hbm_bytes", lambda device: None)
-    assert plan_target.topology("v5e-4").hbm_bytes == 16 * plan_search.GIB
+    assert plan_target.topology("v5e-4").hbm_bytes == 16 * search.GIB
 
 
 def test_tpu_plan(monkeypatch):

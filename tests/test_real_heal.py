@@ -16,11 +16,11 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from gkd_jax import teacher_replies
-from gkd_jax.config_checks import validate_config
-from gkd_jax.config_loading import load_config_file
+from gkd_jax.config.checks import validate_config
+from gkd_jax.config.loading import load_config_file
 from gkd_jax.data import real_prompts
 from gkd_jax.data.tasks import load_chat
-from gkd_jax.metrics import answer_correct, answer_scores
+from gkd_jax.evaluation.metrics import answer_correct, answer_scores
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -20,8 +20,8 @@ import pytest
 from real_models import real_model_dir
 from test_sampling import ref_keep, ref_softmax
 
+from gkd_jax.decoding.sampling import SamplingConfig, choose_tokens, filter_logits, make_sampler
 from gkd_jax.models import decoder_functions, load_pretrained
-from gkd_jax.sampling import SamplingConfig, choose_tokens, filter_logits, make_sampler
 
 scipy_stats = pytest.importorskip("scipy.stats")
 torch = pytest.importorskip("torch")

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from real_models import ROOT, real_model_dir
 
-from gkd_jax import checkpoint
+from gkd_jax.decoding.sampling import SamplingConfig, make_sampler
 from gkd_jax.models import functional_lm
-from gkd_jax.sampling import SamplingConfig, make_sampler
+from gkd_jax.training import checkpoint
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -10,19 +10,19 @@ import os
 import numpy as np
 import pytest
 
-from gkd_jax.config_loading import load_config_file
+from gkd_jax.config.loading import load_config_file
 from gkd_jax.data.char_tokenizer import build_char_tokenizer
 from gkd_jax.data.task_types import Split
 from gkd_jax.data.tasks import get_task
-from gkd_jax.evaluation import Evaluator
-from gkd_jax.reply_stats import (
+from gkd_jax.evaluation.evaluator import Evaluator
+from gkd_jax.evaluation.reply_stats import (
     collapse_evidence,
     distinct_n,
     one_line,
     sample_lines,
     split_replies,
 )
-from gkd_jax.reply_stats import reply_stats as stats_of
+from gkd_jax.evaluation.reply_stats import reply_stats as stats_of
 
 ARITH = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "arith.py"

@@ -23,11 +23,11 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gkd_jax import checkpoint, preemption, trainer
-from gkd_jax.config_defaults import base_config
+from gkd_jax.config.defaults import base_config
 from gkd_jax.data import pipeline
-from gkd_jax.metrics_log import MetricsLog, masked_crc32c
 from gkd_jax.models import DecoderConfig, build_decoder, functional_lm
+from gkd_jax.training import checkpoint, preemption, trainer
+from gkd_jax.training.metrics_log import MetricsLog, masked_crc32c
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STUDENT = DecoderConfig(99, 16, 1, 2, 1, 32)  # the arith character vocabulary (99)

@@ -1,4 +1,5 @@
-"""Tests for gkd_jax.rewards: each reward against values worked out by hand from its definition
+"""Tests for gkd_jax.objectives.rewards: each reward against values worked out by hand from its
+definition
 (the answer after "####", bigram counts, BLEU's n-gram precisions), the registry's look-up by name
 and import path with its error messages, and the contract every reward keeps on bad input."""
 
@@ -8,8 +9,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from gkd_jax import rewards
-from gkd_jax.rewards import (
+from gkd_jax.objectives import rewards
+from gkd_jax.objectives.rewards import (
     REWARDS,
     bleu,
     combine,
@@ -175,7 +176,7 @@ def test_combine_errors():
 def test_get_reward_registered_names():
     for name in ["exact_answer", "gsm8k_answer", "rouge2", "bleu", "length_penalty"]:
         assert get_reward(name) is REWARDS[name]
-    assert get_reward("gkd_jax.rewards:exact_answer") is exact_answer
+    assert get_reward("gkd_jax.objectives.rewards:exact_answer") is exact_answer
 
 
 @pytest.fixture

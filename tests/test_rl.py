@@ -1,4 +1,4 @@
-"""The policy-gradient estimators of rl.py against exact values, by Monte Carlo.
+"""The policy-gradient estimators of policy_gradient.py against exact values, by Monte Carlo.
 
 Each Monte Carlo test draws M independent batches, takes one estimate per batch, and compares
 the mean of the M estimates with the exact value within TOL_SE standard errors (the standard
@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gkd_jax import losses, rl
-from gkd_jax.reward_scoring import RewardScorer, repeat_prompts
+from gkd_jax.objectives import losses, policy_gradient
+from gkd_jax.training.reward_scoring import RewardScorer, repeat_prompts
 
 TOL_SE = 5.0  # a correct estimator is off by more than 5 SE with probability ~6e-7 per component
 K = 6  # arms / vocabulary
@@ -32,17 +32,20 @@ def exact_reward_gradient(theta, reward):
 
 
 def bandit_estimates(baseline, normalize=False, seed=0):
-    """M estimates [M, K] of grad E[r] by rl.py's REINFORCE surrogate: each batch is B draws of
+    """M estimates [M, K] of grad E[r] by policy_gradient.py's REINFORCE surrogate: each batch is B
+    draws of
     the categorical policy (B / GROUP 'prompts' x GROUP samples, one token each)."""
 
     def one(key):
         a = jax.random.categorical(key, THETA, shape=(B,))  # [B]
-        adv = rl.advantages(REWARD[a], GROUP, baseline, normalize)  # [B]
+        adv = policy_gradient.advantages(REWARD[a], GROUP, baseline, normalize)  # [B]
         mask = jnp.ones((B, 1), bool)
 
         def loss(theta):
-            logp = rl.token_log_probs(jnp.broadcast_to(theta, (B, 1, K)), a[:, None])  # [B, 1]
-            return rl.policy_gradient_loss(logp, adv[:, None] / B, mask)[0]
+            logp = policy_gradient.token_log_probs(
+                jnp.broadcast_to(theta, (B, 1, K)), a[:, None]
+            )  # [B, 1]
+            return policy_gradient.policy_gradient_loss(logp, adv[:, None] / B, mask)[0]
 
         return -jax.grad(loss)(THETA)  # the surrogate's descent direction is the ascent of E r
 
@@ -66,7 +69,7 @@ def test_reinforce_is_unbiased_on_a_categorical_bandit(baseline):
 
 
 def test_batch_mean_baseline_scales_the_gradient_by_one_minus_one_over_b():
-    """As rl.advantages documents: the batch mean includes the row's own reward."""
+    """As policy_gradient.advantages documents: the batch mean includes the row's own reward."""
     exact = np.asarray(exact_reward_gradient(THETA, REWARD)) * (1 - 1 / B)
     mean, se = mean_and_se(bandit_estimates("batch"))
     np.testing.assert_array_less(np.abs(mean - exact), TOL_SE * se)
@@ -82,13 +85,15 @@ def test_loo_baseline_keeps_the_expectation_and_reduces_the_variance():
 
 def test_advantages_by_hand():
     r = jnp.asarray([1.0, 2.0, 3.0, 6.0, 0.0, 0.0])
-    np.testing.assert_allclose(rl.advantages(r, 3, "loo", False), [-1.5, 0, 1.5, 6, -3, -3])
-    np.testing.assert_allclose(rl.advantages(r, 3, "batch", False), r - 2.0)
-    np.testing.assert_allclose(rl.advantages(r, 3, "none", False), r)
-    a = rl.advantages(r, 3, "none", True)
+    np.testing.assert_allclose(
+        policy_gradient.advantages(r, 3, "loo", False), [-1.5, 0, 1.5, 6, -3, -3]
+    )
+    np.testing.assert_allclose(policy_gradient.advantages(r, 3, "batch", False), r - 2.0)
+    np.testing.assert_allclose(policy_gradient.advantages(r, 3, "none", False), r)
+    a = policy_gradient.advantages(r, 3, "none", True)
     np.testing.assert_allclose(a, r / (np.std(np.asarray(r)) + 1e-6), rtol=1e-6)
     with pytest.raises(ValueError, match="num_samples >= 2"):
-        rl.advantages(r, 1, "loo", False)
+        policy_gradient.advantages(r, 1, "loo", False)
 
 
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0])
@@ -103,7 +108,7 @@ def test_reward_to_go_matches_a_loop(gamma):
             if mask[i, t]:
                 acc = values[i, t] + gamma * acc
                 expected[i, t] = acc
-    got = rl.reward_to_go(jnp.asarray(values), jnp.asarray(mask), gamma)
+    got = policy_gradient.reward_to_go(jnp.asarray(values), jnp.asarray(mask), gamma)
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
 
 
@@ -115,9 +120,13 @@ N_DRAWS = 200_000
 
 def test_sampled_rkl_expectation_is_the_reverse_kl():
     y = jax.random.categorical(jax.random.key(0), S_LOGITS, shape=(N_DRAWS,))
-    logp_s = rl.token_log_probs(jnp.broadcast_to(S_LOGITS, (N_DRAWS, 1, K)), y[:, None])
-    logp_t = rl.token_log_probs(jnp.broadcast_to(T_LOGITS, (N_DRAWS, 1, K)), y[:, None])
-    k = np.asarray(rl.sampled_rkl(logp_s, logp_t), np.float64)[:, 0]
+    logp_s = policy_gradient.token_log_probs(
+        jnp.broadcast_to(S_LOGITS, (N_DRAWS, 1, K)), y[:, None]
+    )
+    logp_t = policy_gradient.token_log_probs(
+        jnp.broadcast_to(T_LOGITS, (N_DRAWS, 1, K)), y[:, None]
+    )
+    k = np.asarray(policy_gradient.sampled_rkl(logp_s, logp_t), np.float64)[:, 0]
     exact = float(losses.generalized_jsd(S_LOGITS, T_LOGITS, beta=1.0))
     mean, se = k.mean(), k.std(ddof=1) / np.sqrt(N_DRAWS)
     assert abs(mean - exact) < TOL_SE * se
@@ -134,10 +143,12 @@ def test_sampled_rkl_gradient_in_expectation_is_the_reverse_kl_gradient():
         y = jax.random.categorical(key, S_LOGITS)[None, None]  # [1, 1]
 
         def loss(s):
-            logp_s = rl.token_log_probs(s[None, None], y)  # [1, 1]
-            logp_t = rl.token_log_probs(T_LOGITS[None, None], y)
-            adv = rl.sampled_rkl_advantages(rl.sampled_rkl(logp_s, logp_t), mask, 0.0)
-            return rl.policy_gradient_loss(logp_s, adv, mask)[0]
+            logp_s = policy_gradient.token_log_probs(s[None, None], y)  # [1, 1]
+            logp_t = policy_gradient.token_log_probs(T_LOGITS[None, None], y)
+            adv = policy_gradient.sampled_rkl_advantages(
+                policy_gradient.sampled_rkl(logp_s, logp_t), mask, 0.0
+            )
+            return policy_gradient.policy_gradient_loss(logp_s, adv, mask)[0]
 
         return jax.grad(loss)(S_LOGITS)
 
@@ -156,23 +167,25 @@ def test_fresh_samples_give_reinforce_and_stale_ones_are_clipped():
 
     def grad_of(old, clip):
         def loss(z):
-            logp = rl.token_log_probs(z, tokens)
-            return rl.policy_gradient_loss(logp, adv, mask, old, clip)[0]
+            logp = policy_gradient.token_log_probs(z, tokens)
+            return policy_gradient.policy_gradient_loss(logp, adv, mask, old, clip)[0]
 
         return jax.grad(loss)(logits)
 
-    reinforce = jax.grad(lambda z: -jnp.sum(adv * rl.token_log_probs(z, tokens)))(logits)
+    reinforce = jax.grad(lambda z: -jnp.sum(adv * policy_gradient.token_log_probs(z, tokens)))(
+        logits
+    )
     # Fresh (old_logp None = these parameters): rho = 1, the clip never binds.
     np.testing.assert_allclose(grad_of(None, 0.0), reinforce, rtol=1e-6)
     np.testing.assert_allclose(grad_of(None, 0.2), reinforce, rtol=1e-6)
-    logp = rl.token_log_probs(logits, tokens)
+    logp = policy_gradient.token_log_probs(logits, tokens)
     # Stale: token 0's ratio is e^0.5 > 1.2 with A > 0 -> clipped, no gradient; token 1's
     # ratio e^-0.05 is inside [0.8, 1.2] -> gradient rho * A * grad log p.
     old = logp - jnp.asarray([[0.5, -0.05]])
     g = grad_of(old, 0.2)
     np.testing.assert_allclose(g[0, 0], 0.0, atol=1e-7)
     np.testing.assert_allclose(g[0, 1], np.exp(-0.05) * reinforce[0, 1], rtol=1e-5)
-    assert float(rl.policy_gradient_loss(logp, adv, mask, old, 0.2)[1]) == 1.0
+    assert float(policy_gradient.policy_gradient_loss(logp, adv, mask, old, 0.2)[1]) == 1.0
     # Unclipped, the stale token gets its full importance weight.
     np.testing.assert_allclose(grad_of(old, 0.0)[0, 0], np.exp(0.5) * reinforce[0, 0], rtol=1e-5)
 

@@ -14,11 +14,13 @@ import pytest
 from flax import nnx
 from tiny_step_pair import models, random_batch
 
-from gkd_jax import checkpoint, losses, preemption, rl, sharding, step, trainer
-from gkd_jax.config_checks import validate_config
-from gkd_jax.config_defaults import base_config
-from gkd_jax.config_loading import load_config_file
-from gkd_jax.rl_step import make_rl_train_step
+from gkd_jax.config.checks import validate_config
+from gkd_jax.config.defaults import base_config
+from gkd_jax.config.loading import load_config_file
+from gkd_jax.objectives import losses, policy_gradient
+from gkd_jax.parallel import sharding
+from gkd_jax.training import checkpoint, preemption, step, trainer
+from gkd_jax.training.rl_step import make_rl_train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,7 +41,8 @@ def fresh_state(params, tx):
     ids=["default", "accum2_fkl_token", "chunked"],
 )
 def test_alpha_1_is_the_gkd_step_bit_for_bit(fields):
-    """rl.alpha = 1, whatever the other rl fields say, runs the step as it was before rl.py
+    """rl.alpha = 1, whatever the other rl fields say, runs the step as it was before
+    policy_gradient.py
     existed (tests/gkd_step_before_rl.py): same parameters, optimizer state and metrics, to the
     bit, over two steps."""
     config = base_config()
@@ -49,7 +52,7 @@ def test_alpha_1_is_the_gkd_step_bit_for_bit(fields):
         normalize_advantages=True, clip_ratio=0.2, gamma=0.5,
     )  # fmt: skip
     validate_config(config)
-    assert not rl.policy_gradient(config) and not rl.kl_to_start(config)
+    assert not policy_gradient.policy_gradient(config) and not policy_gradient.kl_to_start(config)
     # the old step predates loss_impl="auto": give it the form that auto resolves to
     config.gkd.loss_impl = step.resolved_loss_impl(config)
     params, s_fns, t_params, t_fns = models()
@@ -68,18 +71,18 @@ def test_alpha_1_is_the_gkd_step_bit_for_bit(fields):
 
 def test_trainer_picks_the_gkd_step_at_alpha_1_and_the_rl_step_otherwise():
     config = base_config()
-    assert not rl.policy_gradient(config)
+    assert not policy_gradient.policy_gradient(config)
     config.rl.alpha = 0.5
-    assert rl.policy_gradient(config) and rl.kl_to_start(config)
+    assert policy_gradient.policy_gradient(config) and policy_gradient.kl_to_start(config)
     config.rl.alpha, config.gkd.divergence = 1.0, "sampled_rkl"
-    assert rl.policy_gradient(config)
+    assert policy_gradient.policy_gradient(config)
     config.rl.kl_to_start = "off"
-    assert not rl.kl_to_start(config)
+    assert not policy_gradient.kl_to_start(config)
 
 
 # ---------------------------------------------------------------------------- the gradient
 def reference_loss(params, t_params, s_fns, t_fns, batch, config):
-    """The objective written out from its definition (rl.py's docstring), float32."""
+    """The objective written out from its definition (policy_gradient.py's docstring), float32."""
     alpha, k, g = config.rl.alpha, config.rl.num_samples, config.gkd
     args = (batch["prompt"], batch["prompt_mask"], batch["completion"], batch["completion_mask"])
     s_logits = s_fns.score(params, *args).astype(jnp.float32)  # [B, N, V]
@@ -157,7 +160,9 @@ def test_sample_logp_of_these_parameters_changes_nothing_and_stale_ones_are_clip
     params, s_fns, t_params, t_fns = models()
     batch = random_batch()
     args = [batch[k] for k in ("prompt", "prompt_mask", "completion", "completion_mask")]
-    logp = rl.token_log_probs(s_fns.score(params, *args), batch["completion"])  # [B, N]
+    logp = policy_gradient.token_log_probs(
+        s_fns.score(params, *args), batch["completion"]
+    )  # [B, N]
     tx = optax.sgd(1.0)
     train_step = make_rl_train_step(config, s_fns, t_fns, tx)
     fresh, m0 = train_step(fresh_state(params, tx), t_params, batch)
@@ -269,7 +274,11 @@ def test_arith_rl_run_resumes_bit_for_bit(straight_rl_run, tmp_path):
 # ---------------------------------------------------------------------------- config checks
 RELATIONAL = {
     "reward_missing": (dict(rl=dict(reward="")), "rl.reward", "must name a reward"),
-    "loo_one_sample": (dict(rl=dict(num_samples=1)), "rl.num_samples", "rl.baseline='batch'"),
+    "loo_one_sample": (
+        dict(rl=dict(num_samples=1)),
+        "rl.num_samples",
+        "rl.baseline='batch'",
+    ),
     "indivisible": (dict(batch_size=24, rl=dict(num_samples=16)), "batch_size", "num_samples"),
     "off_policy": (dict(gkd=dict(lmbda=0.5)), "gkd.lmbda", "must be 1"),
     "imitkd": (dict(gkd=dict(lmbda_schedule="imitkd")), "gkd.lmbda", "constant"),
@@ -284,9 +293,17 @@ RELATIONAL = {
         "gkd.loss_temperature",
         "must be 1",
     ),
-    "kl_to_start_on_gkd": (dict(rl=dict(alpha=1.0, kl_to_start="on")), "rl.kl_to_start", "'auto'"),
+    "kl_to_start_on_gkd": (
+        dict(rl=dict(alpha=1.0, kl_to_start="on")),
+        "rl.kl_to_start",
+        "'auto'",
+    ),
     "comparisons": (dict(compare_lmbdas="0"), "compare_lmbdas", "compare_lmbdas=''"),
-    "reward_import_path": (dict(rl=dict(reward="no_such_pkg:fn")), "rl.reward", "PYTHONPATH"),
+    "reward_import_path": (
+        dict(rl=dict(reward="no_such_pkg:fn")),
+        "rl.reward",
+        "PYTHONPATH",
+    ),
 }
 
 

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gkd_jax import distributed, sharding
 from gkd_jax.models import DecoderConfig, build_decoder, hf_decoder, hf_t5
 from gkd_jax.models.hf import load_pretrained, save_pretrained
 from gkd_jax.models.safetensors_io import SafetensorsReader, write_safetensors
 from gkd_jax.models.t5 import T5Config
+from gkd_jax.parallel import distributed, sharding
 
 QWEN2 = DecoderConfig(64, 16, 2, 4, 2, 32, tie_embeddings=False, qkv_bias=True, model_type="qwen2")
 LLAMA_TIED = DecoderConfig(64, 16, 1, 4, 2, 32, tie_embeddings=True)

@@ -6,12 +6,14 @@ import os
 import jax
 import pytest
 
-from gkd_jax import sampler_memory, sharding, trainer
-from gkd_jax.config_defaults import base_config
-from gkd_jax.model_sources import model_config
+from gkd_jax.config.defaults import base_config
+from gkd_jax.decoding import sampler_memory
+from gkd_jax.decoding.sampler_memory import SCHEDULER_LIMIT, free_percent, sampler_compiler_options
 from gkd_jax.models import build_decoder
-from gkd_jax.optim import make_optimizer
-from gkd_jax.sampler_memory import SCHEDULER_LIMIT, free_percent, sampler_compiler_options
+from gkd_jax.models.sources import model_config
+from gkd_jax.parallel import sharding
+from gkd_jax.training import trainer
+from gkd_jax.training.optim import make_optimizer
 
 GIB = 2**30
 
@@ -119,7 +121,7 @@ def test_every_decoder_of_a_run_gets_the_options(tmp_path, monkeypatch):
     CPU they are then built without them: XLA:CPU rejects the TPU option)."""
     from test_trainer import REPO
 
-    from gkd_jax.config_loading import load_config_file
+    from gkd_jax.config.loading import load_config_file
 
     marker = {SCHEDULER_LIMIT: "37"}
     seen = []

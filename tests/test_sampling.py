@@ -1,4 +1,5 @@
-"""Tests for gkd_jax.sampling: greedy vs a naive loop, top-k/top-p support, stops, masks, jit.
+"""Tests for gkd_jax.decoding.sampling: greedy vs a naive loop, top-k/top-p support, stops, masks,
+jit.
 
 Two models: a tiny decoder (vocab 37, hidden 32, 2 layers), and a toy bigram "model" whose
 next-token logits are a fixed table row indexed by the input token. Samplers are cached per config,
@@ -13,14 +14,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gkd_jax.models import DecoderConfig, build_decoder, functional
-from gkd_jax.models.decoder import causal_lm_decoding, causal_mask, positions_from_mask
-from gkd_jax.sampling import (
+from gkd_jax.decoding.sampling import (
     SamplingConfig,
     choose_tokens,
     filter_logits,
     make_sampler,
 )
+from gkd_jax.models import DecoderConfig, build_decoder, functional
+from gkd_jax.models.decoder import causal_lm_decoding, causal_mask, positions_from_mask
 
 V = 37
 NEG = -1e30  # anything at or below this counts as filtered out

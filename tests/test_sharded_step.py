@@ -10,11 +10,12 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from gkd_jax import checkpoint, sharding, trainer
-from gkd_jax.config_defaults import base_config
+from gkd_jax.config.defaults import base_config
 from gkd_jax.models import DecoderConfig, functional_lm
 from gkd_jax.models.hf import build_model
 from gkd_jax.models.t5 import T5Config
+from gkd_jax.parallel import sharding
+from gkd_jax.training import checkpoint, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V = 32  # divides over tensor=8: the vocabulary-parallel path runs
@@ -186,8 +187,8 @@ def test_fused_inputs_give_the_scored_logits(cfg):
 def test_train_and_evaluate_on_fsdp4_tensor2_with_the_fused_loss(tmp_path):
     """The whole loop on arith `:smoke`-sized settings (the shipped teacher and student start),
     mesh fsdp=4 x tensor=2: it trains, evaluates, checkpoints and exports."""
-    from gkd_jax.config_defaults import shrink_for_smoke
-    from gkd_jax.config_loading import load_config_file
+    from gkd_jax.config.defaults import shrink_for_smoke
+    from gkd_jax.config.loading import load_config_file
 
     config = shrink_for_smoke(load_config_file(os.path.join(REPO, "configs", "arith.py")))
     config.unlock()

@@ -8,12 +8,13 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from gkd_jax import checkpoint, sharding
-from gkd_jax.config_checks import validate_config
-from gkd_jax.config_defaults import base_config
+from gkd_jax.config.checks import validate_config
+from gkd_jax.config.defaults import base_config
 from gkd_jax.models import DecoderConfig, build_decoder, functional_lm
 from gkd_jax.models.hf import build_model, load_pretrained, save_pretrained
 from gkd_jax.models.t5 import T5Config
+from gkd_jax.parallel import sharding
+from gkd_jax.training import checkpoint
 
 # Every option that adds a parameter is on: a name no rule matches shows up here.
 DECODER_ALL = DecoderConfig(
@@ -177,7 +178,7 @@ def test_loading_goes_straight_to_the_shardings(tmp_path, fmt):
 def test_adafactor_state_gets_valid_shardings():
     """Factored moments ([in], [out] of a kernel) have other shapes than their parameter: each
     still gets a spec that fits it."""
-    from gkd_jax import optim
+    from gkd_jax.training import optim
 
     config = base_config()
     config.optim.name = "adafactor"

@@ -1,4 +1,5 @@
-"""Top-K + tail teachers (gkd_jax/sparse_teacher.py) against the full loss (K = V) and against a
+"""Top-K + tail teachers (gkd_jax/objectives/sparse_teacher.py) against the full loss (K = V) and
+against a
 float64 numpy reference written from the definition (K < V): values, gradients, extremes."""
 
 import jax
@@ -10,17 +11,19 @@ from finite_differences import central_differences
 from tiny_step_pair import V as V_STEP
 from tiny_step_pair import models, random_batch
 
-from gkd_jax import losses, sharding, step
-from gkd_jax.config_defaults import base_config
-from gkd_jax.rl_step import make_rl_train_step
-from gkd_jax.sparse_teacher import (
+from gkd_jax.config.defaults import base_config
+from gkd_jax.objectives import losses
+from gkd_jax.objectives.sparse_teacher import (
     TAIL_FLOOR,
     bytes_per_token,
     log1mexp,
     sparse_divergence,
     top_k_log_probs,
 )
-from gkd_jax.step import TEACHER_KEYS, Objective
+from gkd_jax.parallel import sharding
+from gkd_jax.training import step
+from gkd_jax.training.rl_step import make_rl_train_step
+from gkd_jax.training.step import TEACHER_KEYS, Objective
 
 V = 13
 CASES = [("fkl", None), ("rkl", None), ("jsd", 0.3), ("jsd", 0.5), ("tv", None)]

@@ -12,7 +12,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from gkd_jax.config_checks import validate_config
+from gkd_jax.config.checks import validate_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "launch"))
@@ -185,7 +185,7 @@ def test_collect_writes_figures_and_a_table_of_the_inputs(tmp_path):
             a, b = 100 * finals[lmbda, div, 0], 100 * finals[lmbda, div, 1]
             mean, std = (a + b) / 2, abs(a - b) / 2
             assert cell_text == f"{mean:.1f} ± {std:.1f}"
-    # The README's win criterion: difference of means, 2 SE from sample variances (n=2 here).
+    # The results pages' win criterion: difference of means, 2 SE from sample variances (n=2 here).
     for cell_text, div in zip(rows["small", "λ=1 − λ=0 (± 2 SE)"], ("fkl", "jsd0.5", "rkl"),
                               strict=True):  # fmt: skip
         on, off = ([100 * finals[lm, div, s] for s in (0, 1)] for lm in (1.0, 0.0))
@@ -290,7 +290,8 @@ def test_real_smoke_run_through_sweep_and_collect(tmp_path):
 
 
 def test_arith_finite_protocol():
-    """The paper-regime study as the README's protocol states it: every run on the n=2000 models
+    """The paper-regime study as its protocol (docs/results/arith.md) states it: every run on the
+    n=2000 models
     and the same 2,000 problems, 600 steps x 64, the grid, baselines, N-sweep and temperatures."""
     runs = sweep.load_sweep("arith_finite:seeds=0+1+2")
     names = [r.name for r in runs]
@@ -322,7 +323,8 @@ def test_arith_finite_protocol():
 
 
 def test_arith_rl_protocol():
-    """The RL + GKD study as the README's protocol states it: the n=2000 models, 300 x 64
+    """The RL + GKD study as its protocol (docs/results/arith_rl.md) states it: the n=2000 models,
+    300 x 64
     on-policy samples at lr 1e-4 in every cell but the reference, the exact reverse KL to the
     teacher measured at evaluation, and each cell's objective as named."""
     runs = sweep.load_sweep("arith_rl:seeds=0+1+2")

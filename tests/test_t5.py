@@ -17,9 +17,9 @@ import transformers
 from flax import nnx
 from safetensors.numpy import save_file
 
+from gkd_jax.decoding.sampling import SamplingConfig, make_sampler
 from gkd_jax.models import hf_t5
 from gkd_jax.models.t5 import T5Config, relative_position_buckets, t5_functions
-from gkd_jax.sampling import SamplingConfig, make_sampler
 
 V, D = 128, 64
 TINY = dict(

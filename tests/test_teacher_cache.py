@@ -1,5 +1,6 @@
-"""The teacher cache (gkd_jax/teacher_cache.py, teacher_cache_store.py) on the shipped arith
-teacher: it round-trips, resumes an interrupted write, a training run from it equals one with the
+"""The teacher cache (gkd_jax/training/teacher_cache_build.py, teacher_cache_store.py) on the
+shipped arith teacher: it round-trips, resumes an interrupted write, a training run from it equals
+one with the
 live teacher at the same K, and a cache made for something else is refused by name."""
 
 import json
@@ -14,16 +15,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gkd_jax import checkpoint, preemption, sharding, trainer
-from gkd_jax import teacher_cache_store as store
-from gkd_jax.config_checks import validate_config
-from gkd_jax.config_loading import load_config_file
+from gkd_jax.config.checks import validate_config
+from gkd_jax.config.loading import load_config_file
 from gkd_jax.data import pipeline
 from gkd_jax.data.tasks import get_task
-from gkd_jax.model_sources import load_or_build_tokenizer, shared_vocab_size
 from gkd_jax.models import functional_lm
-from gkd_jax.step import Objective
-from gkd_jax.teacher_cache import build_cache
+from gkd_jax.models.sources import load_or_build_tokenizer, shared_vocab_size
+from gkd_jax.parallel import sharding
+from gkd_jax.training import checkpoint, preemption, trainer
+from gkd_jax.training import teacher_cache_store as store
+from gkd_jax.training.step import Objective
+from gkd_jax.training.teacher_cache_build import build_cache
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = 8
@@ -236,7 +238,8 @@ def test_live_top_k_on_policy_run(tmp_path):
 
 @pytest.mark.slow
 def test_command_line_bfloat16_cache_trains_on_the_mesh(tmp_path):
-    """`python -m gkd_jax.teacher_cache` as the README runs it (bfloat16 log-probs, a partial
+    """`python -m gkd_jax.teacher_cache` as docs/guides/rl_sparse.md runs it (bfloat16 log-probs, a
+    partial
     last shard), then two supervised-KD steps from it on the 8-device mesh."""
     out = tmp_path / "cache"
     command = [

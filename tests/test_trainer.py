@@ -14,12 +14,14 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gkd_jax import checkpoint, losses, optim, sharding, trainer
-from gkd_jax.config_defaults import base_config
-from gkd_jax.evaluation import decode_split, eval_key
+from gkd_jax.config.defaults import base_config
+from gkd_jax.decoding.sampling import SampleOutput
+from gkd_jax.evaluation.evaluator import decode_split, eval_key
 from gkd_jax.models import DecoderConfig, build_decoder, functional_lm
-from gkd_jax.sampling import SampleOutput
-from gkd_jax.step import training_key
+from gkd_jax.objectives import losses
+from gkd_jax.parallel import sharding
+from gkd_jax.training import checkpoint, optim, trainer
+from gkd_jax.training.step import training_key
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V = 23
@@ -253,7 +255,7 @@ def test_eval_sampling_keys_are_not_training_keys():
 
 def tiny_run_config():
     """A GKD config whose teacher and student start are trained in the workdir, in seconds."""
-    from gkd_jax.config_loading import load_config_file
+    from gkd_jax.config.loading import load_config_file
 
     return load_config_file(os.path.join(REPO, "configs", "arith.py:smoke"))
 
@@ -307,7 +309,7 @@ def test_workdir_with_another_model_shape(tmp_path, monkeypatch):
 
 def test_sft_learns_the_exact_target_tokens(tmp_path):
     """Alignment check: SFT memorises a few examples, and greedy decoding reproduces them."""
-    from gkd_jax.config_loading import load_config_file
+    from gkd_jax.config.loading import load_config_file
 
     config = load_config_file(os.path.join(REPO, "configs", "arith_sft.py:role=student,smoke"))
     config.unlock()

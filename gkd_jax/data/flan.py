@@ -4,13 +4,13 @@ instruction, options and any few-shot exemplars are already in `inputs`) -> `tar
 
 Scored during training by normalized exact match on held-out FLAN prompts: a cheap monitor for
 every stage. The paper's numbers are MMLU and BBH, held-out benchmarks any checkpoint is scored
-on afterwards (`python -m gkd_jax.evaluate --benchmark=mmlu|bbh`, gkd_jax/benchmarks/).
+on afterwards (`python -m gkd_jax.evaluate --benchmark=mmlu|bbh`, gkd_jax/evaluation/benchmarks/).
 """
 
 from __future__ import annotations
 
-from gkd_jax import metrics
 from gkd_jax.data.records import text_fields
+from gkd_jax.evaluation import metrics
 
 
 def format_flan(rec: object) -> tuple[str, str, str]:

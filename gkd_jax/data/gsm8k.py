@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 
-from gkd_jax import metrics
 from gkd_jax.data import gsm8k_prompt
 from gkd_jax.data.records import BadRecord, text_fields
+from gkd_jax.evaluation import metrics
 
 _CALCULATOR = re.compile(r"<<[^>]*>>")
 

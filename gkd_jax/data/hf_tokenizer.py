@@ -8,7 +8,7 @@ import os
 
 from transformers import PreTrainedTokenizerFast
 
-from gkd_jax.resources import resolve_model_dir
+from gkd_jax.data.resources import resolve_model_dir
 
 
 def load_hf_tokenizer(name_or_path: str):

@@ -1,5 +1,5 @@
 """Short chat prompts of several task families, answered by a teacher: the data of the real-model
-healing study (docs/real_heal.md), made offline with a fixed seed.
+healing study (docs/results/real_heal_protocol.md), made offline with a fixed seed.
 
     python -m gkd_jax.teacher_replies --teacher ~/.cache/real-models/smollm2-135m-instruct \
         --out ~/real_heal_data [--train 448 --heldout 112 --seed 0 --max_new_tokens 48]

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from gkd_jax.data import arith, chat, flan, gsm8k, paper_tasks, wmt, xsum
 from gkd_jax.data.task_types import Split, Task
-from gkd_jax.metrics import exact_match_accuracy
+from gkd_jax.evaluation.metrics import exact_match_accuracy
 
 
 def _arith_split(tokenizer, examples: Sequence[arith.Example]) -> Split:
@@ -94,7 +94,8 @@ TASKS: dict[str, Task] = {
         gsm8k.gsm8k_accuracy,
     ),
     # Instruction tuning: exact match on held-out FLAN prompts while training; the paper's
-    # MMLU / BBH come from `python -m gkd_jax.evaluate --benchmark=...` (gkd_jax/benchmarks).
+    # MMLU / BBH come from `python -m gkd_jax.evaluate --benchmark=...`
+    # (gkd_jax/evaluation/benchmarks).
     "flan2021": Task(
         "flan2021",
         functools.partial(paper_tasks.load, "flan2021"),

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gkd_jax import metrics
 from gkd_jax.data.records import text_fields
+from gkd_jax.evaluation import metrics
 
 
 def format_wmt_en_de(rec: object) -> tuple[str, str, str]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 
-from gkd_jax import metrics
 from gkd_jax.data.records import text_fields
+from gkd_jax.evaluation import metrics
 
 
 def format_xsum(rec: object) -> tuple[str, str, str]:

@@ -11,12 +11,12 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from gkd_jax import distributed
 from gkd_jax.models import lora
 from gkd_jax.models.decoder import Decoder, DecoderConfig, decoder_functions, functional
 from gkd_jax.models.hf import load_pretrained, save_pretrained
 from gkd_jax.models.lm import LMFunctions
 from gkd_jax.models.t5 import t5_functions
+from gkd_jax.parallel import distributed
 
 # Compute and parameter dtypes by config name (config.dtype, config.param_dtype,
 # config.teacher_param_dtype).

@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from gkd_jax import sharding
+from gkd_jax.data.resources import is_hf_model_dir, resolve_model_dir
 from gkd_jax.models.decoder import Decoder, DecoderConfig
 from gkd_jax.models.prune import pruned_config, select_layers
 from gkd_jax.models.safetensors_io import (
@@ -32,7 +32,7 @@ from gkd_jax.models.safetensors_io import (
     read_param,
     write_safetensors,
 )
-from gkd_jax.resources import is_hf_model_dir, resolve_model_dir
+from gkd_jax.parallel import sharding
 
 FAMILY_MODULES = ("gkd_jax.models.hf_decoder", "gkd_jax.models.hf_t5")
 SAVE_DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16, "float16": np.float16}
@@ -113,7 +113,8 @@ def load_pretrained(
     Decoder-only: `model(input_ids, attention_mask=...)`; T5: `model(input_ids, attention_mask=...,
     decoder_input_ids=...)`; both return logits [B, T, V]. Parameters are read one at a time
     from the memory-mapped files. With `mesh`, each host copies out of the file only the slices
-    its own devices hold (gkd_jax/sharding.py rules; `jax.make_array_from_callback`), so no host
+    its own devices hold (gkd_jax/parallel/sharding.py rules; `jax.make_array_from_callback`), so
+    no host
     or device ever holds a whole parameter that the rules split.
 
     `layers` (decoders only; config.init.layers, models/prune.py): the model made of those

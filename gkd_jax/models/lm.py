@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import jax
 
-from gkd_jax.decoding import Decoding
+from gkd_jax.decoding.protocol import Decoding
 
 
 @dataclasses.dataclass(frozen=True)

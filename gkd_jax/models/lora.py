@@ -30,8 +30,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from gkd_jax import sharding
-from gkd_jax.config_defaults import LORA_TARGETS
+from gkd_jax.config.defaults import LORA_TARGETS
+from gkd_jax.parallel import sharding
 
 # The attention and MLP projections (config.lora.targets' default), searched in each linear
 # layer's path: "layers/3/self_attn/q_proj", "encoder/block/1/layer/0/SelfAttention/q"; the

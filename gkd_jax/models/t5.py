@@ -24,11 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gkd_jax.decoding import Decoding
+from gkd_jax.decoding.protocol import Decoding
 from gkd_jax.models.decoder import RMSNorm, dense
 from gkd_jax.models.lm import LMFunctions
 from gkd_jax.models.remat import remat_call
-from gkd_jax.sharding import constrain_rows
+from gkd_jax.parallel.sharding import constrain_rows
 
 Cache = list[dict[str, jax.Array]]
 

@@ -12,7 +12,7 @@ seconds-long CPU config, for tests).
 
 from sweeps.runs import DIVERGENCES, PAPER_LMBDAS, Run, divergence_run, grid
 
-from gkd_jax.config_arg import flag, parse_arg, plus_list
+from gkd_jax.config.arg import flag, parse_arg, plus_list
 
 CONFIG = "configs/arith.py:n=unlimited"  # the shipped models trained on 20,000 problems
 STUDENT = "60k"  # the one shipped SFT student

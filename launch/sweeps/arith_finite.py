@@ -1,7 +1,7 @@
 """The paper's data regime on arith: a finite training set of N problems that the teacher and the
 SFT student were fine-tuned on and that distillation reuses epoch after epoch (GSM8K in the paper:
-7,473 problems, ~171 epochs of GKD). The protocol, fixed before any of these runs: README
-"Results on arith, the paper's regime".
+7,473 problems, ~171 epochs of GKD). The protocol, fixed before any of these runs:
+docs/results/arith.md, "the paper's data regime".
 
     python launch/sweep.py --sweep=arith_finite:seeds=0+1+2 --root=/tmp/arith-finite --parallel=2
     python launch/collect.py --root=/tmp/arith-finite --out=docs/figures --name=arith_finite \
@@ -26,7 +26,7 @@ config, for tests).
 
 from sweeps.runs import DIVERGENCES, PAPER_LMBDAS, Run, fmt_lmbda, grid
 
-from gkd_jax.config_arg import flag, parse_arg, plus_list
+from gkd_jax.config.arg import flag, parse_arg, plus_list
 
 N = 2000
 STEPS = 600  # x 64 = 38,400 examples: 19 epochs of the 2,000 problems

@@ -1,5 +1,5 @@
 """RL + GKD on arith (issue 13): the exact-answer reward against closeness to the teacher. The
-protocol, fixed before any of these runs: README "RL + GKD on arith: reward vs divergence".
+protocol, fixed before any of these runs: docs/results/arith_rl.md.
 
     python launch/sweep.py --sweep=arith_rl:seeds=0+1+2 --root=/tmp/arith-rl --parallel=2
     python launch/tradeoff.py --root=/tmp/arith-rl --out=docs/figures --name=arith_rl
@@ -24,11 +24,11 @@ the student's completions from the teacher beside the accuracy (eval.divergence_
 
 from sweeps.runs import DIVERGENCES, Run
 
-from gkd_jax.config_arg import flag, parse_arg, plus_list
+from gkd_jax.config.arg import flag, parse_arg, plus_list
 
 STEPS = 300  # x 64 = 19,200 completions: the default run's budget
 BATCH = 64
-LR = 1e-4  # REINFORCE's: 1e-3 lost reward at alpha 0.5 (README "RL + GKD")
+LR = 1e-4  # REINFORCE's: 1e-3 lost reward at alpha 0.5 (docs/results/arith_rl.md)
 OPTIONS = {"seeds": plus_list(int, default=(0,)), "smoke": flag()}
 RL = ("--config.rl.reward=exact_answer", "--config.rl.num_samples=4", "--config.rl.baseline=loo")
 # cell -> (alpha, divergence name for the axes, its flags)

@@ -25,7 +25,7 @@ SFT stage runs once, not once per grid point; checkpoints=config leaves both to 
 
 from sweeps.runs import DIVERGENCES, PAPER_LMBDAS, PAPER_SIZES, Run, fmt_lmbda, grid
 
-from gkd_jax.config_arg import choice, parse_known_arg, plus_list
+from gkd_jax.config.arg import choice, parse_known_arg, plus_list
 
 # The paper's tasks, each its own sweep (launch/sweeps/registry.py): the config it runs.
 TASKS = {

@@ -1,7 +1,7 @@
-"""The real-model healing study (docs/real_heal.md, protocol fixed before any run): a layer-
-pruned SmolLM2-135M-Instruct student (layers 20-25 out) healed from the full model by supervised
-KD on the teacher's greedy replies (SeqKD, lmbda 0), on-policy GKD (lmbda 1) and mixed (0.5),
-three seeds each, same steps x batch (configs/real_heal.py).
+"""The real-model healing study (docs/results/real_heal_protocol.md, protocol fixed before
+any run): a layer-pruned SmolLM2-135M-Instruct student (layers 20-25 out) healed from the full
+model by supervised KD on the teacher's greedy replies (SeqKD, lmbda 0), on-policy GKD (lmbda 1)
+and mixed (0.5), three seeds each, same steps x batch (configs/real_heal.py).
 
     python -m gkd_jax.teacher_replies --teacher ~/.cache/real-models/smollm2-135m-instruct \
         --out ~/real_heal_data
@@ -16,7 +16,7 @@ complete A/B/C comparison.
 
 from sweeps.runs import Run, fmt_lmbda
 
-from gkd_jax.config_arg import directory, flag, parse_arg, plus_list
+from gkd_jax.config.arg import directory, flag, parse_arg, plus_list
 
 CONFIG = "configs/real_heal.py"
 # The cells: name -> lmbda (the student data fraction); every other setting is the config's.

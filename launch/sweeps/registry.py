@@ -1,7 +1,8 @@
 """Every sweep by the name `--sweep=NAME[:arg]` takes: NAME -> get_runs(arg) -> list[Run].
 
     arith          arith.py: the lmbda x divergence grid on arith with unlimited data
-    arith_finite   arith_finite.py: the paper's data regime on arith (the README's protocol)
+    arith_finite   arith_finite.py: the paper's data regime on arith (docs/results/arith.md's
+    protocol)
     arith_rl       arith_rl.py: RL + GKD on arith, reward vs divergence to the teacher
     xsum, wmt_en_de, gsm8k   paper.py: the paper's grid on that task (configs/TASK.py)
     real_heal      real_heal.py: healing a layer-pruned SmolLM2 (SeqKD vs GKD vs mixed)

@@ -1,0 +1,2 @@
+"""Evaluation: decoding a split and scoring it, the paper's metrics, reply statistics, the lmbda
+comparison, held-out benchmarks."""
