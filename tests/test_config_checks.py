@@ -114,6 +114,13 @@ BAD = {
     "lora.targets": "(q_proj",  # not a regex
     "init.layers": "0,x",  # not a layer index
     "teacher.layers": "0-1",  # a layer list makes the student (init.layers)
+    # Cross-tokenizer fields (tests/test_cross_tokenizer_config.py checks the combinations)
+    "teacher.tokenizer": "some/tokenizer",  # without gkd.cross_tokenizer
+    "init.tokenizer": "some/tokenizer",  # the student's is config.tokenizer
+    "gkd.cross_tokenizer": "uld",
+    "gkd.uld_weight": -1.0,
+    "gkd.teacher_max_new_tokens": -1,
+    "data.teacher_max_prompt_len": -1,
 }
 # Free-form strings, checked where they are used (a missing file or model names itself there).
 FREE = {

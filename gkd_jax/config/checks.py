@@ -22,6 +22,8 @@ from gkd_jax.models.hf import SAVE_DTYPES
 from gkd_jax.models.prune import parse_layers, pruned_config
 from gkd_jax.models.remat import REMAT_POLICIES
 from gkd_jax.models.sources import source_model_config
+from gkd_jax.models.t5 import T5Config
+from gkd_jax.objectives.cross_tokenizer import CROSS_TOKENIZER_OBJECTIVES
 from gkd_jax.objectives.losses import DIVERGENCES, REDUCTIONS
 from gkd_jax.objectives.policy_gradient import (
     BASELINES,
@@ -99,6 +101,7 @@ def validate_config(config: ml_collections.ConfigDict, *, vocab_size: int | None
     check_checkpoint(config)
     check_log(config)
     check_gkd(config)
+    check_cross_tokenizer(config)
     check_sampling(config)
     check_rl(config)
     check_sparse_teacher(config)
@@ -177,7 +180,9 @@ def check_gkd(config: ml_collections.ConfigDict) -> None:
         )
     _integer_at_least("gkd.loss_chunk", g.loss_chunk, 0, "(0 = default)")
     hf = is_hf_source(config.teacher.checkpoint) or _student_shape_from_source(config)
-    if not hf and config.teacher.model.vocab_size != config.model.vocab_size:
+    # A teacher with its own tokenizer (gkd.cross_tokenizer) has its own vocabulary size.
+    own_vocab = bool(config.teacher.get("tokenizer", ""))
+    if not hf and not own_vocab and config.teacher.model.vocab_size != config.model.vocab_size:
         _fail(
             "teacher.model.vocab_size",
             config.teacher.model.vocab_size,
@@ -186,6 +191,96 @@ def check_gkd(config: ml_collections.ConfigDict) -> None:
         )
     _positive("gkd.teacher_temperature", g.teacher_temperature)
     _positive("gkd.loss_temperature", g.loss_temperature)
+
+
+def check_cross_tokenizer(config: ml_collections.ConfigDict) -> None:
+    """teacher.tokenizer and gkd.cross_tokenizer (objectives/cross_tokenizer.py): the values,
+    then what a cross-tokenizer run needs of the rest (check_cross_tokenizer_run)."""
+    g, tok = config.gkd, config.teacher.get("tokenizer", "")
+    if not isinstance(tok, str):
+        _fail("teacher.tokenizer", tok, "must be a tokenizer dir or '' (the student's)")
+    if config.init.get("tokenizer", ""):
+        why = "must be '': the student's tokenizer is config.tokenizer"
+        _fail("init.tokenizer", config.init.tokenizer, why)
+    _one_of("gkd.cross_tokenizer", g.cross_tokenizer, ("", *CROSS_TOKENIZER_OBJECTIVES))
+    w = g.uld_weight
+    if isinstance(w, bool) or not isinstance(w, int | float) or not (math.isfinite(w) and w >= 0):
+        _fail("gkd.uld_weight", w, "must be a finite number >= 0 (0 = hybrid_uld is matched_jsd)")
+    _integer_at_least("gkd.teacher_max_new_tokens", g.teacher_max_new_tokens, 0, "(0 = auto)")
+    p_t = config.data.teacher_max_prompt_len
+    _integer_at_least("data.teacher_max_prompt_len", p_t, 0, "(0 = data.max_prompt_len)")
+    if config.objective != "gkd":
+        if g.cross_tokenizer:
+            _fail("gkd.cross_tokenizer", g.cross_tokenizer, "needs objective='gkd' (a teacher)")
+        return
+    if tok and not g.cross_tokenizer:
+        _fail(
+            "teacher.tokenizer",
+            tok,
+            "is read only by gkd.cross_tokenizer: set gkd.cross_tokenizer to one of "
+            f"{list(CROSS_TOKENIZER_OBJECTIVES)} to distill across tokenizers, or "
+            "teacher.tokenizer='' for a teacher that shares the student's vocabulary",
+        )
+    if g.cross_tokenizer:
+        check_cross_tokenizer_run(config)
+
+
+def check_cross_tokenizer_run(config: ml_collections.ConfigDict) -> None:
+    """A cross-tokenizer run: a teacher tokenizer, a divergence the objective computes, a live
+    teacher on its own ids, and decoder-only models."""
+    g, name = config.gkd, config.gkd.cross_tokenizer
+    if not config.teacher.get("tokenizer", ""):
+        _fail(
+            "gkd.cross_tokenizer",
+            name,
+            "needs teacher.tokenizer: the teacher's tokenizer dir (or its model dir)",
+        )
+    pg = "policy gradient: gkd.lmbda=1, plain sampling, gkd.loss_impl 'full'/'auto', dropout 0"
+    if name == "chunk_rkl" and g.divergence not in SAMPLED_DIVERGENCES:
+        _fail(
+            "gkd.divergence",
+            g.divergence,
+            f"must be 'sampled_rkl' with gkd.cross_tokenizer='chunk_rkl' (the per-chunk "
+            f"log-ratio trained by {pg}, as sampled_rkl per token)",
+        )
+    if name != "chunk_rkl" and g.divergence not in LOSS_FORM_DIVERGENCES:
+        _fail(
+            "gkd.divergence",
+            g.divergence,
+            f"must be one of {list(LOSS_FORM_DIVERGENCES)} with gkd.cross_tokenizer={name!r} "
+            "(the generalized JSD at gkd.beta; fkl = beta 0, rkl = beta 1, on the matched "
+            "vocabulary + one tail bin); 'sampled_rkl' goes with cross_tokenizer='chunk_rkl'",
+        )
+    why = f"with gkd.cross_tokenizer={name!r}"
+    for field, value, fix in (
+        ("gkd.teacher_cache", g.teacher_cache, "'' (a cache holds the teacher on its own ids)"),
+        ("gkd.teacher_top_k", g.teacher_top_k, "0 (the matched vocabulary needs every id)"),
+        ("gkd.seq_kd", g.seq_kd, "False (the teacher would sample in its own vocabulary)"),
+        ("eval.divergence_to_teacher", config.eval.divergence_to_teacher, "'' (per token)"),
+    ):
+        if value:
+            _fail(field, value, f"must be {fix} {why}: not implemented across tokenizers")
+    if g.loss_impl not in ("auto", "full"):
+        _fail("gkd.loss_impl", g.loss_impl, f"must be 'full' or 'auto' {why} (full logits)")
+    for field in ("teacher.checkpoint", "init.checkpoint"):
+        if _encoder_decoder(_get(config, field)):
+            _fail(
+                field,
+                _get(config, field),
+                f"is an encoder-decoder (T5) model: {why}, both models must be decoder-only "
+                "(cross-tokenizer T5 is not implemented yet)",
+            )
+
+
+def _encoder_decoder(checkpoint_spec: str) -> bool:
+    """Whether a model source is a T5, read from its config without weights; False where there
+    is nothing to read yet (a model its recipe trains first: a decoder of config.model)."""
+    if not checkpoint_spec:
+        return False
+    try:
+        return isinstance(source_model_config(checkpoint_spec), T5Config)
+    except (FileNotFoundError, ValueError, OSError):
+        return False
 
 
 def check_sampling(config: ml_collections.ConfigDict) -> None:

@@ -54,14 +54,15 @@ def model_config(**fields) -> ml_collections.ConfigDict:
 
 
 def model_source(
-    checkpoint: str = "", recipe: str = "", layers: str = "", **model
+    checkpoint: str = "", recipe: str = "", layers: str = "", tokenizer: str = "", **model
 ) -> ml_collections.ConfigDict:
     """Where a model comes from: a checkpoint dir ('' = WORKDIR/NAME/model, 'builtin:...' =
     shipped in the package); `recipe` = a config file that trains it there if it is missing.
-    `layers`: config.init only (base_config's comment). `model` fields give its shape (the
-    teacher's; the student's start takes config.model)."""
-    # Every source has `layers`, so a config that replaces c.init keeps the flag settable.
-    source = dict(checkpoint=checkpoint, recipe=recipe, layers=layers)
+    `layers`: config.init only, `tokenizer`: config.teacher only (base_config's comments).
+    `model` fields give its shape (the teacher's; the student's start takes config.model)."""
+    # Every source has `layers` and `tokenizer`, so a config that replaces c.init or c.teacher
+    # keeps the flags settable (`--config.teacher.tokenizer=...` on configs/chat.py).
+    source = dict(checkpoint=checkpoint, recipe=recipe, layers=layers, tokenizer=tokenizer)
     if model:
         source["model"] = model_config(**model)
     return ml_collections.ConfigDict(source)
@@ -160,6 +161,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.strict = True  # a bad record is an error; False skips and reports it
     # A prompt over max_prompt_len: "error" (a bad record) or "truncate_left" (keep its end).
     c.data.prompt_overflow = "error"
+    # Cross-tokenizer runs (gkd.cross_tokenizer): the teacher's prompt length P_t, its own
+    # tokenization of the same prompt (its chat template), left-padded like the student's and
+    # cut as data.prompt_overflow says. 0 = data.max_prompt_len.
+    c.data.teacher_max_prompt_len = 0
 
     c.eval = ml_collections.ConfigDict()
     c.eval.num_examples = 500
@@ -198,6 +203,9 @@ def base_config() -> ml_collections.ConfigDict:
     # in that order as layers 0..n-1, plus the source's embeddings, final norm and head. The
     # source's shape replaces config.model; decoder-only sources (models/prune.py). LoRA and
     # remat apply to the result; every start cuts it again from init.checkpoint.
+    # teacher.tokenizer: "" = the student's (config.tokenizer; both share one vocabulary, checked
+    # id by id), else a tokenizer dir or the teacher's model dir, with gkd.cross_tokenizer, which
+    # compares the two tokenizations on common text spans (init.tokenizer must stay "").
     c.teacher = model_source(**model_config().to_dict())
 
     c.gkd = ml_collections.ConfigDict()
@@ -235,6 +243,17 @@ def base_config() -> ml_collections.ConfigDict:
     # teacher's top-K on the training targets, read instead of loading the teacher. Supervised
     # KD only (lmbda 0, no seq_kd), teacher_top_k = the cache's K. "" = the live teacher.
     c.gkd.teacher_cache = ""
+    # Distillation across tokenizers (objectives/cross_tokenizer.py, needs teacher.tokenizer):
+    # "" = off (one shared vocabulary); "chunk_rkl" = the exact sequence-level reverse KL by
+    # policy gradient on chunks (gkd.divergence "sampled_rkl"); "matched_jsd" = gkd.divergence
+    # (jsd / fkl / rkl, at beta) between the next-token distributions at chunk starts, collapsed
+    # onto the vocabulary strings both share + one tail bin; "hybrid_uld" = matched_jsd +
+    # uld_weight x ULD on the unmatched probabilities (TRL GOLD's hybrid).
+    c.gkd.cross_tokenizer = ""
+    c.gkd.uld_weight = 1.0  # "hybrid_uld": the weight of its ULD term
+    # The teacher's completion length N_t (its tokens of the student's completion text, + stop;
+    # longer rows drop their last chunks, counted). 0 = 2 x max_new_tokens.
+    c.gkd.teacher_max_new_tokens = 0
 
     # RL + GKD (gkd_jax/objectives/policy_gradient.py, rl_step.py): minimize (1 - alpha) *
     # (-E[reward]) + alpha * the GKD

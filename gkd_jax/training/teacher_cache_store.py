@@ -50,6 +50,10 @@ def cache_key(config: ml_collections.ConfigDict) -> dict:
     """The config fields that decide the teacher's log-probabilities on given data."""
     g = config.gkd
     teacher = config.teacher.to_dict()
+    # teacher.tokenizer came later (cross-tokenizer runs, which use no cache): left out while it
+    # is "", caches made before it keep their hash.
+    if not teacher.get("tokenizer"):
+        teacher.pop("tokenizer", None)
     if teacher["checkpoint"]:  # the recipe only makes a missing WORKDIR/teacher model
         teacher.pop("recipe", None)
     else:  # by file name: the same recipe from another checkout is the same teacher
