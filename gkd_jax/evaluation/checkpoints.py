@@ -1,16 +1,9 @@
 """Evaluate a checkpoint on a task split (`python -m gkd_jax.evaluate`'s work): find and load the
 model, decode the split as config.eval says, score it, write predictions and metrics, print a table.
 
---checkpoint: our model dir (WORKDIR/model, WORKDIR/best_model, `builtin:arith/student_sft`), a
-workdir (its model/), or a Hugging Face directory (or hub id). The config gives the task, its
-data, max_new_tokens, data.max_prompt_len and eval.* (decoding, beam_size, length_penalty,
-batch_size); the checkpoint alone gives the model. A task without a metric of its own (chat)
-is scored as in training, by the model's divergence from config.teacher on its completions.
-Beside the scores: the replies' statistics (reply_stats.py: length, stop rate, distinct-1/2,
-repetition; a warning when they collapse) and, with config.eval.teacher_forced, the references
-scored teacher-forced (the model's NLL of them, and the divergences on them).
-Writes OUT/predictions.jsonl (one {"prompt", "prediction", "reference"} per example) and
-OUT/metrics.json.
+What --checkpoint accepts, what the config decides and what is written: gkd_jax/evaluate.py's
+docstring (the command's help). `evaluate_checkpoint` is that command's whole work; the
+evaluation itself is evaluator.py's Evaluator.
 """
 
 from __future__ import annotations
