@@ -121,3 +121,16 @@ def test_encoder_decoder_models_are_refused(tmp_path, field):
     c[field].checkpoint = str(tmp_path)
     with pytest.raises(ValueError, match=rf"config.{field}.checkpoint=.*encoder-decoder.*not impl"):
         validate_config(c)
+
+
+def test_the_trainer_refuses_a_cross_tokenizer_run_until_the_step_uses_it(tmp_path):
+    """A config that passes the checks must not train as if gkd.cross_tokenizer were off."""
+    from gkd_jax.training import trainer
+
+    config = base_config()
+    with config.unlocked():
+        config.task = "arith"
+        config.teacher.tokenizer = str(tmp_path)
+        config.gkd.cross_tokenizer = "matched_jsd"
+    with pytest.raises(ValueError, match="does not use them yet"):
+        trainer.train_and_evaluate(config, str(tmp_path / "run"))

@@ -154,6 +154,14 @@ def setup(config, workdir: str) -> tuple[Run, Any, Progress]:
     task = get_task(config.task)
     tokenizer, stops = load_or_build_tokenizer(config, workdir)
     validate_config(config, vocab_size=len(tokenizer))
+    if config.gkd.cross_tokenizer:  # refused here rather than trained as if it were off
+        raise ValueError(
+            f"gkd.cross_tokenizer={config.gkd.cross_tokenizer!r}: the checks, the alignment "
+            "(data/token_alignment.py), the objectives (objectives/cross_tokenizer.py) and the "
+            "teacher's batches (training/teacher_view.py) exist, but the training step does not "
+            "use them yet (issue 26); set gkd.cross_tokenizer='' and a teacher of the student's "
+            "tokenizer"
+        )
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     student, teacher = load_models(config, workdir, mesh)
     vocab = shared_vocab_size(config, tokenizer, student, teacher)
