@@ -300,6 +300,22 @@ def _jsd_per_chunk(logp_s, logp_t, s_ids, t_ids, tail: bool, beta: float) -> jax
     return losses.jsd_from_log_probs(log_s, log_t, beta=beta)
 
 
+def _matched_jsd(
+    s_logits, t_logits, s_chunks, t_chunks, s_ids, t_ids, beta, num_chunks_max, temperature,
+    num_chunks,
+):  # fmt: skip
+    """(JSD(beta) [B, C], chunk mask [B, C], logp_s [B, C, V_s], logp_t [B, C, V_t]) at the
+    chunk starts: what matched_jsd and hybrid_uld share (hybrid_uld's ULD reads the log-probs)."""
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta!r}")
+    logp_s, logp_t, mask, tail = _matched_log_probs(
+        s_logits, t_logits, s_chunks, t_chunks, s_ids, t_ids, num_chunks_max, temperature,
+        num_chunks,
+    )  # fmt: skip
+    jsd = _jsd_per_chunk(logp_s, logp_t, s_ids, t_ids, tail, float(beta))
+    return jsd, mask, logp_s, logp_t
+
+
 def matched_jsd_per_chunk(
     student_logits: jax.Array,
     teacher_logits: jax.Array,
@@ -316,20 +332,11 @@ def matched_jsd_per_chunk(
     """(JSD [B, C] float32, chunk mask [B, C]): the generalized JSD(beta) of losses.py at every
     chunk start between the student's and the teacher's next-token distributions collapsed
     onto K + 1 bins (matched_jsd's docstring). Uncounted chunks hold finite junk: mask them."""
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"beta must be in [0, 1], got {beta!r}")
-    logp_s, logp_t, mask, tail = _matched_log_probs(
-        student_logits,
-        teacher_logits,
-        student_chunks,
-        teacher_chunks,
-        student_ids,
-        teacher_ids,
-        num_chunks_max,
-        temperature,
-        num_chunks,
-    )
-    return _jsd_per_chunk(logp_s, logp_t, student_ids, teacher_ids, tail, float(beta)), mask
+    jsd, mask, _, _ = _matched_jsd(
+        student_logits, teacher_logits, student_chunks, teacher_chunks, student_ids,
+        teacher_ids, beta, num_chunks_max, temperature, num_chunks,
+    )  # fmt: skip
+    return jsd, mask
 
 
 def matched_jsd(
@@ -458,20 +465,10 @@ def hybrid_uld(
     1 and 1 add ULD to matched_jsd; gold_weights gives GOLD's K / V_t and 1 - K / V_t. With
     every id matched ULD is 0 and hybrid_uld = jsd_weight * matched_jsd. ULD sorts the
     unmatched probabilities of every chunk start: O(C V log V) per row, on C rows, not N."""
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"beta must be in [0, 1], got {beta!r}")
-    logp_s, logp_t, mask, tail = _matched_log_probs(
-        student_logits,
-        teacher_logits,
-        student_chunks,
-        teacher_chunks,
-        student_ids,
-        teacher_ids,
-        num_chunks_max,
-        temperature,
-        num_chunks,
-    )
-    jsd = _jsd_per_chunk(logp_s, logp_t, student_ids, teacher_ids, tail, float(beta))  # [B, C]
+    jsd, mask, logp_s, logp_t = _matched_jsd(  # jsd, mask [B, C]
+        student_logits, teacher_logits, student_chunks, teacher_chunks, student_ids,
+        teacher_ids, beta, num_chunks_max, temperature, num_chunks,
+    )  # fmt: skip
     uld = uld_unmatched(logp_s, logp_t, student_ids, teacher_ids)  # [B, C]
     return losses.masked_sum_count(jsd_weight * jsd + uld_weight * uld, mask, reduction)
 
