@@ -11,6 +11,19 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 
+def left_pad(
+    rows: Sequence[Sequence[int]], length: int, pad_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ids [N, length] int32, mask [N, length] bool): each row right-aligned, pad_id before it,
+    the layout of every prompt the models read (rows of at most `length` ids)."""
+    ids = np.full((len(rows), length), pad_id, np.int32)
+    mask = np.zeros((len(rows), length), bool)
+    for i, row in enumerate(rows):
+        ids[i, length - len(row) :] = row
+        mask[i, length - len(row) :] = True
+    return ids, mask
+
+
 def pack(
     prompt_ids: Sequence[Sequence[int]],
     completion_ids: Sequence[Sequence[int]],
@@ -34,13 +47,10 @@ def pack(
             f"completion {len(completion_ids[i])} tokens. Raise the limits in the config."
         )
     n = len(prompt_ids)
-    prompt = np.full((n, max_prompt_len), pad_id, np.int32)
+    prompt, prompt_mask = left_pad(prompt_ids, max_prompt_len, pad_id)
     completion = np.full((n, max_completion_len), pad_id, np.int32)
-    prompt_mask = np.zeros((n, max_prompt_len), bool)
     completion_mask = np.zeros((n, max_completion_len), bool)
-    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
-        prompt[i, max_prompt_len - len(p) :] = p
-        prompt_mask[i, max_prompt_len - len(p) :] = True
+    for i, c in enumerate(completion_ids):
         completion[i, : len(c)] = c
         completion_mask[i, : len(c)] = True
     return dict(

@@ -35,6 +35,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from gkd_jax.data.pipeline import left_pad
+from gkd_jax.data.records import PROMPT_OVERFLOW
 from gkd_jax.data.token_alignment import CompletionAligner, teacher_prompt_ids
 from gkd_jax.data.token_bytes import token_bytes, vocab_map
 from gkd_jax.objectives.cross_tokenizer import check_chunks, check_vocab_map
@@ -47,7 +49,6 @@ TEACHER_VIEW_KEYS = (
     "student_chunks",
     "teacher_chunks",
 )
-OVERFLOWS = ("error", "truncate_left", "truncate_right")  # as config.data.prompt_overflow
 
 
 def teacher_lengths(config) -> tuple[int, int]:
@@ -133,9 +134,9 @@ def pack_teacher_prompts(
     """(prompt [N, P_t] int32 left-padded with pad_id, mask [N, P_t] bool, prompts cut), as
     pipeline.pack lays out the student's prompts. A prompt over max_len: "error" raises, naming
     the count and the fix; "truncate_left" keeps its last max_len ids (the generation prompt a
-    template ends with), "truncate_right" its first."""
-    if overflow not in OVERFLOWS:
-        raise ValueError(f"prompt overflow {overflow!r}: one of {OVERFLOWS}")
+    template ends with)."""
+    if overflow not in PROMPT_OVERFLOW:
+        raise ValueError(f"prompt overflow {overflow!r}: one of {PROMPT_OVERFLOW}")
     long = [i for i, p in enumerate(prompt_ids) if len(p) > max_len]
     empty = [i for i, p in enumerate(prompt_ids) if not len(p)]
     if empty or (long and overflow == "error"):
@@ -146,14 +147,8 @@ def pack_teacher_prompts(
             f"({len(prompt_ids[i])} tokens). Raise data.teacher_max_prompt_len, or set "
             "data.prompt_overflow='truncate_left'."
         )
-    n = len(prompt_ids)
-    prompt = np.full((n, max_len), pad_id, np.int32)  # [N, P_t]
-    mask = np.zeros((n, max_len), bool)  # [N, P_t]
-    for i, p in enumerate(prompt_ids):
-        p = list(p)
-        p = p[-max_len:] if overflow == "truncate_left" else p[:max_len]
-        prompt[i, max_len - len(p) :] = p
-        mask[i, max_len - len(p) :] = True
+    kept = [list(p)[-max_len:] for p in prompt_ids]  # "truncate_left" (or nothing is long)
+    prompt, mask = left_pad(kept, max_len, pad_id)  # [N, P_t] each
     return prompt, mask, len(long)
 
 
@@ -164,7 +159,7 @@ class TeacherView:
     messages (teacher_prompt_ids renders them with the teacher's template); example index i of
     a batch is prompts[i]. The student's stop ids, the teacher's stop id (e.g. Gemma's
     <end_of_turn> for chat) and pad id, N_s (the student's completion length, max_new_tokens),
-    N_t and P_t (teacher_lengths) and how an over-long teacher prompt is handled (OVERFLOWS;
+    N_t and P_t (teacher_lengths) and how an over-long teacher prompt is handled (PROMPT_OVERFLOW;
     config.data.prompt_overflow) are fixed for the run.
 
     With one tokenizer (same_tokenizer, or `identity=True`) nothing is tokenized or aligned:
